@@ -1,0 +1,102 @@
+"""The public Python API: build a segmentor from a config and segment images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from ..datasets.transforms import load_image
+from ..structures import SegmentationResult
+from ..utils import register_all_modules
+
+__all__ = ["init_segmentor", "segment", "load_checkpoint"]
+
+
+def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
+                   cfg_options: dict | None = None, seed: int = 0):
+    """Build a :class:`~coprs.models.ReasoningSegmentor` from a config and load a checkpoint.
+
+    Args:
+        config: a config file path or an mmengine ``Config``.
+        checkpoint: a coprs checkpoint (``.pth`` with a ``state_dict`` or a plain state dict),
+            read with ``weights_only=True``; None keeps the weights the parts loaded themselves.
+        device: torch device.
+        cfg_options: dotted-key overrides, as ``--cfg-options`` on the command line.
+        seed: seed for parts that start from random initialisation (the same config and seed
+            give the same model; the global random state is left untouched).
+
+    Returns:
+        The segmentor in eval mode.
+    """
+    register_all_modules()
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config '{path}' does not exist")
+        config = Config.fromfile(str(path))
+    elif not isinstance(config, Config):
+        raise TypeError(f"config must be a path or an mmengine Config, got {type(config).__name__}")
+    if cfg_options:
+        config.merge_from_dict(cfg_options)
+    from ..registry import MODELS
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MODELS.build(config.model)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.to(device).eval()
+
+
+def load_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load a coprs checkpoint into ``model`` (``weights_only=True``; strict on trainable parts).
+
+    Keys missing from the file are allowed only for frozen parameters (the frozen vision
+    backbone, whose weights come from its own checkpoint).
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
+        raise ValueError(f"cannot read checkpoint '{path}': {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    frozen |= {n for n, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in frozen]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint '{path}' does not match the model: missing {missing[:5]} "
+            f"unexpected {unexpected[:5]}; was it trained with this config?"
+        )
+
+
+def segment(model, image, instruction: str, allow_empty: bool = False,
+            max_new_tokens: int | None = None) -> SegmentationResult:
+    """Reason about ``instruction`` on ``image`` and return CoT, heatmap and mask.
+
+    Args:
+        model: a segmentor from :func:`init_segmentor`.
+        image: a path, a PIL image or an H x W x 3 uint8 array (grayscale, RGBA, palette and
+            16-bit images are converted to RGB).
+        instruction: the free-form instruction.
+        allow_empty: accept an empty instruction (the empty-instruction ablation); otherwise an
+            empty or whitespace-only instruction is a ``ValueError``.
+        max_new_tokens: response budget (the policy's default when None).
+
+    Returns:
+        A :class:`~coprs.structures.SegmentationResult`; a response without the special token
+        gives ``format_ok=False``, never an exception.
+    """
+    if not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+    if not instruction.strip() and not allow_empty:
+        raise ValueError("instruction is empty; say what to segment (or pass allow_empty=True)")
+    arr = load_image(image)
+    return model.predict_images([arr], [instruction], max_new_tokens=max_new_tokens)[0]

@@ -1,0 +1,1 @@
+"""Training loops, hooks and optimiser pieces (LOOPS / HOOKS registries)."""

@@ -1,0 +1,37 @@
+"""The Policy contract: a multimodal LLM that writes responses and exposes hidden states."""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+import torch.nn as nn
+from PIL import Image
+
+from ..structures import PolicyOutput, Rollout
+
+__all__ = ["BasePolicy"]
+
+
+class BasePolicy(nn.Module, metaclass=ABCMeta):
+    """A policy wraps a transformers multimodal LLM loaded from a local path or a config.
+
+    Subclasses never download: weights come from a directory on disk.
+
+    Attributes:
+        hidden_size: width D of the last-layer hidden states.
+        special_token: the token whose hidden state the prior reads (``<REF_POS>``, ``<SEG>``) or
+            None for text-only priors.
+    """
+
+    hidden_size: int
+    special_token: str | None
+
+    @abstractmethod
+    def generate(self, images: list[Image.Image], instructions: list[str], num_samples: int = 1,
+                 **sampling) -> list[list[Rollout]]:
+        """Write ``num_samples`` responses per (image, instruction); returns B lists of rollouts."""
+
+    @abstractmethod
+    def readout(self, images: list[Image.Image], instructions: list[str],
+                rollouts: list[Rollout]) -> PolicyOutput:
+        """One forward pass over prompt + response; the hidden state at the special token."""

@@ -1,0 +1,6 @@
+"""Prior interfaces (PRIORS registry)."""
+
+from .base import BasePrior
+from .heatmap import HeatmapPrior
+
+__all__ = ["BasePrior", "HeatmapPrior"]

@@ -1,0 +1,85 @@
+"""CoPRS' heatmap positional prior (paper Eq. 2, Algorithm 1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import PRIORS
+from ..structures import PolicyOutput, PriorOutput
+from .base import BasePrior
+
+__all__ = ["HeatmapPrior"]
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+@PRIORS.register_module()
+class HeatmapPrior(BasePrior):
+    """Concentration query over image keys → multi-head scores → conv fuse → heatmap logits.
+
+    ``Q = F_head(e_conc)``, ``K = MLP(features)``; for each head i,
+    ``S_i(u, v) = (Q W_i^Q) · (K(u, v) W_i^K) / sqrt(d_h)``; ``H_prior = F_fuse([S_i])`` with two
+    stacked 3x3 convs (n_head → n_head → 1). The prior is upsampled ×4 (SAM's dense-prompt
+    resolution: 256² for a 64² grid) for the decoder and the BCE loss.
+
+    Args:
+        query_dim: width of ``e_conc`` (the policy's hidden size; filled in by the segmentor).
+        key_in_dim: channels of the backbone features (filled in by the segmentor).
+        d_q: width of the concentration query Q.
+        d_k: width of the keys K.
+        attn_dim: n_head · d_h, the width the per-head projections map to.
+        num_heads: n_head.
+        upsample: factor from the key grid to the dense-prompt resolution.
+    """
+
+    special_token = "<REF_POS>"
+    prompt_template = "coprs"
+
+    def __init__(self, query_dim: int, key_in_dim: int, d_q: int = 256, d_k: int = 256,
+                 attn_dim: int = 128, num_heads: int = 8, upsample: int = 4) -> None:
+        super().__init__()
+        if attn_dim % num_heads:
+            raise ValueError(f"attn_dim {attn_dim} must be divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.upsample = num_heads, attn_dim // num_heads, upsample
+        self.query_head = _mlp(query_dim, d_q, d_q)  # F_head
+        self.key_mlp = _mlp(key_in_dim, d_k, d_k)  # per-pixel MLP on backbone features
+        self.w_q = nn.Linear(d_q, attn_dim, bias=False)  # [W_1^Q … W_n^Q]
+        self.w_k = nn.Linear(d_k, attn_dim, bias=False)  # [W_1^K … W_n^K]
+        self.fuse = nn.Sequential(  # F_fuse
+            nn.Conv2d(num_heads, num_heads, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(num_heads, 1, 3, padding=1),
+        )
+
+    def scores(self, e_conc: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
+        """Per-head scaled dot products.
+
+        Args:
+            e_conc: B x D concentration-token hidden states.
+            image_keys: B x C x h x w backbone features.
+
+        Returns:
+            B x n_head x h x w scores S_i.
+        """
+        b, _, h, w = image_keys.shape
+        q = self.w_q(self.query_head(e_conc.to(self.w_q.weight.dtype)))  # B x A
+        q = q.view(b, self.num_heads, self.head_dim)  # B x n x d_h
+        k = self.w_k(self.key_mlp(image_keys.flatten(2).transpose(1, 2)))  # B x hw x A
+        k = k.view(b, h * w, self.num_heads, self.head_dim)  # B x hw x n x d_h
+        s = torch.einsum("bnd,bpnd->bnp", q, k) / math.sqrt(self.head_dim)  # B x n x hw
+        return s.view(b, self.num_heads, h, w)
+
+    def forward(self, policy_out: PolicyOutput, image_keys: torch.Tensor) -> PriorOutput:
+        if policy_out.hidden is None:
+            raise ValueError("HeatmapPrior needs the special token's hidden state; configure the "
+                             "policy with special_token='<REF_POS>'")
+        heatmap = self.fuse(self.scores(policy_out.hidden, image_keys))  # B x 1 x h x w
+        dense = F.interpolate(heatmap, scale_factor=self.upsample, mode="bilinear",
+                              align_corners=False)  # B x 1 x 4h x 4w
+        return PriorOutput(heatmap=heatmap, dense=dense, valid=list(policy_out.has_token))

@@ -1,0 +1,1 @@
+"""Pure RL math (advantages, clipped policy loss, KL estimators)."""

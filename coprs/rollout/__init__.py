@@ -1,0 +1,1 @@
+"""Rollout engines (ROLLOUT_ENGINES registry)."""

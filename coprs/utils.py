@@ -1,0 +1,56 @@
+"""Small shared helpers: scope setup, meta-device building, the local cache directory."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from pathlib import Path
+
+__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home"]
+
+_META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
+
+
+def register_all_modules(init_default_scope: bool = True) -> None:
+    """Import every coprs module that registers components and set the default scope to coprs.
+
+    mmengine child registries resolve names through the default scope; API users who build
+    components outside a Runner call this first (``init_segmentor`` does it for them).
+    """
+    import coprs.backbones  # noqa: F401
+    import coprs.datasets  # noqa: F401
+    import coprs.decoders  # noqa: F401
+    import coprs.evaluation  # noqa: F401
+    import coprs.models  # noqa: F401
+    import coprs.policies  # noqa: F401
+    import coprs.priors  # noqa: F401
+
+    if init_default_scope:
+        from mmengine.registry import DefaultScope
+
+        current = DefaultScope.get_current_instance()
+        if current is None or current.scope_name != "coprs":
+            DefaultScope.get_instance(f"coprs-{id(object())}", scope_name="coprs")
+
+
+@contextlib.contextmanager
+def meta_build():
+    """Inside this context, components with large weights build on the meta device from their
+    architecture config and read no weight files (used by ``tools/count_params.py``)."""
+    token = _META_BUILD.set(True)
+    try:
+        yield
+    finally:
+        _META_BUILD.reset(token)
+
+
+def is_meta_build() -> bool:
+    """True inside :func:`meta_build`."""
+    return _META_BUILD.get()
+
+
+def coprs_home() -> Path:
+    """Where coprs keeps locally built artefacts (tiny models): ``$COPRS_HOME`` or
+    ``~/.cache/coprs``."""
+    return Path(os.environ.get("COPRS_HOME", Path.home() / ".cache" / "coprs"))

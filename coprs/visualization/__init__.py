@@ -1,0 +1,5 @@
+"""Overlays and panels (PNG outputs)."""
+
+from .overlay import heatmap_overlay, make_panel, mask_overlay, save_png
+
+__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "save_png"]

@@ -1,0 +1,66 @@
+"""Pictures of a result: heatmap and mask overlays, and the CoT | heatmap | mask panel."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+
+__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "save_png"]
+
+
+def _colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.clip(values, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
+                    cmap: str = "jet") -> np.ndarray:
+    """Blend an H x W heatmap in [0, 1] (colour-mapped) over an H x W x 3 uint8 image."""
+    color = _colormap(heatmap, cmap).astype(np.float32)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * color
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.55
+                 ) -> np.ndarray:
+    """Tint the pixels of an H x W bool mask on an H x W x 3 uint8 image."""
+    out = image.astype(np.float32).copy()
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path) -> None:
+    """Write a uint8 (H x W or H x W x 3) or bool array as PNG (bool → 0/255)."""
+    from PIL import Image
+
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def make_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: np.ndarray,
+               response: str, path, format_ok: bool | None = None, wrap: int = 48) -> None:
+    """Write the paper's Figure-5 style panel: image + instruction | heatmap | mask | response."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 4.4), dpi=100)
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(image)
+    axes[0].set_title("\n".join(textwrap.wrap(instruction or "(empty instruction)", 40)),
+                      fontsize=9)
+    axes[1].imshow(heatmap_overlay(image, heatmap))
+    axes[1].set_title("positional prior (heatmap)", fontsize=9)
+    axes[2].imshow(mask_overlay(image, mask))
+    axes[2].set_title("mask", fontsize=9)
+    text = "\n".join(textwrap.fill(p, wrap) for p in (response or "(empty)").splitlines() or [""])
+    if format_ok is not None:
+        text = f"[format {'ok' if format_ok else 'NOT ok'}]\n" + text
+    axes[3].text(0.0, 1.0, text[:2500], va="top", ha="left", fontsize=8, family="monospace",
+                 wrap=True)
+    axes[3].set_title("response", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.02, wspace=0.05)
+    fig.savefig(path, format="png")

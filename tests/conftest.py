@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny real-architecture models built once per session in a temp COPRS_HOME."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _coprs_home(tmp_path_factory):
+    """Tiny models are built into a per-session folder, never into the user's cache."""
+    old = os.environ.get("COPRS_HOME")
+    os.environ["COPRS_HOME"] = str(tmp_path_factory.mktemp("coprs_home"))
+    yield
+    if old is None:
+        os.environ.pop("COPRS_HOME", None)
+    else:
+        os.environ["COPRS_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL saved with save_pretrained (the layout of a real checkpoint folder)."""
+    from coprs.testing.tiny_qwen import save_tiny_qwen2_5_vl
+
+    return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_qwen_dir):
+    from coprs.policies import Qwen25VLPolicy
+
+    return Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112, max_new_tokens=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_segmentor():
+    """The tiny CoPRS assembly of configs/coprs/coprs_tiny_shapes_cpu.py (shared; don't train)."""
+    from coprs.apis import init_segmentor
+
+    return init_segmentor(str(TINY_CONFIG))

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coprs.policies import Qwen25VLPolicy
+from coprs.structures import Rollout
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (100, 150, 3), dtype=np.uint8)),
+            Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8))]
+
+
+def _rollout(policy, text):
+    return Rollout(text=text, token_ids=policy.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_readout_reads_the_ref_pos_position(tiny_policy):
+    imgs = _images()[:1]
+    r = _rollout(tiny_policy, "<think>the red circle</think><REF_POS>")
+    out = tiny_policy.readout(imgs, ["find it"], [r])
+    # reference: forward the same sequence and index the REF_POS token by hand
+    batch = tiny_policy.encode_prompts(imgs, ["find it"])
+    ids = torch.cat([batch["input_ids"], torch.tensor([r.token_ids])], dim=1)
+    with torch.no_grad():
+        ref = tiny_policy.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids),
+            pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+            mm_token_type_ids=(ids == tiny_policy.image_token_id).long(),
+            output_hidden_states=True).hidden_states[-1]
+    # the prompt mentions <REF_POS> too; the readout takes the one in the response
+    pos = int((ids[0] == tiny_policy.special_token_id).nonzero()[-1])
+    assert pos >= batch["input_ids"].shape[1]
+    assert out.has_token == [True]
+    torch.testing.assert_close(out.hidden[0], ref[0, pos])
+    # a different position gives a different state (the readout is position-specific)
+    assert not torch.allclose(out.hidden[0], ref[0, pos - 1])
+
+
+def test_readout_is_independent_of_batch_padding(tiny_policy):
+    imgs = _images()
+    rs = [_rollout(tiny_policy, "<think>a</think><REF_POS>"),
+          _rollout(tiny_policy, "<think>a much longer chain of thought here</think><REF_POS>")]
+    both = tiny_policy.readout(imgs, ["x", "a longer instruction"], rs).hidden
+    one = tiny_policy.readout(imgs[:1], ["x"], rs[:1]).hidden
+    two = tiny_policy.readout(imgs[1:], ["a longer instruction"], rs[1:]).hidden
+    torch.testing.assert_close(both[0], one[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], two[0], atol=1e-4, rtol=1e-4)
+
+
+def test_missing_ref_pos_is_appended_not_raised(tiny_policy):
+    imgs = _images()[:1]
+    bad = _rollout(tiny_policy, "<think>no token here</think><|im_end|>")
+    fixed = _rollout(tiny_policy, "<think>no token here</think><REF_POS>")
+    a = tiny_policy.readout(imgs, ["x"], [bad])
+    b = tiny_policy.readout(imgs, ["x"], [fixed])
+    assert a.has_token == [False] and b.has_token == [True]
+    torch.testing.assert_close(a.hidden, b.hidden)
+
+
+def test_greedy_generation_is_deterministic_and_never_writes_image_tokens(tiny_policy):
+    imgs = _images()
+    a = tiny_policy.generate(imgs, ["x", "y"], max_new_tokens=12)
+    b = tiny_policy.generate(imgs, ["x", "y"], max_new_tokens=12)
+    assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
+    for g in a:
+        assert not set(g[0].token_ids) & set(tiny_policy.suppress_token_ids)
+        assert g[0].logprobs is None
+
+
+def test_sampled_logprobs_match_a_forward_pass(tiny_policy):
+    imgs = _images()[:1]
+    torch.manual_seed(0)
+    groups = tiny_policy.generate(imgs, ["x"], num_samples=3, do_sample=True, max_new_tokens=8)
+    assert len(groups) == 1 and len(groups[0]) == 3
+    r = groups[0][0]
+    assert len(r.logprobs) == len(r.token_ids)
+    batch = tiny_policy.encode_prompts(imgs, ["x"])
+    ids = torch.cat([batch["input_ids"], torch.tensor([r.token_ids])], dim=1)
+    with torch.no_grad():
+        out = tiny_policy.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids),
+            pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+            mm_token_type_ids=(ids == tiny_policy.image_token_id).long())
+    n = len(r.token_ids)
+    logits = out.logits[0, -n - 1:-1].float()
+    logits[:, tiny_policy.suppress_token_ids] = -float("inf")
+    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.token_ids)[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(r.logprobs), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        Qwen25VLPolicy(model_path=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="model_path"):
+        Qwen25VLPolicy()
+
+
+def test_new_special_token_is_added_and_embeddings_resized(tiny_qwen_dir):
+    p = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), special_token="<LOC_TOKEN>",
+                       max_pixels=112 * 112)
+    assert p.tokenizer.convert_tokens_to_ids("<LOC_TOKEN>") == p.special_token_id
+    assert p.model.get_input_embeddings().weight.shape[0] >= len(p.tokenizer)
+    assert len(p.tokenizer.encode("<LOC_TOKEN>", add_special_tokens=False)) == 1

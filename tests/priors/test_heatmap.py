@@ -1,0 +1,58 @@
+import math
+
+import torch
+
+from coprs.priors import HeatmapPrior
+from coprs.structures import PolicyOutput
+
+
+def _algorithm1(prior: HeatmapPrior, e_conc, keys):
+    """Paper Algorithm 1 with explicit loops over heads and pixels."""
+    b, _, h, w = keys.shape
+    q = prior.query_head(e_conc)
+    k = prior.key_mlp(keys.permute(0, 2, 3, 1))  # B x h x w x d_k
+    d_h = prior.head_dim
+    s = torch.zeros(b, prior.num_heads, h, w)
+    for i in range(prior.num_heads):
+        wq = prior.w_q.weight[i * d_h:(i + 1) * d_h]  # d_h x d_q
+        wk = prior.w_k.weight[i * d_h:(i + 1) * d_h]
+        q_i = q @ wq.T  # B x d_h
+        k_i = k @ wk.T  # B x h x w x d_h
+        for u in range(h):
+            for v in range(w):
+                s[:, i, u, v] = (q_i * k_i[:, u, v]).sum(-1) / math.sqrt(d_h)
+    return prior.fuse(s)
+
+
+def test_heatmap_matches_algorithm_1_and_shapes():
+    torch.manual_seed(0)
+    prior = HeatmapPrior(query_dim=24, key_in_dim=16, d_q=12, d_k=10, attn_dim=8, num_heads=4)
+    e = torch.randn(2, 24)
+    keys = torch.randn(2, 16, 5, 6)
+    out = prior(PolicyOutput(hidden=e, responses=["a", "b"], has_token=[True, False]), keys)
+    assert out.heatmap.shape == (2, 1, 5, 6)
+    assert out.dense.shape == (2, 1, 20, 24)
+    assert out.valid == [True, False]
+    with torch.no_grad():
+        torch.testing.assert_close(out.heatmap, _algorithm1(prior, e, keys), atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_heatmap_depends_on_the_query():
+    torch.manual_seed(0)
+    prior = HeatmapPrior(query_dim=8, key_in_dim=8, d_q=8, d_k=8, attn_dim=8, num_heads=2)
+    keys = torch.randn(1, 8, 4, 4)
+    a = prior(PolicyOutput(torch.randn(1, 8), ["x"], [True]), keys).heatmap
+    b = prior(PolicyOutput(torch.randn(1, 8), ["x"], [True]), keys).heatmap
+    assert not torch.allclose(a, b)
+
+
+def test_added_path_sizes_match_the_paper():
+    from coprs.decoders import PriorDecoder
+
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    dec = n(PriorDecoder(preset="sam"))
+    assert n(PriorDecoder(preset="sam").mask_decoder) == 4_058_340  # SAM's mask decoder
+    for d_model, lo, hi in [(2048, 4.5e6, 4.9e6), (3584, 5.0e6, 5.4e6)]:
+        total = dec + n(HeatmapPrior(query_dim=d_model, key_in_dim=256))
+        assert lo <= total <= hi, (d_model, total)

@@ -1,0 +1,45 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from coprs.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "coprs"
+
+# paper Tables 5-7: totals truncated to two decimals, in billions
+PAPER_TOTALS = {
+    "coprs_qwen2.5-vl-3b_sam-vit-h_refcoco.py": 4.39,
+    "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py": 8.93,
+    "coprs_qwen2.5-vl-7b_sam-vit-l_refcoco.py": 8.60,
+    "coprs_qwen2.5-vl-7b_sam-vit-b_refcoco.py": 8.38,
+}
+
+
+def _count(capsys, name):
+    assert main(["count-params", str(CONFIGS / name), "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, billions", sorted(PAPER_TOTALS.items()))
+def test_real_size_configs_reproduce_paper_totals(capsys, name, billions):
+    counts = _count(capsys, name)
+    assert math.floor(counts["total"] / 1e7) / 100 == pytest.approx(billions)
+    assert counts["total"] == sum(counts["components"].values())
+    policy = counts["components"]["policy"]
+    assert policy == (3_754_622_976 if "3b" in name else 8_292_166_656)  # SPEC §7
+
+
+def test_added_path_of_the_3b_assembly_is_lightweight(capsys):
+    c = _count(capsys, "coprs_qwen2.5-vl-3b_sam-vit-h_refcoco.py")["components"]
+    assert 4.5e6 <= c["prior"] + c["decoder"] <= 4.9e6
+    assert c["vision_backbone"] == 637_026_048
+
+
+def test_human_readable_output_and_missing_config(capsys):
+    assert main(["count-params", str(CONFIGS / "coprs_tiny_shapes_cpu.py")]) == 0
+    out = capsys.readouterr().out
+    assert "added path" in out and "total" in out
+    assert main(["count-params", "configs/nope.py"]) == 2
+    assert "does not exist" in capsys.readouterr().err
