@@ -1,0 +1,174 @@
+"""End-to-end tests of tools/analysis/{recompute_metrics,correlation}.py on a temporary results dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coprs.evaluation.functional import (
+    results_subdir,
+    sample_counts,
+    sample_iou,
+    write_per_sample,
+)
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "analysis"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recompute_metrics = _load("recompute_metrics")
+correlation = _load("correlation")
+
+
+def _mask(pixels, shape=(4, 4)):
+    mask = np.zeros(shape, dtype=bool)
+    for r, c in pixels:
+        mask[r, c] = True
+    return mask
+
+
+def _record(sample_id, pred, gt, ignore=None, heatmap_iou=0.5):
+    counts = sample_counts(pred, gt, ignore)
+    return {
+        "sample_id": sample_id,
+        "instruction": f"segment {sample_id}",
+        **counts,
+        "iou": sample_iou(counts),
+        "heatmap_iou": heatmap_iou,
+        "format_ok": True,
+    }
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    """ReasonSeg val: 3 samples (one empty/empty); RefCOCO testA: 2 samples, one with ignore."""
+    root = tmp_path / "test"
+    reason = [
+        _record("r0", _mask([(0, 0), (0, 1)]), _mask([(0, 0)])),  # IoU 1/2
+        _record("r1", _mask([(1, 1)]), _mask([(1, 1)])),  # IoU 1
+        _record("r2", _mask([]), _mask([]), heatmap_iou=None),  # empty / empty
+    ]
+    refcoco = [
+        _record("c0", _mask([(0, 0), (0, 1)]), _mask([(0, 1), (0, 2)]), _mask([(0, 0)])),
+        _record("c1", _mask([(2, 2)]), _mask([(2, 2), (3, 3)])),  # IoU 1/2
+    ]
+    write_per_sample(root / results_subdir("reason_seg", "val") / "per_sample.jsonl", reason)
+    write_per_sample(root / results_subdir("refcoco/unc", "testA") / "per_sample.jsonl", refcoco)
+    return root
+
+
+def test_recompute_metrics_default_protocol(results_dir, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert recompute_metrics.main([str(results_dir), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert list(metrics) == ["reason_seg_val", "refcoco_unc_testA"]
+    reason = metrics["reason_seg_val"]
+    assert reason["gIoU"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert reason["cIoU"] == pytest.approx(2 / 3)
+    assert reason["n"] == 3
+    # c0 with ignore excluded: inter {(0,1)}, union {(0,1),(0,2)} -> 1/2; c1: 1/2.
+    assert metrics["refcoco_unc_testA"]["gIoU"] == pytest.approx(0.5)
+    assert metrics["refcoco_unc_testA"]["cIoU"] == pytest.approx(2 / 4)
+    stdout = capsys.readouterr().out
+    assert "| split | gIoU | cIoU | n |" in stdout
+    assert "| reason_seg_val | 83.33 | 66.67 | 3 |" in stdout
+
+
+def test_recompute_metrics_other_protocols(results_dir, tmp_path):
+    out = tmp_path / "metrics.json"
+    argv = [str(results_dir), "--empty-empty", "skip", "--ignore", "foreground", "--json", str(out)]
+    assert recompute_metrics.main(argv) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["reason_seg_val"]["gIoU"] == pytest.approx(0.75)
+    assert metrics["reason_seg_val"]["n"] == 2 and metrics["reason_seg_val"]["n_skipped"] == 1
+    # c0 with ignore as foreground: gt' = {(0,0),(0,1),(0,2)} -> 2/3.
+    assert metrics["refcoco_unc_testA"]["gIoU"] == pytest.approx((2 / 3 + 0.5) / 2)
+    assert metrics["refcoco_unc_testA"]["cIoU"] == pytest.approx(3 / 5)
+    assert recompute_metrics.main([str(results_dir), "--empty-empty", "0", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["reason_seg_val"]["gIoU"] == pytest.approx(0.5)
+
+
+def test_recompute_metrics_errors(tmp_path, capsys):
+    assert recompute_metrics.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    assert recompute_metrics.main([str(tmp_path)]) == 2
+    assert "no per_sample.jsonl under" in capsys.readouterr().err
+    bad = tmp_path / "x_val" / "per_sample.jsonl"
+    bad.parent.mkdir()
+    bad.write_text("not json\n")
+    assert recompute_metrics.main([str(tmp_path)]) == 2
+    assert "per_sample.jsonl:1: malformed JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        recompute_metrics.main([str(tmp_path), "--empty-empty", "0.5"])
+    assert exc.value.code == 2
+
+
+def test_help_has_example(capsys):
+    for tool in (recompute_metrics, correlation):
+        with pytest.raises(SystemExit) as exc:
+            tool.main(["--help"])
+        assert exc.value.code == 0
+        assert "example:" in capsys.readouterr().out
+
+
+def _write_correlated(
+    root: Path, name: str, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    heat = rng.uniform(size=n)
+    mask = np.clip(0.1 + 0.8 * heat + rng.normal(scale=0.05, size=n), 0, 1)
+    records = [
+        {**_record(f"s{i}", _mask([]), _mask([])), "iou": float(m), "heatmap_iou": float(h)}
+        for i, (h, m) in enumerate(zip(heat, mask))
+    ]
+    records.append(_record("nohm", _mask([]), _mask([]), heatmap_iou=None))  # skipped
+    write_per_sample(root / name / "per_sample.jsonl", records)
+    return heat, mask
+
+
+def test_correlation_tool(tmp_path, capsys):
+    root = tmp_path / "test"
+    heat, mask = _write_correlated(root, "reason_seg_val", 30)
+    _write_correlated(root, "tiny_val", 2)  # too few samples: skipped with a message
+    assert correlation.main([str(root)]) == 0
+    summary = json.loads((root / "reason_seg_val" / "correlation.json").read_text())
+    assert set(summary) == {"n", "pearson_r", "slope", "intercept", "level"}
+    assert summary["n"] == 30 and summary["level"] == 0.95
+    assert summary["pearson_r"] == pytest.approx(np.corrcoef(heat, mask)[0, 1])
+    slope, intercept = np.polyfit(heat, mask, 1)
+    assert summary["slope"] == pytest.approx(slope)
+    assert summary["intercept"] == pytest.approx(intercept)
+    png = (root / "reason_seg_val" / "correlation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (root / "tiny_val" / "correlation.png").exists()
+    captured = capsys.readouterr()
+    assert "| reason_seg_val | 30 |" in captured.out
+    assert "skipping tiny_val (2 samples with heatmap IoU)" in captured.err
+
+
+def test_correlation_tool_out_dir_and_errors(tmp_path, capsys):
+    root = tmp_path / "test"
+    _write_correlated(root, "reason_seg_test", 10, seed=3)
+    out = tmp_path / "analysis"
+    assert correlation.main([str(root), "--out", str(out), "--level", "0.9"]) == 0
+    assert (out / "reason_seg_test" / "correlation.png").is_file()
+    assert json.loads((out / "reason_seg_test" / "correlation.json").read_text())["level"] == 0.9
+    assert not (root / "reason_seg_test" / "correlation.png").exists()
+    capsys.readouterr()
+    assert correlation.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert correlation.main([str(empty)]) == 2
+    assert "no per_sample.jsonl under" in capsys.readouterr().err

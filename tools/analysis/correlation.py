@@ -1,0 +1,125 @@
+"""Per-sample heatmap IoU vs mask IoU: Pearson R, OLS line and its confidence band (paper Sec. 4.3).
+
+For every ``per_sample.jsonl`` under RESULTS_DIR (written by ``tools/test.py``), records whose
+``heatmap_iou`` or ``iou`` is null are skipped; the rest give ``correlation.png`` (scatter, OLS line,
+shaded mean-confidence band, R in the legend) and ``correlation.json``
+(``{"n", "pearson_r", "slope", "intercept", "level"}``) in the results subdirectory, or in
+``--out/<subdir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    from coprs.evaluation.correlation import plot_correlation
+    from coprs.evaluation.functional import (
+        PER_SAMPLE_FILENAME,
+        find_per_sample,
+        read_per_sample,
+    )
+except ImportError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from coprs.evaluation.correlation import plot_correlation
+    from coprs.evaluation.functional import (
+        PER_SAMPLE_FILENAME,
+        find_per_sample,
+        read_per_sample,
+    )
+
+EXAMPLE = """example:
+  python tools/analysis/correlation.py work_dirs/coprs_7b/test
+  python tools/analysis/correlation.py work_dirs/coprs_7b/test --out work_dirs/analysis
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Correlate per-sample heatmap IoU with mask IoU (Pearson R, OLS, band).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", help="directory searched for per_sample.jsonl"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write <DIR>/<subdir>/correlation.{png,json} (default: next to each per_sample.jsonl)",
+    )
+    parser.add_argument(
+        "--level", type=float, default=0.95, help="confidence level of the band (default: 0.95)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results_dir = Path(args.results_dir)
+    if not results_dir.is_dir():
+        print(f"error: results directory {str(results_dir)!r} does not exist", file=sys.stderr)
+        return 2
+    files = find_per_sample(results_dir)
+    if not files:
+        print(
+            f"error: no {PER_SAMPLE_FILENAME} under {str(results_dir)!r}; expected "
+            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by tools/test.py",
+            file=sys.stderr,
+        )
+        return 2
+
+    rows = []
+    for name, path in files.items():
+        try:
+            records = read_per_sample(path)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        pairs = [
+            (r["heatmap_iou"], r["iou"])
+            for r in records
+            if r.get("heatmap_iou") is not None and r.get("iou") is not None
+        ]
+        out_dir = path.parent if args.out is None else Path(args.out) / name
+        try:
+            fit = plot_correlation(
+                [h for h, _ in pairs],
+                [m for _, m in pairs],
+                out_dir / "correlation.png",
+                title=f"{name}: heatmap IoU vs mask IoU",
+                level=args.level,
+            )
+        except ValueError as err:
+            print(
+                f"skipping {name} ({len(pairs)} samples with heatmap IoU): {err}", file=sys.stderr
+            )
+            continue
+        summary = {
+            "n": fit.n,
+            "pearson_r": fit.r,
+            "slope": fit.slope,
+            "intercept": fit.intercept,
+            "level": fit.level,
+        }
+        (out_dir / "correlation.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rows.append((name, summary, out_dir))
+
+    if not rows:
+        print("error: no results directory had enough samples to analyse", file=sys.stderr)
+        return 1
+    print("| split | n | Pearson R | slope | intercept |")
+    print("|---|---:|---:|---:|---:|")
+    for name, s, _ in rows:
+        print(
+            f"| {name} | {s['n']} | {s['pearson_r']:.4f} | {s['slope']:.4f} | {s['intercept']:.4f} |"
+        )
+    for name, _, out_dir in rows:
+        print(f"{name}: wrote {out_dir / 'correlation.png'} and {out_dir / 'correlation.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

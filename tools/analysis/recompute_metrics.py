@@ -1,0 +1,104 @@
+"""Recompute gIoU / cIoU from saved per-sample counts under any evaluation protocol.
+
+Reads every ``per_sample.jsonl`` (written by ``tools/test.py``) under RESULTS_DIR and reduces its
+counts with :func:`coprs.evaluation.functional.reduce_counts`; no model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    from coprs.evaluation.functional import (
+        PER_SAMPLE_FILENAME,
+        find_per_sample,
+        read_per_sample,
+        reduce_counts,
+    )
+except ImportError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from coprs.evaluation.functional import (
+        PER_SAMPLE_FILENAME,
+        find_per_sample,
+        read_per_sample,
+        reduce_counts,
+    )
+
+EMPTY_EMPTY = {"1": 1.0, "0": 0.0, "skip": "skip"}
+
+EXAMPLE = """example:
+  # LISA's protocol (default) vs Seg-Zero's (empty/empty samples dropped)
+  python tools/analysis/recompute_metrics.py work_dirs/coprs_7b/test
+  python tools/analysis/recompute_metrics.py work_dirs/coprs_7b/test --empty-empty skip \\
+      --ignore exclude --json work_dirs/coprs_7b/test/metrics_segzero.json
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Recompute gIoU/cIoU from per_sample.jsonl files without rerunning the model.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", help="directory searched for per_sample.jsonl"
+    )
+    parser.add_argument(
+        "--empty-empty",
+        choices=list(EMPTY_EMPTY),
+        default="1",
+        help="IoU of an empty prediction on an empty ground truth: 1 (LISA, default), 0, or skip",
+    )
+    parser.add_argument(
+        "--ignore",
+        choices=["exclude", "background", "foreground"],
+        default="exclude",
+        help="how ignore pixels are scored (default: exclude, as LISA)",
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results_dir = Path(args.results_dir)
+    if not results_dir.is_dir():
+        print(f"error: results directory {str(results_dir)!r} does not exist", file=sys.stderr)
+        return 2
+    files = find_per_sample(results_dir)
+    if not files:
+        print(
+            f"error: no {PER_SAMPLE_FILENAME} under {str(results_dir)!r}; expected "
+            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by tools/test.py",
+            file=sys.stderr,
+        )
+        return 2
+    empty_empty = EMPTY_EMPTY[args.empty_empty]
+    metrics = {}
+    for name, path in files.items():
+        try:
+            records = read_per_sample(path)
+            metrics[name] = reduce_counts(records, empty_empty, args.ignore)
+        except ValueError as err:
+            print(f"error: {path}: {err}", file=sys.stderr)
+            return 2
+
+    print(f"protocol: empty/empty={args.empty_empty}, ignore={args.ignore} (gIoU, cIoU in %)")
+    print()
+    print("| split | gIoU | cIoU | n |")
+    print("|---|---:|---:|---:|")
+    for name, m in metrics.items():
+        print(f"| {name} | {100 * m['gIoU']:.2f} | {100 * m['cIoU']:.2f} | {m['n']} |")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
