@@ -1,8 +1,11 @@
 """The ``coprs`` command.
 
-Subcommands:
-    infer         segment an image (or a JSONL batch) and write CoT, heatmap, mask and panel
-    count-params  parameters per component of a config, on the meta device
+Subcommands (one module each in ``coprs.commands``):
+    infer             segment an image (or a JSONL batch): CoT, heatmap, mask, panel
+    test              evaluate every split a config names (gIoU, cIoU, heatmap IoU, format rate)
+    count-params      parameters per component of a config, on the meta device
+    extract-features  precompute frozen backbone features into the feature cache
+    browse-dataset    dump what a dataset loader produces as JSON lines
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback.
@@ -11,61 +14,14 @@ line and exit with code 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from .commands import browse_dataset, count_params, extract_features, infer, test
+from .commands.common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-
-class UsageError(Exception):
-    """A mistake in what the user passed; reported as one line, exit code 2."""
-
-
-def _add_infer(sub) -> None:
-    p = sub.add_parser(
-        "infer",
-        help="segment an image from an instruction",
-        description="Reason about an instruction on an image and write response.txt, heatmap.png, "
-                    "mask.png, panel.png and result.json to --out.",
-        epilog='example: coprs infer --config configs/coprs/coprs_tiny_shapes_cpu.py '
-               'coprs/assets/sample.png "the shape left of the blue square" --out outputs/demo',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("image", nargs="?", help="image path")
-    p.add_argument("instruction", nargs="?", help="the instruction (quote it)")
-    p.add_argument("--config", required=True, help="config file")
-    p.add_argument("--checkpoint", help="trained checkpoint (.pth)")
-    p.add_argument("--out", default="outputs/infer", help="output folder (default: %(default)s)")
-    p.add_argument("--input-jsonl", help='batch: lines {"image": PATH, "instruction": TEXT}; one '
-                                         "output folder per line")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, help="response budget")
-    p.add_argument("--allow-empty", action="store_true", help="accept an empty instruction")
-    _add_cfg_options(p)
-    p.set_defaults(func=_cmd_infer)
-
-
-def _add_count_params(sub) -> None:
-    p = sub.add_parser(
-        "count-params",
-        help="count parameters per component (meta device, no weights)",
-        description="Build a config on the meta device (no weights, no memory) and print the "
-                    "parameters of policy, vision backbone, prior and decoder.",
-        epilog="example: coprs count-params "
-               "configs/coprs/coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py --json",
-    )
-    p.add_argument("config", help="config file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_cfg_options(p)
-    p.set_defaults(func=_cmd_count_params)
-
-
-def _add_cfg_options(p) -> None:
-    from mmengine.config import DictAction
-
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                   help="override config keys, e.g. model.policy.model_path=/models/qwen")
+_COMMANDS = (infer, test, count_params, extract_features, browse_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,114 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_infer(sub)
-    _add_count_params(sub)
+    for command in _COMMANDS:
+        command.add_parser(sub)
     return parser
-
-
-def _load_config(path: str, cfg_options):
-    from mmengine.config import Config
-
-    if not Path(path).is_file():
-        raise UsageError(f"config '{path}' does not exist")
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
-def _cmd_count_params(args) -> int:
-    from coprs.models.counting import build_for_counting, count_model_parameters
-
-    cfg = _load_config(args.config, args.cfg_options)
-    counts = count_model_parameters(build_for_counting(cfg.model))
-    if args.json:
-        print(json.dumps(counts))
-        return 0
-    comps = counts["components"]
-    added = comps["prior"] + comps["decoder"]
-    for name, n in comps.items():
-        print(f"{name:<18}{n:>16,}")
-    print(f"{'added path':<18}{added:>16,}  (prior + decoder, {added / 1e6:.2f}M)")
-    print(f"{'total':<18}{counts['total']:>16,}  ({counts['total'] / 1e9:.4f}B)")
-    return 0
-
-
-def _read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
-    """(line number, item or None, error or None) for each non-blank line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"input JSONL '{path}' does not exist")
-    items = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            if not isinstance(item, dict) or "image" not in item or "instruction" not in item:
-                raise ValueError('expected {"image": ..., "instruction": ...}')
-            items.append((n, item, None))
-        except ValueError as exc:
-            items.append((n, None, f"{path}:{n}: {exc}"))
-    return items
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    """Text for a terminal line: whitespace runs folded, long text cut."""
-    flat = " ".join(text.split())
-    if not flat:
-        return "(empty)" if not text else f"(only whitespace: {len(text)} characters)"
-    return flat if len(flat) <= limit else flat[:limit] + " …"
-
-
-def _cmd_infer(args) -> int:
-    from tqdm import tqdm
-
-    from coprs.apis import init_segmentor, segment, write_result
-    from coprs.datasets.transforms import load_image
-
-    if args.input_jsonl is None and (args.image is None or args.instruction is None):
-        raise UsageError("give IMAGE and INSTRUCTION, or --input-jsonl FILE")
-    cfg = _load_config(args.config, args.cfg_options)
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise UsageError(f"checkpoint '{args.checkpoint}' does not exist")
-    if args.input_jsonl is None:  # check the image before building the model
-        image = load_image(args.image)
-    model = init_segmentor(cfg, args.checkpoint, device=args.device)
-    out = Path(args.out)
-
-    if args.input_jsonl is None:
-        result = segment(model, image, args.instruction, allow_empty=args.allow_empty,
-                         max_new_tokens=args.max_new_tokens)
-        summary = write_result(out, image, args.instruction, result)
-        print(f"response: {_one_line(result.response)}")
-        print(f"chain of thought: {_one_line(result.cot)}")
-        print(f"format ok: {result.format_ok}; mask area: {summary['mask_area']} px; "
-              f"heatmap peak (x, y): {tuple(summary['heatmap_peak_xy'])}")
-        print(f"wrote {out}/response.txt heatmap.png mask.png panel.png result.json")
-        return 0
-
-    failures = []
-    items = _read_jsonl(args.input_jsonl)
-    done = 0
-    for n, item, error in tqdm(items, desc="infer", unit="sample"):
-        if error is not None:
-            failures.append(error)
-            continue
-        try:
-            image = load_image(item["image"])
-            result = segment(model, image, item["instruction"], allow_empty=args.allow_empty,
-                             max_new_tokens=args.max_new_tokens)
-            write_result(out / f"{n:06d}", image, item["instruction"], result)
-            done += 1
-        except (FileNotFoundError, ValueError, TypeError) as exc:
-            failures.append(f"{args.input_jsonl}:{n}: {exc}")
-    print(f"{done} of {len(items)} lines segmented into {out}/<line number>/")
-    if failures:
-        print(f"{len(failures)} failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-    return 0 if done or not items else 1
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ Two kinds of registry live here (see docs/architecture.md):
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
@@ -34,7 +35,7 @@ from mmengine.registry import Registry as _MMRegistry
 
 __all__ = [
     "POLICIES", "VISION_BACKBONES", "PRIORS", "DECODERS", "REWARDS", "ROLLOUT_ENGINES",
-    "MODELS", "DATASETS", "DATA_SAMPLERS", "TRANSFORMS", "METRICS", "EVALUATOR", "LOOPS", "HOOKS",
+    "MODELS", "DATASETS", "DATA_SAMPLERS", "FUNCTIONS", "TRANSFORMS", "METRICS", "EVALUATOR", "LOOPS", "HOOKS",
     "LOG_PROCESSORS", "MODEL_WRAPPERS", "OPTIMIZERS", "OPTIM_WRAPPERS",
     "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS", "VISBACKENDS", "VISUALIZERS",
     "COMPONENT_REGISTRIES", "ALL_REGISTRIES",
@@ -87,6 +88,8 @@ MODELS = Registry("model", parent=MMENGINE_MODELS, locations=["coprs.models"])
 DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, locations=["coprs.datasets"])
 # samplers
 DATA_SAMPLERS = Registry("data sampler", parent=MMENGINE_DATA_SAMPLERS, locations=["coprs.datasets"])
+# functions built from config (collate functions)
+FUNCTIONS = Registry("function", parent=MMENGINE_FUNCTIONS, locations=["coprs.datasets"])
 # data transforms
 TRANSFORMS = Registry("transform", parent=MMENGINE_TRANSFORMS, locations=["coprs.datasets"])
 # metrics
@@ -134,6 +137,7 @@ ALL_REGISTRIES = {
     "models": MODELS,
     "datasets": DATASETS,
     "data_samplers": DATA_SAMPLERS,
+    "functions": FUNCTIONS,
     "transforms": TRANSFORMS,
     "metrics": METRICS,
     "evaluator": EVALUATOR,

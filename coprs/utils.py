@@ -21,6 +21,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import coprs.backbones  # noqa: F401
     import coprs.datasets  # noqa: F401
     import coprs.decoders  # noqa: F401
+    import coprs.engine  # noqa: F401
     import coprs.evaluation  # noqa: F401
     import coprs.models  # noqa: F401
     import coprs.policies  # noqa: F401

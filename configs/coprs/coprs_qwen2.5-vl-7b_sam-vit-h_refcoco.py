@@ -1,2 +1,6 @@
 # CoPRS-7B (Qwen2.5-VL-7B + SAM ViT-H), trained on the RefCOCO series (paper Sec. 4.1).
-_base_ = ['../_base_/models/coprs_qwen2.5-vl-7b_sam-vit-h.py', '../_base_/default_runtime.py']
+_base_ = [
+    '../_base_/models/coprs_qwen2.5-vl-7b_sam-vit-h.py',
+    '../_base_/datasets/refcoco.py',
+    '../_base_/default_runtime.py',
+]

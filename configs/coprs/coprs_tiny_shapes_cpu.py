@@ -1,2 +1,8 @@
-# The embedded CPU default: the tiny CoPRS assembly (random-initialised, built locally).
-_base_ = ['../_base_/models/coprs_tiny.py', '../_base_/default_runtime.py']
+# The embedded CPU default: the tiny CoPRS assembly (random-initialised, built locally) on the
+# synthetic reasoning world; `coprs test` evaluates its `test` and `test_novel` splits.
+_base_ = [
+    '../_base_/models/coprs_tiny.py',
+    '../_base_/datasets/shapes.py',
+    '../_base_/default_runtime.py',
+]
+work_dir = 'work_dirs/coprs_tiny_shapes_cpu'

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from ..datasets.transforms import load_image
+from ..image import load_image
 from ..structures import SegmentationResult
 from ..utils import register_all_modules
 

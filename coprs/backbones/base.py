@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..image import longest_side_size
+
 __all__ = ["BaseVisionBackbone"]
 
 
@@ -27,6 +29,10 @@ class BaseVisionBackbone(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """B RGB uint8 arrays → (B x 3 x S x S tensor, valid (h, w) per image)."""
+
+    def valid_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an image of size ``hw`` inside the padded S x S input (longest side → S)."""
+        return longest_side_size(hw[0], hw[1], self.img_size)
 
     @property
     @abstractmethod

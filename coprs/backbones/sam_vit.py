@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
+from ..image import resize_longest_side
 from ..registry import VISION_BACKBONES
 from ..utils import is_meta_build
 from .base import BaseVisionBackbone
@@ -159,11 +159,8 @@ class SAMViTBackbone(BaseVisionBackbone):
         device = self.pixel_mean.device
         batch, valid = [], []
         for img in images:
-            h, w = img.shape[:2]
-            scale = self.img_size / max(h, w)
-            nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-            if (nh, nw) != (h, w):  # PIL resize, as SAM's ResizeLongestSide
-                img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+            img = resize_longest_side(img, self.img_size)  # PIL bilinear, as SAM's
+            nh, nw = img.shape[:2]
             x = torch.from_numpy(np.array(img, dtype=np.float32)).to(device).permute(2, 0, 1)
             x = (x - self.pixel_mean) / self.pixel_std
             x = F.pad(x, (0, self.img_size - nw, 0, self.img_size - nh))

@@ -1,3 +1,13 @@
 """Datasets and transforms (DATASETS / TRANSFORMS registries)."""
 
-from . import masks, reasonseg, refcoco, safe_pickle, shapes  # noqa: F401  (register)
+from .masks import LoadSegAnnotations, mask_to_rle, rle_to_mask, segm_to_mask
+from .reasonseg import ReasonSegDataset
+from .refcoco import RefCOCODataset
+from .shapes import ShapesReasonDataset, ShapesWorld
+from .transforms import LoadImage, PackReasonSegInputs, PolicyView, ResizePadVision
+
+__all__ = [
+    "RefCOCODataset", "ReasonSegDataset", "ShapesReasonDataset", "ShapesWorld",
+    "LoadImage", "LoadSegAnnotations", "ResizePadVision", "PolicyView", "PackReasonSegInputs",
+    "segm_to_mask", "mask_to_rle", "rle_to_mask",
+]

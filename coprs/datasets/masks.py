@@ -149,8 +149,35 @@ class LoadSegAnnotations:
     raised: a mask drawn at the wrong size would silently misalign every metric.
     """
 
+    def __init__(self, skip_errors: bool = False) -> None:
+        self.skip_errors = skip_errors
+
     def __call__(self, results: dict) -> dict:
-        """Add ``gt_mask`` and ``ignore_mask`` to ``results`` (modified in place and returned)."""
+        """Add ``gt_mask`` and ``ignore_mask`` to ``results`` (modified in place and returned).
+
+        With ``skip_errors=True`` (evaluation configs) a bad annotation does not raise: the
+        message goes to ``results['load_error']`` and the sample is reported and skipped by
+        the evaluation loop. A sample whose image already failed to load is passed through.
+        """
+        if results.get("load_error"):
+            img = results.get("img")
+            hw = img.shape[:2] if img is not None else (1, 1)
+            results["gt_mask"] = np.zeros(hw, bool)
+            results["ignore_mask"] = None
+            return results
+        try:
+            return self._load(results)
+        except (ValueError, KeyError) as err:
+            if not self.skip_errors:
+                raise
+            img = results.get("img")
+            hw = img.shape[:2] if img is not None else (1, 1)
+            results["load_error"] = str(err.args[0] if isinstance(err, KeyError) else err)
+            results["gt_mask"] = np.zeros(hw, bool)
+            results["ignore_mask"] = None
+            return results
+
+    def _load(self, results: dict) -> dict:
         where = f"img_path={results.get('img_path')!r}, sample_id={results.get('sample_id')!r}"
         img = results.get("img")
         img_hw = tuple(int(v) for v in img.shape[:2]) if img is not None else None
@@ -183,4 +210,4 @@ class LoadSegAnnotations:
     transform = __call__
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(skip_errors={self.skip_errors})"

@@ -1291,6 +1291,7 @@ class ShapesReasonDataset(BaseDataset):
         kwargs.setdefault("data_root", "")
         kwargs.setdefault("ann_file", "")
         super().__init__(pipeline=list(pipeline), **kwargs)
+        self._metainfo.update(dataset_name="shapes", split=split)
 
     def load_data_list(self) -> list[dict]:
         """One light dict per sample: ``sample_seed``, ``sample_id``, ``img_path``, ``split``."""

@@ -1,125 +1,145 @@
-"""Image loading and the two views of an image (SPEC §3).
+"""Data transforms (TRANSFORMS registry), SPEC §3.
 
-* the vision view: longest side → S (1024 for SAM), aspect kept, padded bottom/right to S²;
-* the policy view: capped at ``max_pixels`` (705,600 in the paper) and at least ``min_pixels``
-  (3,136); Qwen's image processor applies the cap itself, :func:`policy_view_size` mirrors it.
+A pipeline turns a dataset's data_info dict into what the model consumes:
+
+* :class:`LoadImage` — RGB uint8, EXIF orientation applied; a file that cannot be read is
+  recorded under ``load_error`` (with the path) instead of raising, so a long evaluation reports
+  and skips it;
+* ``LoadSegAnnotations`` (``coprs.datasets.masks``) — polygons / RLE → ``gt_mask``,
+  ``ignore_mask``;
+* :class:`ResizePadVision` — the vision view: longest side → S, padded bottom/right to S², the
+  masks alike, the valid region recorded;
+* :class:`PolicyView` — the policy view: at most ``max_pixels`` and at least ``min_pixels``,
+  multiples of 28 (Qwen2.5-VL's ``smart_resize``);
+* :class:`PackReasonSegInputs` — ``{'inputs': image, 'data_samples': dict}``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-__all__ = ["load_image", "to_rgb_array", "resize_longest_side", "policy_view_size",
-           "MAX_ASPECT_RATIO"]
+from ..image import load_image, pad_to_square, policy_view_size, resize_longest_side
+from ..registry import FUNCTIONS, TRANSFORMS
 
-#: Qwen2.5-VL's image processor rejects images more elongated than this.
-MAX_ASPECT_RATIO = 200
+__all__ = ["LoadImage", "ResizePadVision", "PolicyView", "PackReasonSegInputs",
+           "DEFAULT_META_KEYS", "reasonseg_collate"]
 
 
-def load_image(image, name: str | None = None) -> np.ndarray:
-    """Read an image into an H x W x 3 uint8 RGB array.
+@TRANSFORMS.register_module()
+class LoadImage:
+    """Load ``img_path`` into ``img`` (H x W x 3 uint8 RGB) unless ``img`` is already there.
 
-    Accepts a path (EXIF orientation applied), a PIL image, or an array (H x W, H x W x 1/3/4;
-    uint8, uint16 or float in [0, 1]). Grayscale, palette, RGBA/LA (alpha dropped), CMYK and
-    16-bit images are converted to 8-bit RGB.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image, the array has an unsupported shape/dtype,
-            the image is empty, or it is more elongated than 200:1.
+    Adds ``img``, ``ori_shape`` (H, W). With ``skip_errors=True`` (default) a missing or corrupt
+    file sets ``load_error`` (a message naming the path) and a 1 x 1 placeholder image, so the
+    evaluation loop can report and skip the sample; with False it raises.
     """
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image).expanduser()
-        name = name or str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"image '{path}' does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                pil = ImageOps.exif_transpose(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"image '{path}' cannot be read as an image: {exc}") from exc
-        arr = to_rgb_array(pil, name)
-    elif isinstance(image, Image.Image):
-        arr = to_rgb_array(ImageOps.exif_transpose(image), name or "PIL image")
-    elif isinstance(image, np.ndarray):
-        arr = to_rgb_array(image, name or "array")
-    else:
-        raise ValueError(
-            f"image must be a path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}"
-        )
-    h, w = arr.shape[:2]
-    if h == 0 or w == 0:
-        raise ValueError(f"image '{name}' is empty ({h}x{w})")
-    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"image '{name}' is {h}x{w}: more elongated than {MAX_ASPECT_RATIO}:1, which the "
-            "policy's image processor cannot take; crop or pad it first"
-        )
-    return arr
 
+    def __init__(self, skip_errors: bool = True) -> None:
+        self.skip_errors = skip_errors
 
-def to_rgb_array(image, name: str = "image") -> np.ndarray:
-    """A PIL image or array → H x W x 3 uint8 RGB (see :func:`load_image`)."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            image = np.asarray(image)
-        elif image.mode != "RGB":
-            image = image.convert("RGBA" if "transparency" in image.info else image.mode)
-            image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
+    def __call__(self, results: dict) -> dict:
+        if results.get("img") is None:
+            try:
+                results["img"] = load_image(results["img_path"])
+            except (FileNotFoundError, ValueError) as exc:
+                if not self.skip_errors:
+                    raise
+                results["load_error"] = str(exc)
+                results["img"] = np.zeros((1, 1, 3), np.uint8)
         else:
-            return np.asarray(image, dtype=np.uint8).copy()
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image '{name}' has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
-    if arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype == np.uint16:
-        return (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if arr.dtype in (np.int32, np.int64) and arr.size and arr.min() >= 0 and arr.max() <= 65535:
-        scale = 257.0 if arr.max() > 255 else 1.0
-        return (arr.astype(np.float32) / scale + 0.5).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise ValueError(f"float image '{name}' must hold finite values in [0, 1]")
-        return (arr * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"image '{name}' has unsupported dtype {arr.dtype}; use uint8 RGB")
+            results["img"] = load_image(results["img"], name=results.get("img_path"))
+        results["ori_shape"] = tuple(int(v) for v in results["img"].shape[:2])
+        return results
+
+    transform = __call__
 
 
-def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the longer side is ``size`` (aspect kept), as SAM's ``ResizeLongestSide``."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-    if (nh, nw) == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+@TRANSFORMS.register_module()
+class ResizePadVision:
+    """The vision view: longest side → ``size`` (aspect kept), padded bottom/right to size².
+
+    Adds ``vision_img`` (size x size x 3 uint8), ``valid_hw`` (h, w of the unpadded region) and,
+    when present, ``vision_gt_mask`` / ``vision_ignore_mask`` (size x size bool; nearest
+    resampling, padding is background).
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+
+    def _mask(self, mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize((hw[1], hw[0]),
+                                                                    Image.NEAREST)
+        return pad_to_square(np.asarray(small) > 127, self.size, False)
+
+    def __call__(self, results: dict) -> dict:
+        img = resize_longest_side(results["img"], self.size)
+        hw = img.shape[:2]
+        results["vision_img"] = pad_to_square(img, self.size, 0)
+        results["valid_hw"] = (int(hw[0]), int(hw[1]))
+        for src, dst in (("gt_mask", "vision_gt_mask"), ("ignore_mask", "vision_ignore_mask")):
+            if results.get(src) is not None:
+                results[dst] = self._mask(results[src], hw)
+        return results
+
+    transform = __call__
 
 
-def policy_view_size(height: int, width: int, min_pixels: int = 3136, max_pixels: int = 705600,
-                     factor: int = 28) -> tuple[int, int]:
-    """The (h, w) the policy sees: multiples of ``factor``, within the pixel budget, aspect kept
-    (Qwen2.5-VL's ``smart_resize``)."""
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+@TRANSFORMS.register_module()
+class PolicyView:
+    """The policy view: resized (aspect kept) to multiples of 28 within the pixel budget.
+
+    Adds ``policy_img`` (h x w x 3 uint8). Qwen's image processor leaves an image of this size
+    unchanged, so the policy sees exactly this view.
+    """
+
+    def __init__(self, min_pixels: int = 3136, max_pixels: int = 705600) -> None:
+        if min_pixels > max_pixels:
+            raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}")
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+
+    def __call__(self, results: dict) -> dict:
+        img = results["img"]
+        h, w = policy_view_size(*img.shape[:2], self.min_pixels, self.max_pixels)
+        results["policy_img"] = (img if (h, w) == img.shape[:2] else
+                                 np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC)))
+        return results
+
+    transform = __call__
+
+
+#: data_info keys carried into ``data_samples`` when present
+DEFAULT_META_KEYS = (
+    "instruction", "gt_mask", "ignore_mask", "img_path", "sample_id", "dataset_name", "split",
+    "ori_shape", "load_error", "instruction_type", "template_id", "gold_cot", "gold_answer",
+    "response_coprs", "response_lisa", "response_segzero", "bbox", "points", "valid_hw",
+    "vision_gt_mask", "vision_ignore_mask", "policy_img", "vision_img",
+)
+
+
+@TRANSFORMS.register_module()
+class PackReasonSegInputs:
+    """Pack into ``{'inputs': img (H x W x 3 uint8), 'data_samples': dict}``.
+
+    ``data_samples`` holds ``meta_keys`` that are present (instruction, masks, ids, gold
+    responses, …), so the model, the metric and the visualiser share one plain dict.
+    """
+
+    def __init__(self, meta_keys: tuple[str, ...] = DEFAULT_META_KEYS) -> None:
+        self.meta_keys = tuple(meta_keys)
+
+    def __call__(self, results: dict) -> dict:
+        sample = {k: results[k] for k in self.meta_keys if k in results}
+        return {"inputs": results["img"], "data_samples": sample}
+
+    transform = __call__
+
+
+@FUNCTIONS.register_module()
+def reasonseg_collate(batch: list[dict]) -> dict:
+    """Collate packed samples into ``{'inputs': [B images], 'data_samples': [B dicts]}``.
+
+    Images keep their own sizes (each view is made per image), so nothing is stacked.
+    """
+    return {"inputs": [b["inputs"] for b in batch],
+            "data_samples": [b["data_samples"] for b in batch]}

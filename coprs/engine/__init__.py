@@ -1,1 +1,5 @@
-"""Training loops, hooks and optimiser pieces (LOOPS / HOOKS registries)."""
+"""Training/evaluation loops, hooks and optimiser pieces (LOOPS / HOOKS registries)."""
+
+from .test_loop import REASONING_MODES, ReasonSegTestLoop
+
+__all__ = ["ReasonSegTestLoop", "REASONING_MODES"]

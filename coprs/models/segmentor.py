@@ -51,12 +51,15 @@ class ReasoningSegmentor(BaseModel):
         vision_backbone: VISION_BACKBONES config.
         prior: PRIORS config.
         decoder: DECODERS config.
+        feature_cache: ``dict(root=DIR, dtype='float16')`` to read (and fill) frozen backbone
+            features on disk (``coprs extract-features`` precomputes them); None computes them.
         data_preprocessor: mmengine data preprocessor config (identity by default).
         init_cfg: mmengine init config.
     """
 
     def __init__(self, policy: dict, vision_backbone: dict, prior: dict, decoder: dict,
-                 data_preprocessor: dict | None = None, init_cfg: dict | None = None) -> None:
+                 feature_cache: dict | None = None, data_preprocessor: dict | None = None,
+                 init_cfg: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.policy = POLICIES.build(policy)
         self.vision_backbone = VISION_BACKBONES.build(vision_backbone)
@@ -64,6 +67,12 @@ class ReasoningSegmentor(BaseModel):
         self.prior = PRIORS.build(prior, default_args=dict(query_dim=self.policy.hidden_size,
                                                            key_in_dim=keys_dim))
         self.decoder = DECODERS.build(decoder, default_args=dict(key_in_dim=keys_dim))
+        self.feature_cache = None
+        if feature_cache is not None:
+            from ..backbones.feature_cache import FeatureCache
+
+            self.feature_cache = FeatureCache(backbone_key=self.vision_backbone.cache_key,
+                                              **feature_cache)
         want, have = self.prior.special_token, self.policy.special_token
         if want is not None and want != have:
             raise ValueError(
@@ -74,9 +83,24 @@ class ReasoningSegmentor(BaseModel):
 
     # ------------------------------------------------------------------ pieces
     def encode_images(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """B RGB arrays → (keys B x C x h x w, valid (h, w) per image in the padded frame)."""
-        x, valid = self.vision_backbone.preprocess(images)
-        return self.vision_backbone(x), valid
+        """B RGB arrays → (keys B x C x h x w, valid (h, w) per image in the padded frame).
+
+        With a feature cache, cached images are read from disk and only the others are encoded
+        (and then stored).
+        """
+        if self.feature_cache is None:
+            x, valid = self.vision_backbone.preprocess(images)
+            return self.vision_backbone(x), valid
+        cached = [self.feature_cache.get(im) for im in images]
+        todo = [i for i, c in enumerate(cached) if c is None]
+        if todo:
+            x, _ = self.vision_backbone.preprocess([images[i] for i in todo])
+            for i, feats in zip(todo, self.vision_backbone(x)):
+                self.feature_cache.put(images[i], feats)
+                cached[i] = feats
+        ref = self.vision_backbone.pixel_mean
+        valid = [self.vision_backbone.valid_hw(im.shape[:2]) for im in images]
+        return torch.stack([c.to(ref.device, ref.dtype) for c in cached]), valid
 
     def decode(self, policy_out: PolicyOutput, image_keys: torch.Tensor
                ) -> tuple[PriorOutput, dict[str, torch.Tensor]]:

@@ -1,0 +1,29 @@
+# RefCOCO / RefCOCO+ / RefCOCOg in the `refer` layout:
+#   <refer_root>/<dataset>/refs(<split_by>).p + instances.json, COCO train2014 under coco_img_dir
+refer_root = 'data/refer_seg'
+coco_img_dir = 'data/refer_seg/images/mscoco/images/train2014'
+refcoco_test_pipeline = [
+    dict(type='LoadImage'),
+    dict(type='LoadSegAnnotations', skip_errors=True),
+    dict(type='PackReasonSegInputs'),
+]
+test_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='coprs.reasonseg_collate'),  # scoped: Runner looks it up in the root
+    dataset=None,  # one per entry of test_cfg.datasets
+)
+test_cfg = dict(
+    type='ReasonSegTestLoop',
+    datasets=[
+        dict(type='RefCOCODataset', data_root=refer_root, img_dir=coco_img_dir, dataset=name,
+             split_by=split_by, split=split, pipeline=refcoco_test_pipeline)
+        for name, split_by, splits in (('refcoco', 'unc', ('val', 'testA', 'testB')),
+                                       ('refcoco+', 'unc', ('val', 'testA', 'testB')),
+                                       ('refcocog', 'umd', ('val', 'test')))
+        for split in splits
+    ],
+)
+test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')

@@ -1,0 +1,24 @@
+# The synthetic reasoning world (procedurally generated, no files): coprs.datasets.shapes.
+shapes_image_size = 112
+shapes_test_pipeline = [
+    dict(type='LoadImage'),
+    dict(type='PackReasonSegInputs'),
+]
+test_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='coprs.reasonseg_collate'),  # scoped: Runner looks it up in the root
+    dataset=None,  # one per entry of test_cfg.datasets
+)
+test_cfg = dict(
+    type='ReasonSegTestLoop',
+    datasets=[
+        dict(type='ShapesReasonDataset', split='test', num_samples=200, seed=0,
+             image_size=shapes_image_size, pipeline=shapes_test_pipeline),
+        dict(type='ShapesReasonDataset', split='test_novel', num_samples=200, seed=0,
+             image_size=shapes_image_size, pipeline=shapes_test_pipeline),
+    ],
+)
+test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')

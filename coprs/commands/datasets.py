@@ -1,0 +1,49 @@
+"""Finding the datasets a config names (shared by extract-features and browse-dataset)."""
+
+from __future__ import annotations
+
+import copy
+
+from .common import UsageError
+
+__all__ = ["config_datasets", "build_selected"]
+
+
+def config_datasets(cfg) -> list[dict]:
+    """Every dataset config in ``cfg``: ``train_dataloader.dataset`` then ``test_cfg.datasets``."""
+    found = []
+    train = cfg.get("train_dataloader")
+    if train is not None and train.get("dataset") is not None:
+        found.append(copy.deepcopy(train["dataset"]))
+    test = cfg.get("test_cfg")
+    if test is not None:
+        found += [copy.deepcopy(d) for d in test.get("datasets", [])]
+    return found
+
+
+def build_selected(cfg, splits=None, dataset_names=None, pipeline=None) -> list:
+    """Build the config's datasets whose ``split`` (and ``dataset_name``) match.
+
+    Args:
+        splits: split names to keep (None: all).
+        dataset_names: dataset names to keep (None: all).
+        pipeline: replaces each dataset's pipeline when given.
+    """
+    from coprs.registry import DATASETS
+    from coprs.utils import register_all_modules
+
+    register_all_modules()
+    built, seen = [], []
+    for ds_cfg in config_datasets(cfg):
+        if pipeline is not None:
+            ds_cfg["pipeline"] = pipeline
+        ds = DATASETS.build(ds_cfg)
+        name, split = ds.metainfo.get("dataset_name"), ds.metainfo.get("split")
+        seen.append(f"{name}/{split}")
+        if (splits is None or split in splits) and (dataset_names is None or
+                                                     name in dataset_names):
+            built.append(ds)
+    if not built:
+        raise UsageError(f"no dataset in the config matches split={splits} "
+                         f"dataset={dataset_names}; the config names: {', '.join(seen) or 'none'}")
+    return built

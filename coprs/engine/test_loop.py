@@ -1,0 +1,115 @@
+"""Evaluation over every split a config names (LOOPS registry)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from mmengine.dist import is_main_process
+from mmengine.model import is_model_wrapper
+from mmengine.runner import BaseLoop
+from tqdm import tqdm
+
+from ..registry import LOOPS
+
+__all__ = ["ReasonSegTestLoop", "REASONING_MODES"]
+
+#: what the policy reasons with at test time
+REASONING_MODES = ("generated", "gold", "empty")
+
+
+@LOOPS.register_module()
+class ReasonSegTestLoop(BaseLoop):
+    """Evaluate each dataset in ``datasets`` with a copy of the test dataloader and evaluator.
+
+    Args:
+        runner: the mmengine Runner.
+        dataloader: the ``test_dataloader`` config; its ``dataset`` is replaced per split.
+        evaluator: the ``test_evaluator`` config (a :class:`ReasonSegMetric`), copied per split
+            with ``dataset_name``, ``split`` and ``out_dir`` filled in.
+        datasets: dataset configs, one per evaluated split.
+        reasoning: 'generated' (greedy, the default), 'gold' (teacher-force the dataset's gold
+            response, ``gold_key``; tests the heatmap/decoder path alone) or 'empty' (every
+            instruction replaced by an empty string; tests that language steers the mask).
+        gold_key: data_sample key holding the gold response (synthetic world only).
+        out_dir: per-sample results folder (``<out_dir>/<dataset>_<split>/per_sample.jsonl``).
+        show_dir: if set, a panel PNG per sample under ``<show_dir>/<dataset>_<split>/``.
+        max_new_tokens: response budget (the policy's default when None).
+    """
+
+    def __init__(self, runner, dataloader: dict, evaluator: dict, datasets: list[dict],
+                 reasoning: str = "generated", gold_key: str = "response_coprs",
+                 out_dir: str | None = None, show_dir: str | None = None,
+                 max_new_tokens: int | None = None) -> None:
+        self._runner = runner
+        if reasoning not in REASONING_MODES:
+            raise ValueError(f"reasoning={reasoning!r}; choose one of {REASONING_MODES}")
+        if not datasets:
+            raise ValueError("test_cfg.datasets is empty: name at least one dataset to evaluate")
+        self.dataloader_cfg, self.evaluator_cfg = dataloader, evaluator
+        self.datasets = datasets
+        self.reasoning, self.gold_key = reasoning, gold_key
+        self.out_dir, self.show_dir = out_dir, show_dir
+        self.max_new_tokens = max_new_tokens
+
+    def run(self) -> dict:
+        """Returns ``{"<dataset>/<split>": metrics}``."""
+        self.runner.call_hook("before_test")
+        model = self.runner.model.module if is_model_wrapper(self.runner.model) else \
+            self.runner.model
+        model.eval()
+        results = {}
+        for ds_cfg in self.datasets:
+            loader = self.runner.build_dataloader(dict(copy.deepcopy(self.dataloader_cfg),
+                                                       dataset=copy.deepcopy(ds_cfg)))
+            meta = loader.dataset.metainfo
+            name, split = str(meta.get("dataset_name", "dataset")), str(meta.get("split", "test"))
+            ev_cfg = copy.deepcopy(self.evaluator_cfg)
+            ev_cfg.update(dataset_name=name, split=split, out_dir=self.out_dir)
+            evaluator = self.runner.build_evaluator(ev_cfg)
+            evaluator.dataset_meta = meta
+            for batch in tqdm(loader, desc=f"{name}/{split}", disable=not is_main_process()):
+                self._predict(model, batch, name, split)
+                evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
+            results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
+            self.runner.logger.info(
+                f"{name}/{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                                results[f"{name}/{split}"].items()
+                                                if isinstance(v, float)))
+        # (no after_test_epoch: LoggerHook expects one dataloader and flat scalar metrics)
+        self.runner.call_hook("after_test")
+        return results
+
+    def _predict(self, model, batch: dict, name: str, split: str) -> None:
+        samples, images = batch["data_samples"], batch["inputs"]
+        ok = [i for i, s in enumerate(samples) if not s.get("load_error")]
+        if not ok:
+            return
+        instructions = ["" if self.reasoning == "empty" else samples[i]["instruction"]
+                        for i in ok]
+        responses = None
+        if self.reasoning == "gold":
+            missing = [samples[i].get("sample_id") for i in ok if self.gold_key not in samples[i]]
+            if missing:
+                raise ValueError(f"reasoning='gold' needs '{self.gold_key}' in every sample; "
+                                 f"{name}/{split} has none for {missing[:3]} (only the synthetic "
+                                 "world ships gold responses)")
+            responses = [samples[i][self.gold_key] for i in ok]
+        preds = model.predict_images([images[i] for i in ok], instructions, responses,
+                                     max_new_tokens=self.max_new_tokens)
+        for i, pred in zip(ok, preds):
+            samples[i]["pred"] = pred
+            if self.show_dir is not None:
+                self._show(images[i], samples[i], instructions[ok.index(i)], name, split)
+
+    def _show(self, image, sample: dict, instruction: str, name: str, split: str) -> None:
+        from ..evaluation.functional import results_subdir
+        from ..visualization import make_panel
+
+        folder = Path(self.show_dir) / results_subdir(name, split)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sample.get("sample_id", "sample")))
+        pred = sample["pred"]
+        make_panel(image, instruction, pred.heatmap, pred.mask, pred.response,
+                   folder / f"{stem}.png", format_ok=pred.format_ok)

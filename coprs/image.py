@@ -1,0 +1,131 @@
+"""Image loading and the geometry of the two views of an image (SPEC §3).
+
+* the vision view: longest side → S (1024 for SAM), aspect kept, padded bottom/right to S²;
+* the policy view: capped at ``max_pixels`` (705,600 in the paper) and at least ``min_pixels``
+  (3,136); Qwen's image processor applies the cap itself, :func:`policy_view_size` mirrors it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["load_image", "to_rgb_array", "longest_side_size", "resize_longest_side", "pad_to_square",
+           "policy_view_size", "MAX_ASPECT_RATIO"]
+
+#: Qwen2.5-VL's image processor rejects images more elongated than this.
+MAX_ASPECT_RATIO = 200
+
+
+def load_image(image, name: str | None = None) -> np.ndarray:
+    """Read an image into an H x W x 3 uint8 RGB array.
+
+    Accepts a path (EXIF orientation applied), a PIL image, or an array (H x W, H x W x 1/3/4;
+    uint8, uint16 or float in [0, 1]). Grayscale, palette, RGBA/LA (alpha dropped), CMYK and
+    16-bit images are converted to 8-bit RGB.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a readable image, the array has an unsupported shape/dtype,
+            the image is empty, or it is more elongated than 200:1.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        name = name or str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image '{path}' does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                pil = ImageOps.exif_transpose(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"image '{path}' cannot be read as an image: {exc}") from exc
+        arr = to_rgb_array(pil, name)
+    elif isinstance(image, Image.Image):
+        arr = to_rgb_array(ImageOps.exif_transpose(image), name or "PIL image")
+    elif isinstance(image, np.ndarray):
+        arr = to_rgb_array(image, name or "array")
+    else:
+        raise ValueError(
+            f"image must be a path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}"
+        )
+    h, w = arr.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"image '{name}' is empty ({h}x{w})")
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"image '{name}' is {h}x{w}: more elongated than {MAX_ASPECT_RATIO}:1, which the "
+            "policy's image processor cannot take; crop or pad it first"
+        )
+    return arr
+
+
+def to_rgb_array(image, name: str = "image") -> np.ndarray:
+    """A PIL image or array → H x W x 3 uint8 RGB (see :func:`load_image`)."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            image = np.asarray(image)
+        elif image.mode != "RGB":
+            image = image.convert("RGBA" if "transparency" in image.info else image.mode)
+            image = image.convert("RGB")
+            return np.asarray(image, dtype=np.uint8).copy()
+        else:
+            return np.asarray(image, dtype=np.uint8).copy()
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image '{name}' has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if arr.dtype in (np.int32, np.int64) and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        scale = 257.0 if arr.max() > 255 else 1.0
+        return (arr.astype(np.float32) / scale + 0.5).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"float image '{name}' must hold finite values in [0, 1]")
+        return (arr * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"image '{name}' has unsupported dtype {arr.dtype}; use uint8 RGB")
+
+
+def longest_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after scaling the longer side to ``size`` (aspect kept, rounded)."""
+    scale = size / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the longer side is ``size`` (aspect kept), as SAM's ``ResizeLongestSide``."""
+    h, w = image.shape[:2]
+    nh, nw = longest_side_size(h, w, size)
+    if (nh, nw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+
+
+def pad_to_square(array: np.ndarray, size: int, value=0) -> np.ndarray:
+    """Pad an H x W (x C) array at the bottom/right to ``size`` x ``size``."""
+    h, w = array.shape[:2]
+    if h > size or w > size:
+        raise ValueError(f"cannot pad a {h}x{w} array to {size}x{size}")
+    out = np.full((size, size, *array.shape[2:]), value, dtype=array.dtype)
+    out[:h, :w] = array
+    return out
+
+
+def policy_view_size(height: int, width: int, min_pixels: int = 3136, max_pixels: int = 705600,
+                     factor: int = 28) -> tuple[int, int]:
+    """The (h, w) the policy sees: Qwen2.5-VL's own ``smart_resize`` (multiples of ``factor``,
+    within the pixel budget, aspect kept), so this view and the processor always agree."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    return smart_resize(height, width, factor, min_pixels, max_pixels)

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+from mmengine.config import Config
+
+from coprs.cli import main
+from coprs.testing.data_fixtures import make_reasonseg_fixture, make_refcoco_fixture
+
+from ..conftest import TINY_CONFIG  # noqa: TID252
+
+FILE_PIPELINE = [dict(type="LoadImage"), dict(type="LoadSegAnnotations", skip_errors=True),
+                 dict(type="PackReasonSegInputs")]
+
+
+def _config(tmp_path, datasets, batch_size=4):
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = datasets
+    cfg.test_dataloader.batch_size = batch_size
+    cfg.work_dir = str(tmp_path / "work")
+    path = tmp_path / "cfg.py"
+    cfg.dump(str(path))
+    return str(path)
+
+
+def test_shapes_generated_gold_and_empty_modes(tmp_path, capsys):
+    cfg = _config(tmp_path, [dict(type="ShapesReasonDataset", split="test", num_samples=6,
+                                  pipeline=[dict(type="LoadImage"),
+                                            dict(type="PackReasonSegInputs")])])
+    results = {}
+    for mode in ("generated", "gold", "empty"):
+        out = tmp_path / f"{mode}.json"
+        rc = main(["test", cfg, "--out", str(out), "--reasoning", mode, "--max-new-tokens", "4",
+                   "--show-dir", str(tmp_path / "show")])
+        assert rc == 0
+        results[mode] = json.loads(out.read_text())["shapes/test"]
+    assert results["gold"]["format_rate"] == 1.0  # gold responses are well formed
+    assert results["generated"]["format_rate"] == 0.0  # the untrained tiny policy is not
+    assert all(r["n"] == 6 for r in results.values())
+    table = capsys.readouterr().out
+    assert "| shapes |" in table and "test gIoU / cIoU" in table
+    assert len(list((tmp_path / "show" / "shapes_test").glob("*.png"))) == 6
+    per_sample = tmp_path / "work" / "per_sample_gold" / "shapes_test" / "per_sample.jsonl"
+    assert len(per_sample.read_text().splitlines()) == 6
+
+
+def test_corrupt_image_is_reported_and_skipped(tmp_path, capsys):
+    fx = make_refcoco_fixture(tmp_path / "refer", datasets=("refcoco",))
+    val_image = next(r["image_id"] for r in fx.refs["refcoco"] if r["split"] == "val")
+    name = next(i["file_name"] for i in fx.images if i["id"] == val_image)
+    victim = tmp_path / "refer" / "images" / "mscoco" / "images" / "train2014" / name
+    victim.write_bytes(b"corrupt")
+    cfg = _config(tmp_path, [dict(type="RefCOCODataset", data_root=fx.data_root,
+                                  img_dir=fx.img_dir, dataset="refcoco", split="val",
+                                  pipeline=FILE_PIPELINE)])
+    assert main(["test", cfg, "--out", str(tmp_path / "r.json"), "--max-new-tokens", "2"]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())["refcoco/val"]
+    n_total = fx.sentences("refcoco", "val")
+    assert res["n_unreadable"] >= 1 and res["n"] + res["n_unreadable"] == n_total
+    assert any(victim.name in u for u in res["unreadable"])
+    assert victim.name in capsys.readouterr().out
+
+
+def test_reasonseg_split_with_ignore_region(tmp_path):
+    fx = make_reasonseg_fixture(tmp_path / "rs", split="val")
+    cfg = _config(tmp_path, [dict(type="ReasonSegDataset", data_root=fx.data_root, split="val",
+                                  pipeline=FILE_PIPELINE)])
+    assert main(["test", cfg, "--out", str(tmp_path / "r.json"), "--max-new-tokens", "2"]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())["reasonseg/val"]
+    assert res["n"] == 3 and res["n_unreadable"] == 0
+    path = tmp_path / "work" / "per_sample_generated" / "reasonseg_val" / "per_sample.jsonl"
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(records) == 3
+    assert sum(r["ignore_area"] > 0 for r in records) == 1  # the 'with_ignore' sample
+
+
+def test_test_command_errors(tmp_path, capsys):
+    assert main(["test", "configs/none.py"]) == 2
+    assert main(["test", str(TINY_CONFIG), str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["test", str(TINY_CONFIG), "--reasoning", "telepathy"])

@@ -1,0 +1,13 @@
+"""Evaluate a config on every split it names; same as ``coprs test``.
+
+Example:
+    python tools/test.py configs/coprs/coprs_tiny_shapes_cpu.py CHECKPOINT --out results.json \
+        --show-dir work_dirs/panels [--reasoning gold|empty] [--cfg-options key=value ...]
+"""
+
+import sys
+
+from coprs.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["test", *sys.argv[1:]]))
