@@ -2,6 +2,7 @@
 
 Subcommands (one module each in ``coprs.commands``):
     infer             segment an image (or a JSONL batch): CoT, heatmap, mask, panel
+    train             train a config (warm-up and/or GRPO + segmentation), resumable
     test              evaluate every split a config names (gIoU, cIoU, heatmap IoU, format rate)
     count-params      parameters per component of a config, on the meta device
     extract-features  precompute frozen backbone features into the feature cache
@@ -16,12 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import browse_dataset, count_params, extract_features, infer, test
+from .commands import browse_dataset, count_params, extract_features, infer, test, train
 from .commands.common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (infer, test, count_params, extract_features, browse_dataset)
+_COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere: `coprs --debug infer …` or `coprs infer … --debug`
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if args.command is None:
         parser.print_help()
         return 2

@@ -83,7 +83,7 @@ ROLLOUT_ENGINES = Registry("rollout_engine", scope="coprs", locations=["coprs.ro
 
 # --- kinds the mmengine Runner builds (children of mmengine's roots) ----------------------------
 # segmentors, losses, data preprocessors
-MODELS = Registry("model", parent=MMENGINE_MODELS, locations=["coprs.models"])
+MODELS = Registry("model", parent=MMENGINE_MODELS, locations=["coprs.models", "coprs.losses"])
 # datasets
 DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, locations=["coprs.datasets"])
 # samplers

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Rollout", "PolicyOutput", "PriorOutput", "SegmentationResult"]
+__all__ = ["Rollout", "PolicyOutput", "ResponseForward", "PriorOutput", "SegmentationResult"]
 
 
 @dataclass
@@ -40,6 +40,33 @@ class PolicyOutput:
     hidden: torch.Tensor | None
     responses: list[str]
     has_token: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class ResponseForward:
+    """One language-model forward over B (prompt + response) sequences, left padded.
+
+    Attributes:
+        last_hidden: B x W x D last-layer hidden states (after the final norm).
+        special_pos: B positions of the special token in the padded sequences.
+        has_token: B bools, whether the policy wrote the special token itself.
+        resp_start: B positions where each response starts in the padded sequences.
+        token_ids: B lists of the rollouts' own token ids.
+        lm_head: the output projection (logits are computed only where needed).
+    """
+
+    last_hidden: torch.Tensor
+    special_pos: torch.Tensor
+    has_token: list[bool]
+    resp_start: list[int]
+    token_ids: list[list[int]]
+    lm_head: torch.nn.Module
+
+    def policy_output(self, responses: list[str]) -> PolicyOutput:
+        """The hidden state at the special token of every sequence."""
+        rows = torch.arange(self.last_hidden.shape[0], device=self.last_hidden.device)
+        return PolicyOutput(hidden=self.last_hidden[rows, self.special_pos], responses=responses,
+                            has_token=list(self.has_token))
 
 
 @dataclass

@@ -26,6 +26,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import coprs.models  # noqa: F401
     import coprs.policies  # noqa: F401
     import coprs.priors  # noqa: F401
+    import coprs.rollout  # noqa: F401
 
     if init_default_scope:
         from mmengine.registry import DefaultScope

@@ -6,8 +6,11 @@ env_cfg = dict(
 )
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
+log_processor = dict(by_epoch=False, window_size=20)
 log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0)
+# DDP that also runs on CPU (gloo) and skips non-finite steps on every rank together
+model_wrapper_cfg = dict(type='coprs.CoprsDistributedDataParallel', find_unused_parameters=True)
+# (scoped name: the Runner looks wrappers up in mmengine's root registry)

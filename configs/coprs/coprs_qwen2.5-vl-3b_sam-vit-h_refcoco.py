@@ -2,5 +2,6 @@
 _base_ = [
     '../_base_/models/coprs_qwen2.5-vl-3b_sam-vit-h.py',
     '../_base_/datasets/refcoco.py',
+    '../_base_/schedules/grpo_paper.py',
     '../_base_/default_runtime.py',
 ]

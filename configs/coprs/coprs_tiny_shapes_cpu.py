@@ -1,8 +1,11 @@
-# The embedded CPU default: the tiny CoPRS assembly (random-initialised, built locally) on the
-# synthetic reasoning world; `coprs test` evaluates its `test` and `test_novel` splits.
+# The embedded CPU default: the tiny CoPRS assembly (random-initialised, built locally) trained
+# on the synthetic reasoning world (warm-up, then GRPO + segmentation), evaluated on its `test`
+# and `test_novel` splits.
 _base_ = [
     '../_base_/models/coprs_tiny.py',
     '../_base_/datasets/shapes.py',
+    '../_base_/schedules/tiny_cpu.py',
     '../_base_/default_runtime.py',
 ]
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu'
+model = dict(rl=dict(kl_coef=0.02))

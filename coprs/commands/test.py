@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
                "work_dirs/coprs_tiny_shapes_cpu/latest.pth --out results.json --show-dir panels",
     )
     p.add_argument("config", help="config file")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth); omitted: the parts' own "
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth) or a training work dir (its "
+                                                 "latest checkpoint); omitted: the parts' own "
                                                  "weights")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--show-dir", help="write a panel PNG per sample under this folder")
@@ -69,6 +70,12 @@ def run(args) -> int:
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
+    if args.checkpoint is not None and Path(args.checkpoint).is_dir():  # a work dir
+        pointer = Path(args.checkpoint) / "last_checkpoint"
+        if not pointer.is_file():
+            raise UsageError(f"'{args.checkpoint}' is a folder without a last_checkpoint file; "
+                             "give a checkpoint file or a training work dir")
+        args.checkpoint = pointer.read_text().strip()
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UsageError(f"checkpoint '{args.checkpoint}' does not exist")
     if cfg.get("test_cfg") is None:

@@ -1,5 +1,13 @@
-"""Training/evaluation loops, hooks and optimiser pieces (LOOPS / HOOKS registries)."""
+"""Training/evaluation loops, hooks and wrappers (LOOPS / HOOKS / MODEL_WRAPPERS registries)."""
 
+from .hooks import AtomicLocalBackend, PlainCheckpointStateHook, SegLossScheduleHook
+from .loops import STAGE_KINDS, ReasoningSegTrainLoop
+from .optim import GroupedOptimWrapperConstructor
 from .test_loop import REASONING_MODES, ReasonSegTestLoop
+from .wrappers import CoprsDistributedDataParallel
 
-__all__ = ["ReasonSegTestLoop", "REASONING_MODES"]
+__all__ = [
+    "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
+    "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
+    "CoprsDistributedDataParallel", "GroupedOptimWrapperConstructor",
+]

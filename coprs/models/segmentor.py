@@ -12,7 +12,7 @@ from ..policies.prompts import parse_think_response
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import PolicyOutput, PriorOutput, Rollout, SegmentationResult
 
-__all__ = ["ReasoningSegmentor", "postprocess_logits"]
+__all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update"]
 
 
 def postprocess_logits(logits: torch.Tensor, img_size: int, valid_hw: tuple[int, int],
@@ -53,14 +53,28 @@ class ReasoningSegmentor(BaseModel):
         decoder: DECODERS config.
         feature_cache: ``dict(root=DIR, dtype='float16')`` to read (and fill) frozen backbone
             features on disk (``coprs extract-features`` precomputes them); None computes them.
+        seg_loss: MODELS config of the segmentation loss (``SegmentationLoss``: BCE on the
+            prior + λ_d·Dice + λ_f·Focal on the mask, times λ_SEG); None disables it.
+        rl: GRPO settings: ``clip_eps`` (0.2), ``kl_coef`` β (0.2), ``kl_kind``
+            ('low_var_kl'), ``agg`` ('token-mean'); and ``lm_coef`` (1.0), the weight of the
+            token cross-entropy in supervised (teacher-forced) steps.
         data_preprocessor: mmengine data preprocessor config (identity by default).
         init_cfg: mmengine init config.
     """
 
     def __init__(self, policy: dict, vision_backbone: dict, prior: dict, decoder: dict,
-                 feature_cache: dict | None = None, data_preprocessor: dict | None = None,
+                 feature_cache: dict | None = None, seg_loss: dict | None = None,
+                 rl: dict | None = None, data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.seg_loss = MODELS.build(seg_loss if seg_loss is not None else
+                                     dict(type="SegmentationLoss"))
+        self.rl = dict(clip_eps=0.2, kl_coef=0.2, kl_kind="low_var_kl", agg="token-mean",
+                       lm_coef=1.0)
+        unknown = set(rl or {}) - set(self.rl)
+        if unknown:
+            raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
+        self.rl.update(rl or {})
         self.policy = POLICIES.build(policy)
         self.vision_backbone = VISION_BACKBONES.build(vision_backbone)
         keys_dim = self.vision_backbone.out_channels
@@ -157,14 +171,123 @@ class ReasoningSegmentor(BaseModel):
             ))
         return results
 
+    # ---------------------------------------------------------------- training
+    def vision_targets(self, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground truth and valid region in the padded vision frame, from ``ResizePadVision``.
+
+        Returns:
+            (gt B x S x S float, valid B x S x S float; 1 inside the unpadded image, and 0 on
+            ignore pixels).
+        """
+        size = self.vision_backbone.img_size
+        gts, valids = [], []
+        for s in samples:
+            if "vision_gt_mask" not in s:
+                raise KeyError("training samples need 'vision_gt_mask' and 'valid_hw': add "
+                               f"dict(type='ResizePadVision', size={size}) to the train pipeline")
+            gt = torch.as_tensor(np.asarray(s["vision_gt_mask"]), dtype=torch.float32)
+            if gt.shape != (size, size):
+                raise ValueError(f"vision_gt_mask is {tuple(gt.shape)} but the backbone takes "
+                                 f"{size}x{size}: set ResizePadVision(size={size})")
+            valid = torch.zeros(size, size)
+            valid[: s["valid_hw"][0], : s["valid_hw"][1]] = 1
+            if s.get("vision_ignore_mask") is not None:
+                valid[torch.as_tensor(np.asarray(s["vision_ignore_mask"]))] = 0
+            gts.append(gt)
+            valids.append(valid)
+        device = self.vision_backbone.pixel_mean.device
+        return torch.stack(gts).to(device), torch.stack(valids).to(device)
+
+    def rollouts_for_training(self, samples: list[dict]) -> tuple[list[Rollout], int]:
+        """Rollouts of a batch: the sampled groups (GRPO, ``samples[i]['rollouts']``) or the
+        teacher-forced responses followed by end-of-turn (``samples[i]['response']``)."""
+        if "rollouts" in samples[0]:
+            g = len(samples[0]["rollouts"])
+            return [r for s in samples for r in s["rollouts"]], g
+        tok, end = self.policy.tokenizer, self.policy.eos_token_ids[0]
+        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else end
+        return [Rollout(text=s["response"],
+                        token_ids=tok.encode(s["response"], add_special_tokens=False) + [end])
+                for s in samples], 1
+
+    def loss(self, images: list[np.ndarray], samples: list[dict]) -> dict[str, torch.Tensor]:
+        """One joint objective (paper Eq. 4) for a batch.
+
+        GRPO steps (samples carry ``rollouts``, ``advantages`` and optionally ``ref_logprobs``):
+        the PPO-clipped policy loss on every rollout's tokens + β·KL to the reference + λ_SEG ·
+        L_SEG on every rollout's mask. Supervised steps (samples carry ``response``): token
+        cross-entropy on the response + λ_SEG · L_SEG. One backward covers both.
+        """
+        from ..rl.grpo import agg_loss, kl_penalty, policy_loss
+
+        rollouts, g = self.rollouts_for_training(samples)
+        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
+        pil = [Image.fromarray(im) for im in images]
+        fwd = self.policy.forward_responses(rep(pil), rep([s["instruction"] for s in samples]),
+                                            rollouts)
+        logp, mask = self.policy.response_logprobs(fwd)
+        keys, _ = self.encode_images(images)
+        keys = keys.repeat_interleave(g, 0)
+        prior, dec = self.decode(fwd.policy_output([r.text for r in rollouts]), keys)
+        gt, valid = self.vision_targets(samples)
+        seg = self.seg_loss(prior.dense, dec["mask_logits"], gt.repeat_interleave(g, 0),
+                            valid.repeat_interleave(g, 0))
+        losses = {k: v if k.startswith("loss") else v.detach() for k, v in seg.items()}
+        losses["format_ok"] = torch.tensor(float(np.mean(fwd.has_token)))
+        if "rollouts" not in samples[0]:
+            ce = -(logp * mask).sum() / mask.sum().clamp(min=1)
+            losses["loss_lm"] = self.rl["lm_coef"] * ce
+            return losses
+        old = torch.zeros_like(logp)
+        for i, r in enumerate(rollouts):
+            if r.logprobs is None:
+                raise ValueError("GRPO rollouts need sampling log-probs (Rollout.logprobs)")
+            old[i, : len(r.logprobs)] = torch.tensor(r.logprobs, device=logp.device)
+        adv = torch.cat([torch.as_tensor(s["advantages"], dtype=torch.float32)
+                         for s in samples]).to(logp.device)
+        pg, stats = policy_loss(logp, old, adv, mask, clip_eps=self.rl["clip_eps"],
+                                agg=self.rl["agg"])
+        losses["loss_pg"] = pg
+        losses.update({f"pg/{k}": torch.tensor(float(v)) for k, v in stats.items()})
+        if self.rl["kl_coef"] > 0 and samples[0].get("ref_logprobs") is not None:
+            ref = torch.zeros_like(logp)
+            for i, lp in enumerate(x for s in samples for x in s["ref_logprobs"]):
+                ref[i, : len(lp)] = torch.as_tensor(lp, device=logp.device)
+            kl = agg_loss(kl_penalty(logp, ref, self.rl["kl_kind"]), mask, self.rl["agg"])
+            losses["loss_kl"] = self.rl["kl_coef"] * kl
+            losses["kl_ref"] = kl.detach()
+        return losses
+
+    @torch.no_grad()
+    def score_rollouts(self, images: list[np.ndarray], samples: list[dict],
+                       rollouts: list[Rollout], g: int) -> torch.Tensor:
+        """No-grad decode of every rollout's mask: N x m x m probabilities (N = B·G)."""
+        pil = [Image.fromarray(im) for im in images]
+        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
+        out = self.policy.readout(rep(pil), rep([s["instruction"] for s in samples]), rollouts)
+        keys, _ = self.encode_images(images)
+        _, dec = self.decode(out, keys.repeat_interleave(g, 0))
+        return torch.sigmoid(dec["mask_logits"][:, 0].float())
+
+    def train_step(self, data, optim_wrapper) -> dict[str, torch.Tensor]:
+        """mmengine's train step, except that a non-finite loss skips the update (logged as
+        ``nonfinite_step``) instead of writing NaN into the weights."""
+        with optim_wrapper.optim_context(self):
+            data = self.data_preprocessor(data, True)
+            losses = self._run_forward(data, mode="loss")
+        parsed, log_vars = self.parse_losses(losses)
+        return apply_update(parsed, log_vars, optim_wrapper)
+
     def forward(self, inputs, data_samples=None, mode: str = "predict"):
         """mmengine entry point.
 
-        ``mode='predict'``: ``inputs`` are B RGB arrays, ``data_samples`` B dicts with an
-        ``instruction`` (and optionally ``response`` to teacher-force); returns B
-        :class:`SegmentationResult`. ``mode='tensor'`` returns the raw mask logits. Training
-        steps run in the training loops (``coprs.engine``), which call the pieces above.
+        ``inputs`` are B RGB arrays and ``data_samples`` B dicts. ``mode='loss'``: the joint
+        objective (:meth:`loss`). ``mode='predict'``: B :class:`SegmentationResult` (a
+        ``response`` in every sample is teacher-forced instead of generated). ``mode='tensor'``:
+        the raw mask logits.
         """
+        if mode == "loss":
+            return self.loss(list(inputs), list(data_samples))
         instructions = [d["instruction"] for d in data_samples]
         if mode == "predict":
             responses = None
@@ -178,4 +301,27 @@ class ReasoningSegmentor(BaseModel):
             _, dec = self.decode(self.policy.readout(pil, instructions, rollouts), keys)
             return dec["mask_logits"]
         raise ValueError(f"ReasoningSegmentor.forward: unsupported mode {mode!r}; "
-                         "use 'predict' or 'tensor'")
+                         "use 'loss', 'predict' or 'tensor'")
+
+
+def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper) -> dict:
+    """Step the optimiser unless the loss is non-finite (then zero the grads and log it).
+
+    In distributed runs every rank must agree, so the finiteness flag is all-reduced first.
+    """
+    import time
+
+    from mmengine.dist import all_reduce, get_world_size
+
+    bad = torch.tensor(0.0 if torch.isfinite(parsed) else 1.0, device=parsed.device)
+    if get_world_size() > 1:
+        all_reduce(bad, op="sum")
+    if bad.item() > 0:
+        optim_wrapper.zero_grad()
+        log_vars["nonfinite_step"] = 1.0
+        return log_vars
+    t0 = time.perf_counter()
+    optim_wrapper.update_params(parsed)
+    log_vars["time/backward_step"] = time.perf_counter() - t0
+    log_vars["nonfinite_step"] = 0.0
+    return log_vars

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..registry import POLICIES
-from ..structures import PolicyOutput, Rollout
+from ..structures import PolicyOutput, ResponseForward, Rollout
 from ..utils import coprs_home, is_meta_build
 from .base import BasePolicy
 from .prompts import build_prompt_text
@@ -30,7 +31,9 @@ def ensure_tiny_qwen2_5_vl(tiny: dict) -> Path:
     """Return the directory of the tiny Qwen2.5-VL described by ``tiny``, building it once.
 
     The directory lives under ``coprs_home()/tiny`` and is named by a hash of ``tiny``; it is
-    written to a temporary folder and renamed, so an interrupted build never leaves a half model.
+    written to a temporary folder and renamed, so an interrupted build never leaves a half model,
+    and a file lock lets one process build it while others wait (in a distributed run rank 0
+    builds it: transformers' ``save_pretrained`` writes only on rank 0).
     ``tiny`` holds keyword arguments of :func:`coprs.testing.tiny_qwen.save_tiny_qwen2_5_vl`;
     ``corpus`` may name a corpus (``'default'`` or ``'shapes'``) instead of listing lines.
     """
@@ -42,22 +45,45 @@ def ensure_tiny_qwen2_5_vl(tiny: dict) -> Path:
     if (target / "config.json").is_file():
         return target
     corpus = kwargs.pop("corpus", "default")
-    if isinstance(corpus, str):
-        kwargs["corpus"] = _named_corpus(corpus)
-    else:
-        kwargs["corpus"] = corpus
+    kwargs["corpus"] = _named_corpus(corpus) if isinstance(corpus, str) else corpus
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        save_tiny_qwen2_5_vl(tmp, **kwargs)
+    if _dist_rank() > 0:  # transformers saves only on rank 0: wait for it
+        return _wait_for(target / "config.json", timeout_s=600)
+    # one builder at a time (several processes may start together)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").is_file():
+                tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+                try:
+                    save_tiny_qwen2_5_vl(tmp, **kwargs)
+                    try:
+                        os.replace(tmp, target)
+                    except OSError:  # another builder got there first
+                        if not (target / "config.json").is_file():
+                            raise
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def _dist_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _wait_for(path: Path, timeout_s: float) -> Path:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not build {path.parent} within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return path.parent
 
 
 def _named_corpus(name: str) -> list[str]:
@@ -120,6 +146,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.prompt_template = prompt_template
         self.max_new_tokens = max_new_tokens
         self.processor = None
+        self.model_path = model_path
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
 
@@ -139,6 +166,7 @@ class Qwen25VLPolicy(BasePolicy):
                 "--cfg-options model.policy.model_path=/path/to/Qwen2.5-VL-7B-Instruct"
             )
         path = Path(model_path).expanduser()
+        self.model_path = str(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"policy model_path '{path}' is not a Qwen2.5-VL directory (no config.json). "
@@ -222,14 +250,20 @@ class Qwen25VLPolicy(BasePolicy):
         per-token log-probabilities under the sampling distribution.
         """
         batch = self.encode_prompts(images, instructions)
-        prompt_len = batch["input_ids"].shape[1]
-        sampling = dict(do_sample=do_sample)
-        if do_sample:
-            sampling.update(temperature=temperature, top_p=top_p, top_k=top_k or 0)
         out = self.model.generate(
             **batch,
-            **sampling,
+            **self.generation_kwargs(do_sample, temperature, top_p, top_k, max_new_tokens),
             num_return_sequences=num_samples,
+        )
+        return self.rollouts_from_generate(out, batch["input_ids"].shape[1], num_samples,
+                                           with_logprobs=do_sample)
+
+    def generation_kwargs(self, do_sample: bool = False, temperature: float = 1.0,
+                          top_p: float = 1.0, top_k: int | None = None,
+                          max_new_tokens: int | None = None) -> dict:
+        """Keyword arguments of ``model.generate`` for this policy's tokens and sampling."""
+        kwargs = dict(
+            do_sample=do_sample,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             suppress_tokens=self.suppress_token_ids or None,
             eos_token_id=self.eos_token_ids,
@@ -237,9 +271,20 @@ class Qwen25VLPolicy(BasePolicy):
             return_dict_in_generate=True,
             output_scores=do_sample,
         )
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or 0)
+        return kwargs
+
+    def rollouts_from_generate(self, out, prompt_len: int, num_samples: int,
+                               with_logprobs: bool) -> list[list[Rollout]]:
+        """Turn a ``generate`` output (B·n rows, group-major) into B lists of n rollouts.
+
+        With ``with_logprobs``, each rollout carries the log-probability of each of its tokens
+        under the sampling distribution (the processed scores ``generate`` sampled from).
+        """
         seqs = out.sequences[:, prompt_len:]
         logps = None
-        if do_sample:
+        if with_logprobs:
             scores = torch.stack(out.scores, dim=1).float()  # N x T x V (processed logits)
             logps = torch.log_softmax(scores, dim=-1).gather(-1, seqs[..., None])[..., 0]
         rollouts: list[Rollout] = []
@@ -253,7 +298,8 @@ class Qwen25VLPolicy(BasePolicy):
                     logprobs=logps[n, :length].tolist() if logps is not None else None,
                 )
             )
-        return [rollouts[i * num_samples:(i + 1) * num_samples] for i in range(len(images))]
+        groups = len(rollouts) // num_samples
+        return [rollouts[i * num_samples:(i + 1) * num_samples] for i in range(groups)]
 
     def _response_length(self, ids: list[int]) -> int:
         """Length up to and including the first end-of-turn token."""
@@ -270,24 +316,27 @@ class Qwen25VLPolicy(BasePolicy):
     # ----------------------------------------------------------------- readout
     def readout(self, images: list[Image.Image], instructions: list[str],
                 rollouts: list[Rollout]) -> PolicyOutput:
-        """Forward prompt + response once and read the last-layer hidden state at the special
-        token (its first occurrence). A response without it gets it appended (``has_token``
-        False), so a malformed response still yields a query instead of an exception."""
-        out, positions, has_token = self.forward_responses(images, instructions, rollouts)
-        last = out.hidden_states[-1]  # B x L x D (after the final norm)
-        hidden = last[torch.arange(last.shape[0], device=last.device), positions]
-        return PolicyOutput(hidden=hidden, responses=[r.text for r in rollouts],
-                            has_token=has_token)
+        """One forward over prompt + response; the last-layer hidden state at the special token
+        (its first occurrence in the response). A response without it gets it appended
+        (``has_token`` False), so a malformed response still yields a query, never an error."""
+        fwd = self.forward_responses(images, instructions, rollouts)
+        return fwd.policy_output([r.text for r in rollouts])
 
-    def forward_responses(self, images, instructions, rollouts):
-        """Forward B (prompt + response) sequences with hidden states.
+    def forward_responses(self, images, instructions, rollouts, model=None) -> ResponseForward:
+        """Forward B (prompt + response) sequences through the language model once.
 
-        Returns:
-            (model output with ``hidden_states`` and ``logits``, LongTensor[B] positions of the
-            special token in the padded sequences, list[bool] whether it was written).
+        The response is the rollout's tokens; when the special token is missing, trailing
+        end-of-turn tokens are dropped and the special token appended (the hidden state is read
+        there; causality keeps the log-probs of the original tokens computable, see
+        :meth:`response_logprobs`).
+
+        Args:
+            model: another model with the same tokenizer (the frozen reference policy);
+                default: this policy's.
         """
+        model = model if model is not None else self.model
         prompt = self.encode_prompts(images, instructions)
-        ids_rows, positions, has_token = [], [], []
+        ids_rows, positions, has_token, starts = [], [], [], []
         for row, mask, rollout in zip(prompt["input_ids"], prompt["attention_mask"], rollouts):
             prompt_ids = row[mask.bool()].tolist()
             resp = [i for i in rollout.token_ids if i != self.pad_token_id]
@@ -301,23 +350,65 @@ class Qwen25VLPolicy(BasePolicy):
                 resp = resp + [self.special_token_id]
                 pos, found = len(resp) - 1, False
             ids_rows.append(prompt_ids + resp)
+            starts.append(len(prompt_ids))
             positions.append(len(prompt_ids) + max(pos, 0))
             has_token.append(found)
         width = max(len(r) for r in ids_rows)
         input_ids = torch.full((len(ids_rows), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         for b, r in enumerate(ids_rows):
-            input_ids[b, width - len(r):] = torch.tensor(r)
-            attention[b, width - len(r):] = 1
-            positions[b] += width - len(r)
+            pad = width - len(r)
+            input_ids[b, pad:] = torch.tensor(r)
+            attention[b, pad:] = 1
+            positions[b] += pad
+            starts[b] += pad
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        out = self.model(
+        base = model.model if hasattr(model, "lm_head") else model
+        out = base(
             input_ids=input_ids,
             attention_mask=attention,
             pixel_values=prompt["pixel_values"],
             image_grid_thw=prompt["image_grid_thw"],
             mm_token_type_ids=(input_ids == self.image_token_id).long(),
-            output_hidden_states=True,
             use_cache=False,
         )
-        return out, torch.tensor(positions, device=self.device), has_token
+        return ResponseForward(
+            last_hidden=out.last_hidden_state,  # B x W x D (after the final norm)
+            special_pos=torch.tensor(positions, device=self.device),
+            has_token=has_token,
+            resp_start=starts,
+            token_ids=[list(r.token_ids) for r in rollouts],
+            lm_head=model.lm_head if hasattr(model, "lm_head") else self.model.lm_head,
+        )
+
+    def response_logprobs(self, fwd: ResponseForward) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of each rollout's own tokens under the forwarded model.
+
+        Logits are computed only at the response positions (not the whole sequence). Tokens the
+        policy may never write (vision tokens) are masked as in generation, so these match the
+        rollout-time log-probs.
+
+        Returns:
+            (logp B x T, mask B x T) with T the longest response; mask is 1 on real tokens.
+        """
+        b = len(fwd.token_ids)
+        t_max = max(1, max(len(t) for t in fwd.token_ids))
+        device = fwd.last_hidden.device
+        index = torch.zeros(b, t_max, dtype=torch.long, device=device)
+        targets = torch.zeros(b, t_max, dtype=torch.long, device=device)
+        mask = torch.zeros(b, t_max, device=device)
+        for i, ids in enumerate(fwd.token_ids):
+            n = len(ids)
+            if n == 0:
+                continue
+            # logits at position p predict token p + 1 (causal): token t of the response
+            index[i, :n] = torch.arange(fwd.resp_start[i] - 1, fwd.resp_start[i] - 1 + n)
+            targets[i, :n] = torch.tensor(ids)
+            mask[i, :n] = 1
+        hidden = fwd.last_hidden.gather(1, index[..., None].expand(-1, -1,
+                                                                   fwd.last_hidden.shape[-1]))
+        logits = fwd.lm_head(hidden).float()  # B x T x V
+        if self.suppress_token_ids:
+            logits[..., self.suppress_token_ids] = -float("inf")
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+        return logp * mask, mask

@@ -37,4 +37,4 @@ def test_forward_predict_and_tensor_modes(tiny_segmentor):
     logits = tiny_segmentor([img], [{"instruction": "x"}], mode="tensor")
     assert logits.shape == (1, 1, 112, 112)
     with pytest.raises(ValueError, match="unsupported mode"):
-        tiny_segmentor([img], [{"instruction": "x"}], mode="loss")
+        tiny_segmentor([img], [{"instruction": "x"}], mode="bogus")

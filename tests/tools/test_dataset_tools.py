@@ -54,7 +54,7 @@ def test_extract_features_then_the_model_reads_them(tmp_path):
     files = sorted(cache_dir.rglob("*.pt"))
     assert len(files) == 3
     # a run again writes nothing new
-    assert main(["extract-features", cfg]) == 0
+    assert main(["extract-features", cfg, "--split", "test"]) == 0
     assert sorted(cache_dir.rglob("*.pt")) == files
 
     from coprs.datasets.shapes import ShapesWorld, sample_seed

@@ -27,3 +27,27 @@ test_cfg = dict(
     ],
 )
 test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
+
+# training: the train splits of the three datasets, without any image of a val/test split
+refcoco_train_pipeline = [
+    dict(type='LoadImage', skip_errors=False),
+    dict(type='LoadSegAnnotations'),
+    dict(type='ResizePadVision', size=1024),
+    dict(type='PackReasonSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='coprs.reasonseg_collate'),
+    dataset=dict(
+        type='ConcatDataset',
+        datasets=[
+            dict(type='RefCOCODataset', data_root=refer_root, img_dir=coco_img_dir, dataset=name,
+                 split_by=split_by, split='train', exclude_eval_images=True,
+                 pipeline=refcoco_train_pipeline)
+            for name, split_by in (('refcoco', 'unc'), ('refcoco+', 'unc'), ('refcocog', 'umd'))
+        ],
+    ),
+)

@@ -22,3 +22,18 @@ test_cfg = dict(
     ],
 )
 test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
+
+shapes_train_pipeline = [
+    dict(type='LoadImage'),
+    dict(type='ResizePadVision', size=shapes_image_size),
+    dict(type='PackReasonSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='coprs.reasonseg_collate'),
+    dataset=dict(type='ShapesReasonDataset', split='train', num_samples=50000, seed=0,
+                 image_size=shapes_image_size, pipeline=shapes_train_pipeline),
+)

@@ -1,0 +1,38 @@
+# CPU schedule for the tiny assembly: supervised warm-up, then GRPO + segmentation.
+sft_iters = 1200
+grpo_iters = 100
+train_cfg = dict(
+    type='ReasoningSegTrainLoop',
+    stages=[dict(kind='sft', iters=sft_iters), dict(kind='grpo', iters=grpo_iters)],
+    group_size=8,
+    rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, max_new_tokens=96),
+    response_key='response_coprs',
+)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    constructor='GroupedOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999)),
+    clip_grad=dict(max_norm=1.0),
+    # the paper's multipliers name these parts; the tiny model trains from scratch, so 1x
+    paramwise_cfg=dict(custom_keys={
+        'prior': dict(lr_mult=1.0),
+        'decoder.downscaler': dict(lr_mult=1.0),
+        'decoder.mask_decoder': dict(lr_mult=1.0),
+    }),
+)
+# one-cycle without warm-up = cosine from the peak to peak / 6.67, per parameter group
+param_scheduler = [
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=sft_iters + grpo_iters,
+         eta_min_ratio=0.15),
+]
+custom_hooks = [
+    dict(type='PlainCheckpointStateHook'),
+]
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=20),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2,
+                    save_last=True, backend_args=dict(backend='atomic_local')),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)

@@ -1,0 +1,88 @@
+"""``coprs train``: train a config with mmengine's Runner (warm-up and/or GRPO + segmentation)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .common import UsageError, add_cfg_options, load_config
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a config (supervised warm-up and/or GRPO + segmentation)",
+        description="Build the Runner from a config and train. Checkpoints are written "
+                    "atomically to the work dir; --resume continues from the latest one "
+                    "(loaded with weights_only=True).",
+        epilog="example: coprs train configs/coprs/coprs_tiny_shapes_cpu.py "
+               "--work-dir work_dirs/tiny  (distributed: torchrun --nproc_per_node=8 "
+               "tools/train.py CONFIG --launcher pytorch)",
+    )
+    p.add_argument("config", help="config file")
+    p.add_argument("--work-dir", help="folder for logs and checkpoints")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume from CKPT, or from the latest checkpoint in the work dir")
+    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                   help="distributed launcher (use with torchrun)")
+    add_cfg_options(p)
+    p.set_defaults(func=run)
+
+
+def check_weight_paths(cfg) -> None:
+    """Fail before any compute when a configured weight file or folder does not exist."""
+    model = cfg.model
+    checks = [("model.policy.model_path", model.get("policy", {}).get("model_path")),
+              ("model.vision_backbone.checkpoint",
+               model.get("vision_backbone", {}).get("checkpoint")),
+              ("model.decoder.sam_checkpoint", model.get("decoder", {}).get("sam_checkpoint"))]
+    for key, path in checks:
+        if path is not None and not Path(path).expanduser().exists():
+            raise UsageError(f"{key} '{path}' does not exist; put the weights there or pass "
+                             f"--cfg-options {key}=/path/on/disk")
+
+
+def run(args) -> int:
+    from mmengine.runner import Runner
+
+    from coprs.utils import register_all_modules
+
+    cfg = load_config(args.config, args.cfg_options)
+    if cfg.get("train_cfg") is None:
+        raise UsageError(f"config '{args.config}' has no train_cfg")
+    check_weight_paths(cfg)
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
+        Path("work_dirs") / Path(args.config).stem)
+    cfg.launcher = args.launcher
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not Path(args.resume).is_file():
+            raise UsageError(f"checkpoint '{args.resume}' does not exist")
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.launcher == "pytorch":
+        _init_cpu_process_group()
+    register_all_modules()
+    if "runner_type" in cfg:  # e.g. FlexibleRunner with an FSDP strategy (GPU configs)
+        from mmengine.registry import RUNNERS
+
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.train()
+    return 0
+
+
+def _init_cpu_process_group() -> None:
+    """mmengine's pytorch launcher assumes CUDA; on CPU, start gloo ourselves (the Runner then
+    skips its own init) and wrap the model with the CPU-friendly DDP wrapper (SPEC §7)."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available() or dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        raise UsageError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE not set)")
+    dist.init_process_group(backend="gloo")

@@ -1,0 +1,149 @@
+"""Hooks and the checkpoint file backend used by coprs training (HOOKS registry)."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
+
+from ..registry import HOOKS
+
+__all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
+           "to_plain", "history_to_plain", "history_from_plain"]
+
+
+@HOOKS.register_module()
+class SegLossScheduleHook(Hook):
+    """Change the segmentation-loss weights at given iterations (paper: λ_d = 1.5, λ_f = 0 until
+    step 1500, then λ_d = 3.0, λ_f = 10.0).
+
+    Args:
+        milestones: list of ``dict(iter=N, lambda_dice=…, lambda_focal=…)``; from iteration N
+            on, the named attributes of the model's ``seg_loss`` take those values. Applied
+            from the current iteration, so a resumed run gets the right weights.
+    """
+
+    priority = "NORMAL"
+
+    def __init__(self, milestones: list[dict]) -> None:
+        self.milestones = sorted((dict(m) for m in milestones), key=lambda m: m["iter"])
+        self._initial: dict | None = None
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        loss = model.seg_loss
+        keys = {k for m in self.milestones for k in m if k != "iter"}
+        if self._initial is None:
+            self._initial = {k: getattr(loss, k) for k in keys}
+        values = dict(self._initial)
+        for m in self.milestones:
+            if runner.iter >= m["iter"]:
+                values.update({k: v for k, v in m.items() if k != "iter"})
+        for k, v in values.items():
+            setattr(loss, k, float(v))
+
+
+def to_plain(obj):
+    """numpy scalars/arrays → Python numbers/lists, recursively (tensors and builtins kept)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+def history_to_plain(buf: HistoryBuffer) -> dict:
+    log, count = buf.data
+    return {"__history_buffer__": True, "log": log.tolist(), "count": count.tolist(),
+            "max_length": int(buf.max_length)}
+
+
+def history_from_plain(d: dict) -> HistoryBuffer:
+    return HistoryBuffer(d["log"], d["count"], d["max_length"])
+
+
+@HOOKS.register_module()
+class PlainCheckpointStateHook(Hook):
+    """Make checkpoints loadable with ``torch.load(weights_only=True)`` and resumable exactly.
+
+    mmengine saves its message hub as ``HistoryBuffer`` objects and numpy scalars, which the
+    safe unpickler of torch ≥ 2.6 rejects (allow-listing them would need ``builtins.getattr``,
+    which reopens code execution). Before saving, this hook converts that state to plain lists
+    and numbers and adds the random states (torch, numpy, python); after loading, it restores
+    both. Loading therefore stays ``weights_only=True``.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint.get("message_hub", {})
+        hub["log_scalars"] = {k: history_to_plain(v) if isinstance(v, HistoryBuffer) else v
+                              for k, v in hub.get("log_scalars", {}).items()}
+        hub["runtime_info"] = to_plain(hub.get("runtime_info", {}))
+        checkpoint["meta"] = to_plain(checkpoint.get("meta", {}))
+        np_state = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": to_plain(list(_tuple_to_list(random.getstate()))),
+        }
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint.get("message_hub")
+        if hub is not None:
+            hub["log_scalars"] = {
+                k: history_from_plain(v) if isinstance(v, dict) and v.get("__history_buffer__")
+                else v for k, v in hub.get("log_scalars", {}).items()}
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            random.setstate(_list_to_tuple(rng["python"]))
+
+
+def _tuple_to_list(x):
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x):
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+@register_backend("atomic_local")
+class AtomicLocalBackend(LocalBackend):
+    """Local files written to a temporary name and renamed into place, so a crash mid-write
+    never leaves a truncated checkpoint or ``last_checkpoint`` pointer."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        _atomic_write(Path(filepath), obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        _atomic_write(Path(filepath), obj.encode(encoding))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

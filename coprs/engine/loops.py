@@ -1,0 +1,224 @@
+"""The training loop: supervised warm-up and GRPO + segmentation stages (LOOPS registry)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.dist import is_main_process
+from mmengine.model import is_model_wrapper
+from mmengine.runner import IterBasedTrainLoop
+from PIL import Image
+
+from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
+
+__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS"]
+
+#: the kinds of training stage a loop can chain
+STAGE_KINDS = ("sft", "grpo")
+
+
+@LOOPS.register_module()
+class ReasoningSegTrainLoop(IterBasedTrainLoop):
+    """Iteration-based training through a chain of stages, each a number of iterations.
+
+    * ``sft`` (supervised warm-up): teacher-forces the dataset's gold response
+      (``response_key``, e.g. ``<think>gold CoT</think><REF_POS>``) with token cross-entropy +
+      L_SEG. Random-initialised tiny policies need it; real Qwen2.5-VL checkpoints can skip it.
+    * ``grpo``: per batch, the named, timed phases of paper Alg./Sec. 3.2 —
+      ``rollout`` (G sampled responses per sample, with their log-probs) → ``reward`` (no-grad
+      decode of every rollout's mask, rewards) → advantages (group-relative) → ``reference``
+      (log-probs under the frozen reference policy, if β > 0) → ``actor`` (the model's
+      ``train_step``: GRPO loss + β·KL + λ_SEG·L_SEG, one backward, one optimiser step).
+
+    The reference policy is the policy as it is when the first GRPO stage starts (after the
+    warm-up, if any). It is snapshotted to ``<work_dir>/reference_policy.pth`` so a resumed run
+    uses the same one. With LoRA adapters it is the base model (adapters disabled), not a copy.
+
+    Args:
+        runner: the Runner.
+        dataloader: the train dataloader (config).
+        stages: list of ``dict(kind='sft'|'grpo', iters=N)``; ``max_iters`` is their sum.
+        group_size: G, responses per sample in GRPO stages (paper: 8).
+        rollout_engine: ROLLOUT_ENGINES config (sampling settings live there).
+        reward: REWARDS config; its ``score`` gives the total and a per-reward breakdown.
+        response_key: data_sample key with the gold response for ``sft`` stages.
+        max_nonfinite_steps: raise after this many non-finite losses in a row (each one is
+            skipped and logged).
+        val_begin, val_interval: as ``IterBasedTrainLoop``.
+    """
+
+    def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
+                 rollout_engine: dict | None = None, reward: dict | None = None,
+                 response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
+                 val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
+        stages = [dict(s) for s in stages]
+        for s in stages:
+            if s.get("kind") not in STAGE_KINDS or int(s.get("iters", 0)) <= 0:
+                raise ValueError(f"bad training stage {s}: need kind in {STAGE_KINDS} and iters "
+                                 "> 0")
+        if any(s["kind"] == "grpo" for s in stages) and group_size < 2:
+            raise ValueError(f"GRPO needs group_size >= 2 (got {group_size})")
+        self.stages = stages
+        super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
+                         val_begin=val_begin, val_interval=val_interval)
+        self.group_size = group_size
+        self.rollout_engine = ROLLOUT_ENGINES.build(rollout_engine or dict(type="HFRolloutEngine"))
+        from ..rewards.combine import COPRS_REWARD
+
+        self.reward = REWARDS.build(reward or COPRS_REWARD)
+        self.response_key = response_key
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self._nonfinite_run = 0
+        self._reference = None
+
+    # ------------------------------------------------------------------ stages
+    def stage_at(self, it: int) -> dict:
+        """The stage that iteration ``it`` (0-based) belongs to."""
+        end = 0
+        for s in self.stages:
+            end += int(s["iters"])
+            if it < end:
+                return s
+        return self.stages[-1]
+
+    def grpo_start(self) -> int | None:
+        """Iteration at which the first GRPO stage starts."""
+        begin = 0
+        for s in self.stages:
+            if s["kind"] == "grpo":
+                return begin
+            begin += int(s["iters"])
+        return None
+
+    @property
+    def unwrapped(self):
+        m = self.runner.model
+        return m.module if is_model_wrapper(m) else m
+
+    # --------------------------------------------------------------- iteration
+    def run_iter(self, data_batch) -> None:
+        self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)
+        stage = self.stage_at(self._iter)
+        timings: dict[str, float] = {}
+        extra: dict[str, float] = {}
+        if stage["kind"] == "sft":
+            for s in data_batch["data_samples"]:
+                if self.response_key not in s:
+                    raise KeyError(f"sft stage needs '{self.response_key}' in every sample "
+                                   f"(sample {s.get('sample_id')}); use a dataset with gold "
+                                   "responses or start with a grpo stage")
+                s["response"] = s[self.response_key]
+        else:
+            extra = self._prepare_grpo(data_batch, timings)
+        t0 = time.perf_counter()
+        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
+        timings["actor"] = time.perf_counter() - t0
+        outputs = dict(outputs)
+        outputs.update(extra)
+        outputs.update({f"time/{k}": v for k, v in timings.items()})
+        outputs["stage_grpo"] = float(stage["kind"] == "grpo")
+        self._check_nonfinite(outputs)
+        self.runner.call_hook("after_train_iter", batch_idx=self._iter, data_batch=data_batch,
+                              outputs=outputs)
+        self._iter += 1
+
+    def _check_nonfinite(self, outputs: dict) -> None:
+        if float(outputs.get("nonfinite_step", 0.0)) > 0:
+            self._nonfinite_run += 1
+            self.runner.logger.warning(
+                f"iteration {self._iter}: non-finite loss, update skipped "
+                f"({self._nonfinite_run} in a row, limit {self.max_nonfinite_steps})")
+            if self._nonfinite_run >= self.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"{self._nonfinite_run} non-finite losses in a row (max_nonfinite_steps="
+                    f"{self.max_nonfinite_steps}); lower the learning rate or check the data")
+        else:
+            self._nonfinite_run = 0
+
+    def _prepare_grpo(self, data_batch: dict, timings: dict) -> dict:
+        """Rollouts, rewards, advantages and reference log-probs into the batch's samples."""
+        from ..rl.grpo import group_advantages
+
+        model, g = self.unwrapped, self.group_size
+        samples, images = data_batch["data_samples"], data_batch["inputs"]
+        instructions = [s["instruction"] for s in samples]
+        pil = [Image.fromarray(im) for im in images]
+
+        t0 = time.perf_counter()
+        groups = self.rollout_engine.generate(model.policy, pil, instructions, g)
+        rollouts = [r for grp in groups for r in grp]
+        timings["rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
+        gt, valid = model.vision_targets(samples)
+        size = probs.shape[-2:]
+        gt = torch.nn.functional.interpolate(gt[:, None], size=size, mode="nearest-exact")[:, 0]
+        valid = torch.nn.functional.interpolate(valid[:, None], size=size,
+                                                mode="nearest-exact")[:, 0]
+        total, breakdown = self.reward.score([r.text for r in rollouts], probs,
+                                             gt.repeat_interleave(g, 0) > 0.5,
+                                             valid.repeat_interleave(g, 0) > 0.5)
+        adv = group_advantages(total.float().cpu(), g)
+        timings["reward"] = time.perf_counter() - t0
+
+        ref_logps = None
+        if model.rl["kl_coef"] > 0:
+            t0 = time.perf_counter()
+            ref_logps = self._reference_logprobs(model, pil, instructions, rollouts, g)
+            timings["reference"] = time.perf_counter() - t0
+
+        for i, s in enumerate(samples):
+            s["rollouts"] = rollouts[i * g:(i + 1) * g]
+            s["advantages"] = adv[i * g:(i + 1) * g]
+            s["ref_logprobs"] = None if ref_logps is None else ref_logps[i * g:(i + 1) * g]
+        extra = {"reward/total": float(total.mean())}
+        extra.update({f"reward/{k}": float(v.float().mean()) for k, v in breakdown.items()})
+        extra["reward/group_std"] = float(total.view(-1, g).std(dim=1).mean())
+        extra["rollout/response_tokens"] = float(np.mean([len(r.token_ids) for r in rollouts]))
+        return extra
+
+    # --------------------------------------------------------------- reference
+    def reference_path(self) -> Path:
+        return Path(self.runner.work_dir) / "reference_policy.pth"
+
+    def _reference_model(self, model):
+        """The frozen reference policy (built once, at the first GRPO iteration)."""
+        if self._reference is not None:
+            return self._reference
+        policy = model.policy
+        if getattr(policy, "uses_adapters", False):
+            self._reference = "adapters-disabled"
+            return self._reference
+        ref = copy.deepcopy(policy.model).eval().requires_grad_(False)
+        path = self.reference_path()
+        if self._iter > self.grpo_start():  # resumed mid-GRPO: the snapshot taken at its start
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"resuming a GRPO stage needs its reference policy snapshot {path}")
+            ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        elif is_main_process():  # the first GRPO iteration: snapshot the policy as it is now
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(ref.state_dict(), tmp)
+            tmp.replace(path)
+        self._reference = ref
+        return ref
+
+    @torch.no_grad()
+    def _reference_logprobs(self, model, pil, instructions, rollouts, g) -> list[list[float]]:
+        ref = self._reference_model(model)
+        policy = model.policy
+        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
+        if ref == "adapters-disabled":
+            with policy.model.disable_adapter():
+                fwd = policy.forward_responses(rep(pil), rep(instructions), rollouts)
+                logp, mask = policy.response_logprobs(fwd)
+        else:
+            fwd = policy.forward_responses(rep(pil), rep(instructions), rollouts, model=ref)
+            logp, mask = policy.response_logprobs(fwd)
+        return [logp[i, : int(mask[i].sum())].tolist() for i in range(len(rollouts))]

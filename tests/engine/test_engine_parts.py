@@ -1,0 +1,89 @@
+import os
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from coprs.engine.hooks import AtomicLocalBackend, SegLossScheduleHook
+from coprs.engine.optim import GroupedOptimWrapperConstructor
+from coprs.losses import SegmentationLoss
+from coprs.models.segmentor import apply_update
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.prior = nn.Linear(4, 4)
+        self.frozen = nn.Linear(4, 4).requires_grad_(False)
+
+
+def test_grouped_constructor_multipliers_tied_and_frozen():
+    ctor = GroupedOptimWrapperConstructor(
+        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=0.1, weight_decay=0.01)),
+        paramwise_cfg=dict(custom_keys={"prior": dict(lr_mult=25.0, decay_mult=0.0)}))
+    wrapper = ctor(_Tied())
+    groups = wrapper.optimizer.param_groups
+    assert [len(g["params"]) for g in groups] == [1, 2]  # tied weight once; frozen left out
+    assert groups[0]["lr"] == pytest.approx(0.1)
+    assert groups[1]["lr"] == pytest.approx(2.5) and groups[1]["weight_decay"] == 0.0
+
+
+def test_seg_loss_schedule_hook_switches_at_milestone():
+    loss = SegmentationLoss()
+    model = types.SimpleNamespace(seg_loss=loss)
+    hook = SegLossScheduleHook([dict(iter=3, lambda_dice=3.0, lambda_focal=10.0)])
+    for it, (d, f) in [(0, (1.5, 0.0)), (3, (3.0, 10.0)), (1, (1.5, 0.0)), (7, (3.0, 10.0))]:
+        runner = types.SimpleNamespace(model=model, iter=it)
+        hook.before_train_iter(runner, it)
+        assert (loss.lambda_dice, loss.lambda_focal) == (d, f)
+
+
+def test_atomic_backend_never_leaves_a_truncated_file(tmp_path, monkeypatch):
+    backend = AtomicLocalBackend()
+    path = tmp_path / "latest.pth"
+    backend.put(b"good", path)
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        backend.put(b"partial", path)
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+class _Wrapper:
+    def __init__(self):
+        self.zeroed = self.stepped = 0
+
+    def zero_grad(self):
+        self.zeroed += 1
+
+    def update_params(self, loss):
+        self.stepped += 1
+
+
+def test_nonfinite_loss_skips_the_update():
+    w = _Wrapper()
+    out = apply_update(torch.tensor(float("nan")), {}, w)
+    assert out["nonfinite_step"] == 1.0 and w.stepped == 0 and w.zeroed == 1
+    out = apply_update(torch.tensor(1.0), {}, w)
+    assert out["nonfinite_step"] == 0.0 and w.stepped == 1
+
+
+def test_loop_fails_after_too_many_nonfinite_steps():
+    from coprs.engine.loops import ReasoningSegTrainLoop
+
+    loop = ReasoningSegTrainLoop.__new__(ReasoningSegTrainLoop)
+    loop.max_nonfinite_steps, loop._nonfinite_run, loop._iter = 2, 0, 0
+    loop._runner = types.SimpleNamespace(logger=types.SimpleNamespace(warning=lambda m: None))
+    loop._check_nonfinite({"nonfinite_step": 1.0})
+    loop._check_nonfinite({"nonfinite_step": 0.0})  # a good step resets the count
+    loop._check_nonfinite({"nonfinite_step": 1.0})
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        loop._check_nonfinite({"nonfinite_step": 1.0})

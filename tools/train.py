@@ -1,0 +1,13 @@
+"""Train a config; same as ``coprs train``.
+
+Example:
+    python tools/train.py configs/coprs/coprs_tiny_shapes_cpu.py [--work-dir DIR] [--resume [CKPT]]
+    torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch
+"""
+
+import sys
+
+from coprs.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
