@@ -7,6 +7,7 @@ Subcommands (one module each in ``coprs.commands``):
     count-params      parameters per component of a config, on the meta device
     extract-features  precompute frozen backbone features into the feature cache
     browse-dataset    dump what a dataset loader produces as JSON lines
+    export-hf         the policy (LoRA merged) as a transformers folder + the seg head
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback.
@@ -17,12 +18,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import browse_dataset, count_params, extract_features, infer, test, train
+from .commands import (
+    browse_dataset,
+    count_params,
+    export_hf,
+    extract_features,
+    infer,
+    test,
+    train,
+)
 from .commands.common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset)
+_COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,4 +8,9 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu'
-model = dict(rl=dict(kl_coef=0.02))
+model = dict(
+    rl=dict(kl_coef=0.02),
+    # the frozen SAM encoder is most of a CPU step: its features are cached on first use
+    feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
+)
+train_dataloader = dict(dataset=dict(num_samples=6000))

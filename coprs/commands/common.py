@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["UsageError", "add_cfg_options", "load_config"]
+__all__ = ["UsageError", "add_cfg_options", "load_config", "resolve_checkpoint"]
 
 
 class UsageError(Exception):
@@ -29,3 +29,19 @@ def load_config(path: str, cfg_options=None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def resolve_checkpoint(path: str | None) -> str | None:
+    """A checkpoint file, or a training work dir (its ``last_checkpoint``); None passes."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        pointer = p / "last_checkpoint"
+        if not pointer.is_file():
+            raise UsageError(f"'{path}' is a folder without a last_checkpoint file; give a "
+                             "checkpoint file or a training work dir")
+        p = Path(pointer.read_text().strip())
+    if not p.is_file():
+        raise UsageError(f"checkpoint '{p}' does not exist")
+    return str(p)

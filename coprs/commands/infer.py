@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run"]
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("image", nargs="?", help="image path")
     p.add_argument("instruction", nargs="?", help="the instruction (quote it)")
     p.add_argument("--config", required=True, help="config file")
-    p.add_argument("--checkpoint", help="trained checkpoint (.pth)")
+    p.add_argument("--checkpoint", help="trained checkpoint (.pth) or a training work dir")
     p.add_argument("--out", default="outputs/infer", help="output folder (default: %(default)s)")
     p.add_argument("--input-jsonl", help='batch: lines {"image": PATH, "instruction": TEXT}; one '
                                          "output folder per line")
@@ -72,8 +72,7 @@ def run(args) -> int:
     if args.input_jsonl is None and (args.image is None or args.instruction is None):
         raise UsageError("give IMAGE and INSTRUCTION, or --input-jsonl FILE")
     cfg = load_config(args.config, args.cfg_options)
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise UsageError(f"checkpoint '{args.checkpoint}' does not exist")
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     if args.input_jsonl is None:  # check the image before building the model
         image = load_image(args.image)
     model = init_segmentor(cfg, args.checkpoint, device=args.device)

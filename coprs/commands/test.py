@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run", "format_results_table"]
 
@@ -60,6 +60,15 @@ def format_results_table(results: dict) -> str:
                      f"format rate {100 * m['format_rate']:.1f}%, "
                      f"skipped (unreadable) {m['n_unreadable']}")
         lines.extend(f"  skipped: {u}" for u in m.get("unreadable", []))
+    typed = {k: m["by_type"] for k, m in results.items() if m.get("by_type")}
+    if typed:
+        types = sorted({t for by in typed.values() for t in by})
+        lines += ["", "| instruction type | " + " | ".join(f"{k} gIoU (n)" for k in typed) + " |",
+                  "|---|" + "---|" * len(typed)]
+        for t in types:
+            cells = [f"{100 * by[t]['gIoU']:.2f} ({by[t]['n']})" if t in by else "–"
+                     for by in typed.values()]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -70,14 +79,7 @@ def run(args) -> int:
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
-    if args.checkpoint is not None and Path(args.checkpoint).is_dir():  # a work dir
-        pointer = Path(args.checkpoint) / "last_checkpoint"
-        if not pointer.is_file():
-            raise UsageError(f"'{args.checkpoint}' is a folder without a last_checkpoint file; "
-                             "give a checkpoint file or a training work dir")
-        args.checkpoint = pointer.read_text().strip()
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise UsageError(f"checkpoint '{args.checkpoint}' does not exist")
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     if cfg.get("test_cfg") is None:
         raise UsageError(f"config '{args.config}' has no test_cfg (which datasets to evaluate)")
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(

@@ -88,6 +88,14 @@ class PlainCheckpointStateHook(Hook):
     priority = "VERY_LOW"
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        policy = getattr(model, "policy", None)
+        if getattr(policy, "uses_adapters", False):
+            # LoRA: keep the adapters and every trainable head; the frozen base policy weights
+            # come from model.policy.model_path again when the checkpoint is loaded
+            frozen = {f"policy.{n}" for n, p in policy.named_parameters() if not p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if k not in frozen}
         hub = checkpoint.get("message_hub", {})
         hub["log_scalars"] = {k: history_to_plain(v) if isinstance(v, HistoryBuffer) else v
                               for k, v in hub.get("log_scalars", {}).items()}

@@ -41,7 +41,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     Args:
         runner: the Runner.
         dataloader: the train dataloader (config).
-        stages: list of ``dict(kind='sft'|'grpo', iters=N)``; ``max_iters`` is their sum.
+        stages: list of ``dict(kind='sft'|'grpo', iters=N[, batch_size=B])``; ``max_iters`` is
+            their sum; ``batch_size`` (optional) uses only the first B samples of each loader
+            batch in that stage (e.g. fewer prompts per GRPO step, each with G rollouts).
         group_size: G, responses per sample in GRPO stages (paper: 8).
         rollout_engine: ROLLOUT_ENGINES config (sampling settings live there).
         reward: REWARDS config; its ``score`` gives the total and a per-reward breakdown.
@@ -103,6 +105,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     def run_iter(self, data_batch) -> None:
         self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)
         stage = self.stage_at(self._iter)
+        if stage.get("batch_size"):  # a stage may use fewer samples per step than the loader
+            n = int(stage["batch_size"])
+            data_batch = {k: v[:n] for k, v in data_batch.items()}
         timings: dict[str, float] = {}
         extra: dict[str, float] = {}
         if stage["kind"] == "sft":
@@ -215,7 +220,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         policy = model.policy
         rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
         if ref == "adapters-disabled":
-            with policy.model.disable_adapter():
+            with policy.disable_adapter():
                 fwd = policy.forward_responses(rep(pil), rep(instructions), rollouts)
                 logp, mask = policy.response_logprobs(fwd)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -123,6 +124,10 @@ class Qwen25VLPolicy(BasePolicy):
         attn_implementation: transformers attention backend ('sdpa', 'eager', 'flash_attention_2').
         gradient_checkpointing: enable transformers gradient checkpointing.
         max_new_tokens: default response budget (paper: 2000 in training).
+        lora: parameter-efficient training with peft LoRA adapters, e.g. ``dict(r=8, alpha=16,
+            dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])``: the base
+            weights are frozen, only the adapters train, the GRPO reference is the base model
+            (adapters disabled, no second copy) and checkpoints hold only trainable weights.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class Qwen25VLPolicy(BasePolicy):
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 256,
+        lora: dict | None = None,
     ) -> None:
         super().__init__()
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -147,6 +153,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.max_new_tokens = max_new_tokens
         self.processor = None
         self.model_path = model_path
+        self.uses_adapters = False
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
 
@@ -188,7 +195,60 @@ class Qwen25VLPolicy(BasePolicy):
         self.hidden_size = self.model.config.text_config.hidden_size
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if lora is not None:
+            self._add_lora(lora)
         self.model.eval()
+
+    def _add_lora(self, lora: dict) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+        if unknown:
+            raise ValueError(f"unknown policy.lora keys {sorted(unknown)}; use r, alpha, "
+                             "dropout, target_modules")
+        config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
+                            lora_dropout=lora.get("dropout", 0.0),
+                            target_modules=lora.get("target_modules",
+                                                    ["q_proj", "k_proj", "v_proj", "o_proj"]))
+        inject_adapter_in_model(config, self.model)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_("lora_" in name)
+        self.uses_adapters = True
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the base model without the LoRA adapters (the GRPO reference policy)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for m in layers:
+            m.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.enable_adapters(True)
+
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's weights with LoRA adapters merged in, under plain transformers names."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not self.uses_adapters:
+            return dict(self.model.state_dict())
+        for m in self.model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.merge()
+        try:
+            state = {}
+            for k, v in self.model.state_dict().items():
+                if "lora_" in k:
+                    continue
+                state[k.replace(".base_layer.", ".")] = v.clone()
+            return state
+        finally:
+            for m in self.model.modules():
+                if isinstance(m, BaseTunerLayer):
+                    m.unmerge()
 
     # ------------------------------------------------------------------ setup
     def _add_special_tokens(self) -> None:

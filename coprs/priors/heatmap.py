@@ -36,19 +36,24 @@ class HeatmapPrior(BasePrior):
         attn_dim: n_head · d_h, the width the per-head projections map to.
         num_heads: n_head.
         upsample: factor from the key grid to the dense-prompt resolution.
+        coord_channels: append normalised (x, y) coordinates to the features before the key MLP,
+            so keys carry position explicitly (useful when the backbone is small or untrained;
+            off by default, as in the paper).
     """
 
     special_token = "<REF_POS>"
     prompt_template = "coprs"
 
     def __init__(self, query_dim: int, key_in_dim: int, d_q: int = 256, d_k: int = 256,
-                 attn_dim: int = 128, num_heads: int = 8, upsample: int = 4) -> None:
+                 attn_dim: int = 128, num_heads: int = 8, upsample: int = 4,
+                 coord_channels: bool = False) -> None:
         super().__init__()
         if attn_dim % num_heads:
             raise ValueError(f"attn_dim {attn_dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.upsample = num_heads, attn_dim // num_heads, upsample
         self.query_head = _mlp(query_dim, d_q, d_q)  # F_head
-        self.key_mlp = _mlp(key_in_dim, d_k, d_k)  # per-pixel MLP on backbone features
+        self.coord_channels = coord_channels
+        self.key_mlp = _mlp(key_in_dim + 2 * coord_channels, d_k, d_k)  # per-pixel MLP
         self.w_q = nn.Linear(d_q, attn_dim, bias=False)  # [W_1^Q … W_n^Q]
         self.w_k = nn.Linear(d_k, attn_dim, bias=False)  # [W_1^K … W_n^K]
         self.fuse = nn.Sequential(  # F_fuse
@@ -68,6 +73,11 @@ class HeatmapPrior(BasePrior):
             B x n_head x h x w scores S_i.
         """
         b, _, h, w = image_keys.shape
+        if self.coord_channels:
+            ys = torch.linspace(-1, 1, h, device=image_keys.device, dtype=image_keys.dtype)
+            xs = torch.linspace(-1, 1, w, device=image_keys.device, dtype=image_keys.dtype)
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # 2 x h x w
+            image_keys = torch.cat([image_keys, grid.expand(b, -1, -1, -1)], dim=1)
         q = self.w_q(self.query_head(e_conc.to(self.w_q.weight.dtype)))  # B x A
         q = q.view(b, self.num_heads, self.head_dim)  # B x n x d_h
         k = self.w_k(self.key_mlp(image_keys.flatten(2).transpose(1, 2)))  # B x hw x A

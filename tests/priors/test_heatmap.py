@@ -56,3 +56,16 @@ def test_added_path_sizes_match_the_paper():
     for d_model, lo, hi in [(2048, 4.5e6, 4.9e6), (3584, 5.0e6, 5.4e6)]:
         total = dec + n(HeatmapPrior(query_dim=d_model, key_in_dim=256))
         assert lo <= total <= hi, (d_model, total)
+
+
+def test_coordinate_channels_make_keys_position_aware():
+    torch.manual_seed(0)
+    prior = HeatmapPrior(query_dim=8, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2,
+                         coord_channels=True)
+    assert prior.key_mlp[0].in_features == 6
+    keys = torch.zeros(1, 4, 5, 5)  # features identical everywhere
+    out = prior(PolicyOutput(torch.randn(1, 8), ["x"], [True]), keys).heatmap
+    assert out[0, 0].std() > 0  # only the coordinates can vary the scores
+    plain = HeatmapPrior(query_dim=8, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2)
+    s = plain.scores(torch.randn(1, 8), keys)
+    assert torch.allclose(s, s[..., :1, :1].expand_as(s))

@@ -10,7 +10,7 @@ model = dict(
         prompt_template='coprs',
         min_pixels=3136,
         max_pixels=112 * 112,
-        max_new_tokens=64,
+        max_new_tokens=128,
     ),
     vision_backbone=dict(type='SAMViTBackbone', arch='tiny', seed=0),
     prior=dict(type='HeatmapPrior', d_q=64, d_k=64, attn_dim=64, num_heads=4),

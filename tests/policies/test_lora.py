@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from coprs.apis import init_segmentor
+from coprs.cli import main
+from coprs.structures import Rollout
+
+from ..conftest import TINY_CONFIG  # noqa: TID252
+
+
+def _lora_config(tmp_path):
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.policy.lora = dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg.model.pop("feature_cache")
+    path = tmp_path / "lora.py"
+    cfg.dump(str(path))
+    return str(path)
+
+
+def _logits(policy, model=None):
+    img = [Image.fromarray(np.full((56, 56, 3), 90, np.uint8))]
+    ids = policy.tokenizer.encode("<think>a</think><REF_POS>", add_special_tokens=False)
+    fwd = policy.forward_responses(img, ["x"], [Rollout("", ids)], model=model)
+    return policy.response_logprobs(fwd)[0]
+
+
+def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
+    seg = init_segmentor(_lora_config(tmp_path))
+    policy = seg.policy
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    before = _logits(policy)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    after = _logits(policy)
+    assert not torch.allclose(before, after)
+    with policy.disable_adapter():
+        torch.testing.assert_close(_logits(policy), before)
+    torch.testing.assert_close(_logits(policy), after)  # adapters back on
+
+
+def test_export_hf_merges_adapters(tmp_path, capsys):
+    cfg = _lora_config(tmp_path)
+    seg = init_segmentor(cfg)
+    with torch.no_grad():
+        for n, p in seg.policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    torch.save({"state_dict": seg.state_dict()}, tmp_path / "ckpt.pth")
+    assert main(["export-hf", cfg, str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "ex")]) == 0
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    exported = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "ex" / "policy")
+    assert not any("lora" in k for k in exported.state_dict())
+    torch.testing.assert_close(_logits(seg.policy, model=exported), _logits(seg.policy),
+                               atol=1e-4, rtol=1e-4)
+    head = torch.load(tmp_path / "ex" / "seg_head.pth", weights_only=True)
+    assert any(k.startswith("prior.") for k in head) and any(k.startswith("decoder.") for k in head)
+    assert json.loads((tmp_path / "ex" / "coprs_export.json").read_text())["lora_merged"]
+
+
+def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
+    cfg = _lora_config(tmp_path)
+    assert main(["train", cfg, "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=1",
+                 "train_cfg.stages.1.batch_size=1", "train_dataloader.batch_size=2",
+                 "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=4"]) == 0
+    state = torch.load(tmp_path / "w" / "iter_2.pth", weights_only=True)["state_dict"]
+    seg = init_segmentor(cfg)
+    params = {n for n, _ in seg.named_parameters()}
+    policy_params = [k for k in state if k.startswith("policy.") and k in params]
+    assert policy_params and all("lora_" in k for k in policy_params)  # frozen base dropped
+    assert any(k.startswith("prior.") for k in state)
+    assert not (tmp_path / "w" / "reference_policy.pth").exists()  # adapters-off reference

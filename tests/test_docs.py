@@ -1,0 +1,287 @@
+"""The commands shown in README.md and docs/*.md parse.
+
+Every ``coprs …``, ``python tools/….py …`` and ``torchrun … tools/….py …`` line of a fenced
+``bash`` block is parsed (never run) with the parser the command would use:
+
+* ``coprs SUB ARGS``: :func:`coprs.cli.build_parser` (``--debug`` removed anywhere, as ``main``);
+* ``python tools/X.py ARGS``: the tool must exist; ``tools/X.py`` calls ``main([SUB, *argv])``, so
+  ``SUB ARGS`` goes through the same parser;
+* ``python tools/analysis/X.py ARGS``: the module's own ``parse_args`` if it has one.
+
+Every ``configs/….py`` a command names must exist. Usage synopses (``[--opt …]``) are skipped;
+upper-case placeholders (CONFIG, IMAGE, CKPT) are ordinary arguments to the parser.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import io
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_FENCES = {"bash", "sh", "shell"}
+SEPARATORS = {"&&", "||", ";", "|", "&"}
+REDIRECTS = {">", ">>", "<", ">&", "<&"}
+CONFIG_PATH = re.compile(r"(?<![\w/.-])configs/[^\s'\"=,;]+?\.py\b")
+# a usage synopsis, not a command: "[--option …]", "[CHECKPOINT]", "…", "..."
+SYNOPSIS = re.compile(r"(^|\s)(\[[-A-Z]|\.\.\.(\s|$)|…(\s|$))")
+TOOL_SUBCOMMAND = re.compile(r"main\(\[\s*[\"']([\w-]+)[\"']\s*,\s*\*sys\.argv\[1:\]\s*\]\)")
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    """One command of a shell block: where it is, its logical line, and its own tokens."""
+
+    source: str            # "docs/x.md:12"
+    line: str              # the logical line (continuations joined)
+    argv: tuple[str, ...]  # this command's tokens, from "coprs" / "python" on
+
+
+def _tokens(text: str) -> list[str]:
+    """Shell tokens; operators (&&, |, ;, >) become their own tokens; comments dropped."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+def _shell_blocks(markdown: str):
+    """(first line number, lines) of each fenced shell block; indented fences included."""
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)", lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence, lang = m.groups()
+        body, start = [], i + 2
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            line = lines[i]
+            body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
+            i += 1
+        i += 1
+        if lang.lower() in SHELL_FENCES:
+            yield start, body
+
+
+def _logical_lines(start: int, body: list[str]):
+    """(line number, text): backslash continuations joined, multi-line quotes kept whole."""
+    buf, first = "", None
+    for n, raw in enumerate(body, start):
+        first = n if first is None else first
+        if raw.rstrip().endswith("\\") and not raw.rstrip().endswith("\\\\"):
+            buf += raw.rstrip()[:-1] + " "
+            continue
+        buf += raw
+        try:
+            _tokens(buf)
+        except ValueError:  # an open quote: the string goes on on the next line
+            buf += "\n"
+            continue
+        if buf.strip():
+            yield first, buf.strip()
+        buf, first = "", None
+    if buf.strip():
+        yield first, buf.strip()
+
+
+def _command_start(seg: list[str]) -> list[str] | None:
+    """The part of a simple command that is a coprs / tools invocation, or None.
+
+    ``VAR=value`` prefixes are dropped; ``pip install …`` is not a command of ours;
+    ``torchrun [options] tools/X.py ARGS`` is checked as ``python tools/X.py ARGS``.
+    """
+    while seg and re.match(r"^[A-Za-z_]\w*=", seg[0]):
+        seg = seg[1:]
+    if not seg or seg[0] == "pip":
+        return None
+    if seg[0] == "torchrun":
+        rest = seg[1:]
+        while rest and rest[0].startswith("-"):
+            takes_value = ("=" not in rest[0] and len(rest) > 1
+                           and not rest[1].startswith("-") and not rest[1].endswith(".py"))
+            rest = rest[2:] if takes_value else rest[1:]
+        seg = ["python", *rest]
+    if seg[0] == "coprs":
+        return seg
+    if seg[0] in ("python", "python3") and len(seg) > 1:
+        if seg[1].startswith("tools/"):
+            return seg
+        if seg[1] == "-m" and len(seg) > 2 and seg[2] in ("coprs", "coprs.cli"):
+            return ["coprs", *seg[3:]]
+    return None
+
+
+def extract_commands(markdown: str, source: str) -> list[DocCommand]:
+    """Every coprs / tools command of the fenced shell blocks of one Markdown text."""
+    out = []
+    for start, body in _shell_blocks(markdown):
+        for n, line in _logical_lines(start, body):
+            if SYNOPSIS.search(line):
+                continue
+            segment: list[str] = []
+            for tok in [*_tokens(line), "&&"]:
+                if tok not in SEPARATORS:
+                    segment.append(tok)
+                    continue
+                for r in REDIRECTS:  # `cmd ARGS > file`: the redirection is not an argument
+                    if r in segment:
+                        segment = segment[:segment.index(r)]
+                argv = _command_start(segment)
+                if argv is not None:
+                    out.append(DocCommand(f"{source}:{n}", line, tuple(argv)))
+                segment = []
+    return out
+
+
+def _parse(parser_call, args: list[str], cmd: DocCommand, what: str) -> None:
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser_call(args)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise AssertionError(f"{cmd.source}: `{cmd.line}` does not parse as {what}: "
+                                 f"{err.getvalue().strip().splitlines()[-1:]}") from None
+
+
+def _coprs_parse(argv: list[str]) -> None:
+    from coprs.cli import build_parser
+
+    build_parser().parse_args([a for a in argv if a != "--debug"])  # as coprs.cli.main
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except ValueError:
+        return False
+    return True
+
+
+def _analysis_parse_args(path: Path):
+    """The tool's ``parse_args``, or None if it has none.
+
+    Importing the tool would import torch (seconds), so only ``parse_args``, the ``argparse`` /
+    ``pathlib`` imports and the module's literal assignments (epilog text, choices) are executed;
+    a ``parse_args`` that needs more falls back to importing the whole module.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "parse_args"]
+    if not funcs:
+        return None
+    consts = [n for n in tree.body if isinstance(n, ast.Assign) and _is_literal(n.value)]
+    code = "import argparse\nfrom pathlib import Path\n"
+    code += "\n".join(ast.unparse(n) for n in [*consts, funcs[0]])
+    namespace: dict = {}
+    exec(compile(code, str(path), "exec"), namespace)  # noqa: S102 - the repo's own file
+    parse_args = namespace["parse_args"]
+
+    def call(args):
+        try:
+            return parse_args(args)
+        except NameError:  # needs more of the module: import it
+            spec = importlib.util.spec_from_file_location(f"_doc_tool_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.parse_args(args)
+
+    return call
+
+
+def check_command(cmd: DocCommand, root: Path = ROOT) -> None:
+    """Raise AssertionError (naming the command) unless it parses and its configs exist."""
+    for tok in cmd.argv:
+        for path in CONFIG_PATH.findall(tok):
+            if not (root / path).is_file():
+                raise AssertionError(f"{cmd.source}: `{cmd.line}` names {path}, which does not "
+                                     "exist")
+    if cmd.argv[0] == "coprs":
+        _parse(_coprs_parse, list(cmd.argv[1:]), cmd, "`coprs …`")
+        return
+    tool = root / cmd.argv[1]
+    if not tool.is_file():
+        raise AssertionError(f"{cmd.source}: `{cmd.line}` runs {cmd.argv[1]}, which does not exist")
+    args = list(cmd.argv[2:])
+    if tool.parent.name == "analysis":
+        parse_args = _analysis_parse_args(tool)
+        if parse_args is not None:
+            _parse(parse_args, args, cmd, cmd.argv[1])
+        return
+    m = TOOL_SUBCOMMAND.search(tool.read_text(encoding="utf-8"))
+    if m is None:
+        raise AssertionError(f"{cmd.argv[1]} does not call coprs.cli.main([SUB, *sys.argv[1:]]); "
+                             "teach tests/test_docs.py how to parse it")
+    _parse(_coprs_parse, [m.group(1), *args], cmd, f"`coprs {m.group(1)} …`")
+
+
+def _all_commands() -> list[DocCommand]:
+    cmds = []
+    for path in DOC_FILES:
+        cmds += extract_commands(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    return cmds
+
+
+COMMANDS = _all_commands()
+
+
+def test_docs_have_commands():
+    subcommands = {c.argv[1] for c in COMMANDS if c.argv[0] == "coprs" and len(c.argv) > 1}
+    assert {"train", "test", "infer", "count-params"} <= subcommands, subcommands
+    assert any(c.argv[0] == "python" for c in COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[f"{c.source} {' '.join(c.argv[:2])}"
+                                               for c in COMMANDS])
+def test_documented_command_parses(cmd):
+    check_command(cmd)
+
+
+def test_extractor_and_checker_catch_mistakes():
+    doc = "\n".join([
+        "text",
+        "```bash",
+        "# a comment",
+        "pip install -e . && coprs train configs/coprs/coprs_tiny_shapes_cpu.py && \\",
+        "  coprs tset configs/coprs/coprs_tiny_shapes_cpu.py",
+        "coprs infer --confg configs/coprs/coprs_tiny_shapes_cpu.py IMAGE \"a, b\" \\",
+        "  --out o > log.txt",
+        "torchrun --nproc_per_node=2 --nnodes 1 tools/train.py CONFIG --launcher pytorch",
+        "python tools/trian.py CONFIG",
+        "coprs count-params configs/coprs/no_such_config.py",
+        "python -c \"",
+        "print('coprs infer')",
+        "\"",
+        "coprs train CONFIG [--work-dir DIR]",
+        "```",
+        "  ```bash",
+        "  python tools/analysis/correlation.py RESULTS --levle 0.9",
+        "  ```",
+        "```python",
+        "coprs_is_not_shell = 1",
+        "```",
+    ])
+    cmds = extract_commands(doc, "x.md")
+    assert [c.argv[:2] for c in cmds] == [
+        ("coprs", "train"), ("coprs", "tset"), ("coprs", "infer"), ("python", "tools/train.py"),
+        ("python", "tools/trian.py"), ("coprs", "count-params"),
+        ("python", "tools/analysis/correlation.py")]
+    assert cmds[1].source == "x.md:4"
+    assert cmds[2].argv[-2:] == ("--out", "o")  # the redirection is cut
+    assert cmds[3].argv[2:] == ("CONFIG", "--launcher", "pytorch")
+    good = {0, 3}
+    for i, cmd in enumerate(cmds):
+        if i in good:
+            check_command(cmd)
+        else:
+            with pytest.raises(AssertionError, match=re.escape(cmd.source)):
+                check_command(cmd)
