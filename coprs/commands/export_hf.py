@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import add_cfg_options, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run"]
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
                "work_dirs/coprs_tiny_shapes_cpu/iter_940.pth --out exported/",
     )
     p.add_argument("config", help="config file")
-    p.add_argument("checkpoint", help="checkpoint (.pth)")
+    p.add_argument("checkpoint", help="checkpoint (.pth) or a training work dir")
     p.add_argument("--out", required=True, help="output folder")
     add_cfg_options(p)
     p.set_defaults(func=run)
@@ -33,8 +33,7 @@ def run(args) -> int:
 
     from coprs.apis import init_segmentor
 
-    if not Path(args.checkpoint).is_file():
-        raise UsageError(f"checkpoint '{args.checkpoint}' does not exist")
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.cfg_options)
     model = init_segmentor(cfg, args.checkpoint)
     policy = model.policy

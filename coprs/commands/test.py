@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                     "with --out, a JSON of the metrics. Unreadable samples are reported and "
                     "skipped.",
         epilog="example: coprs test configs/coprs/coprs_tiny_shapes_cpu.py "
-               "work_dirs/coprs_tiny_shapes_cpu/latest.pth --out results.json --show-dir panels",
+               "work_dirs/coprs_tiny_shapes_cpu --out results.json --show-dir panels",
     )
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth) or a training work dir (its "

@@ -1,6 +1,11 @@
 """Training/evaluation loops, hooks and wrappers (LOOPS / HOOKS / MODEL_WRAPPERS registries)."""
 
-from .hooks import AtomicLocalBackend, PlainCheckpointStateHook, SegLossScheduleHook
+from .hooks import (
+    AtomicCheckpointHook,
+    AtomicLocalBackend,
+    PlainCheckpointStateHook,
+    SegLossScheduleHook,
+)
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
 from .test_loop import REASONING_MODES, ReasonSegTestLoop
@@ -9,5 +14,6 @@ from .wrappers import CoprsDistributedDataParallel
 __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
+    "AtomicCheckpointHook",
     "CoprsDistributedDataParallel", "GroupedOptimWrapperConstructor",
 ]

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
 
 __all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
+           "AtomicCheckpointHook",
            "to_plain", "history_to_plain", "history_from_plain"]
 
 
@@ -155,3 +157,37 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` whose ``last_checkpoint`` pointer is written atomically too
+    (mmengine 0.10.7 writes it in place with ``open``); with
+    ``backend_args=dict(backend='atomic_local')`` the checkpoint files are atomic as well, so a
+    crash at any moment leaves the previous complete checkpoint and a pointer to a complete one.
+
+    ``_save_checkpoint_with_step`` follows mmengine's, except for that last write.
+    """
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                            and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                old = self.keep_ckpt_ids.popleft()
+                if is_main_process():
+                    path = self.file_backend.join_path(self.out_dir,
+                                                       self.filename_tmpl.format(old))
+                    if self.file_backend.isfile(path):
+                        self.file_backend.remove(path)
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, filename, self.file_client_args,
+                               save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta,
+                               by_epoch=self.by_epoch, backend_args=self.backend_args,
+                               **self.args)
+        if is_main_process():
+            _atomic_write(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt).encode())

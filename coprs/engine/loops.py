@@ -185,6 +185,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         extra.update({f"reward/{k}": float(v.float().mean()) for k, v in breakdown.items()})
         extra["reward/group_std"] = float(total.view(-1, g).std(dim=1).mean())
         extra["rollout/response_tokens"] = float(np.mean([len(r.token_ids) for r in rollouts]))
+        extra["rollout/distinct_frac"] = float(np.mean(  # distinct responses per group / G
+            [len({tuple(r.token_ids) for r in grp}) / g for grp in groups]))
         return extra
 
     # --------------------------------------------------------------- reference

@@ -204,10 +204,14 @@ class ReasoningSegmentor(BaseModel):
         if "rollouts" in samples[0]:
             g = len(samples[0]["rollouts"])
             return [r for s in samples for r in s["rollouts"]], g
-        tok, end = self.policy.tokenizer, self.policy.eos_token_ids[0]
-        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else end
+        tok = self.policy.tokenizer
+        # the target ends where a generated response would: at the special token when the
+        # policy stops there, else with the end-of-turn token
+        end = [] if self.policy.stop_at_special_token else [
+            tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
+            else self.policy.eos_token_ids[0]]
         return [Rollout(text=s["response"],
-                        token_ids=tok.encode(s["response"], add_special_tokens=False) + [end])
+                        token_ids=tok.encode(s["response"], add_special_tokens=False) + end)
                 for s in samples], 1
 
     def loss(self, images: list[np.ndarray], samples: list[dict]) -> dict[str, torch.Tensor]:

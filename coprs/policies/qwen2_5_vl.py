@@ -124,6 +124,9 @@ class Qwen25VLPolicy(BasePolicy):
         attn_implementation: transformers attention backend ('sdpa', 'eager', 'flash_attention_2').
         gradient_checkpointing: enable transformers gradient checkpointing.
         max_new_tokens: default response budget (paper: 2000 in training).
+        stop_at_special_token: end a response at the special token (it is then the last token
+            and no next-token loss shapes its hidden state, which stays free to carry the
+            query; see docs/training.md). False: responses end at ``<|im_end|>``.
         lora: parameter-efficient training with peft LoRA adapters, e.g. ``dict(r=8, alpha=16,
             dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])``: the base
             weights are frozen, only the adapters train, the GRPO reference is the base model
@@ -143,6 +146,7 @@ class Qwen25VLPolicy(BasePolicy):
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 256,
+        stop_at_special_token: bool = False,
         lora: dict | None = None,
     ) -> None:
         super().__init__()
@@ -154,6 +158,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.processor = None
         self.model_path = model_path
         self.uses_adapters = False
+        self.stop_at_special_token = stop_at_special_token
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
 
@@ -266,6 +271,11 @@ class Qwen25VLPolicy(BasePolicy):
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = sorted({i for i in (*eos, ids("<|im_end|>")) if i is not None})
+        #: tokens that end a response (the end-of-turn tokens, and the special token if
+        #: ``stop_at_special_token``)
+        self.stop_token_ids = list(self.eos_token_ids)
+        if self.stop_at_special_token and self.special_token_id is not None:
+            self.stop_token_ids.append(self.special_token_id)
         self.pad_token_id = self.tokenizer.pad_token_id
         self.suppress_token_ids = [ids(t) for t in _VISION_TOKENS if t in self.tokenizer.get_vocab()]
 
@@ -326,7 +336,7 @@ class Qwen25VLPolicy(BasePolicy):
             do_sample=do_sample,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             suppress_tokens=self.suppress_token_ids or None,
-            eos_token_id=self.eos_token_ids,
+            eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
             output_scores=do_sample,
@@ -362,9 +372,9 @@ class Qwen25VLPolicy(BasePolicy):
         return [rollouts[i * num_samples:(i + 1) * num_samples] for i in range(groups)]
 
     def _response_length(self, ids: list[int]) -> int:
-        """Length up to and including the first end-of-turn token."""
+        """Length up to and including the first stop token."""
         for t, tok in enumerate(ids):
-            if tok in self.eos_token_ids:
+            if tok in self.stop_token_ids:
                 return t + 1
         return len(ids)
 

@@ -56,7 +56,7 @@ class VLLMRolloutEngine(BaseRolloutEngine):
         return vllm.SamplingParams(
             n=num_samples, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k or -1, max_tokens=self.max_new_tokens or policy.max_new_tokens,
-            logprobs=0, stop_token_ids=list(policy.eos_token_ids),
+            logprobs=0, stop_token_ids=list(policy.stop_token_ids),
             skip_special_tokens=False,
         )
 

@@ -87,3 +87,23 @@ def test_loop_fails_after_too_many_nonfinite_steps():
     loop._check_nonfinite({"nonfinite_step": 1.0})
     with pytest.raises(FloatingPointError, match="non-finite"):
         loop._check_nonfinite({"nonfinite_step": 1.0})
+
+
+def test_training_writes_the_last_checkpoint_pointer_atomically(tmp_path, monkeypatch):
+    """The pointer goes through the atomic writer (mmengine's own hook writes it in place)."""
+    import coprs.engine.hooks as hooks
+
+    written = []
+    real = hooks._atomic_write
+    monkeypatch.setattr(hooks, "_atomic_write", lambda p, d: (written.append(p.name), real(p, d)))
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path), "--cfg-options",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=1",
+                 "train_cfg.stages.1.batch_size=1", "train_dataloader.batch_size=2",
+                 "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=4",
+                 "default_hooks.checkpoint.interval=1"]) == 0
+    assert "last_checkpoint" in written and "iter_2.pth" in written
+    assert (tmp_path / "last_checkpoint").read_text().endswith("iter_2.pth")

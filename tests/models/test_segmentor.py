@@ -38,3 +38,17 @@ def test_forward_predict_and_tensor_modes(tiny_segmentor):
     assert logits.shape == (1, 1, 112, 112)
     with pytest.raises(ValueError, match="unsupported mode"):
         tiny_segmentor([img], [{"instruction": "x"}], mode="bogus")
+
+
+def test_teacher_forced_targets_end_where_generation_stops(tiny_segmentor):
+    policy = tiny_segmentor.policy
+    old = policy.stop_at_special_token
+    try:
+        for stop, last in ((True, policy.special_token_id),
+                           (False, policy.tokenizer.convert_tokens_to_ids("<|im_end|>"))):
+            policy.stop_at_special_token = stop
+            (r,), g = tiny_segmentor.rollouts_for_training(
+                [{"response": "<think>a</think><REF_POS>"}])
+            assert g == 1 and r.token_ids[-1] == last
+    finally:
+        policy.stop_at_special_token = old

@@ -104,3 +104,14 @@ def test_new_special_token_is_added_and_embeddings_resized(tiny_qwen_dir):
     assert p.tokenizer.convert_tokens_to_ids("<LOC_TOKEN>") == p.special_token_id
     assert p.model.get_input_embeddings().weight.shape[0] >= len(p.tokenizer)
     assert len(p.tokenizer.encode("<LOC_TOKEN>", add_special_tokens=False)) == 1
+
+
+def test_stop_at_special_token(tiny_qwen_dir):
+    p = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                       stop_at_special_token=True)
+    assert p.special_token_id in p.stop_token_ids
+    assert p.special_token_id not in p.eos_token_ids
+    ids = p.tokenizer.encode("<think>a</think><REF_POS> tail", add_special_tokens=False)
+    n = p._response_length(ids)
+    assert ids[n - 1] == p.special_token_id  # the response ends at the token, tail dropped
+    assert p.decode(ids[:n]).endswith("<REF_POS>")  # and the token stays in the text

@@ -11,8 +11,10 @@ model = dict(
         min_pixels=3136,
         max_pixels=112 * 112,
         max_new_tokens=128,
+        stop_at_special_token=True,
     ),
     vision_backbone=dict(type='SAMViTBackbone', arch='tiny', seed=0),
-    prior=dict(type='HeatmapPrior', d_q=64, d_k=64, attn_dim=64, num_heads=4),
+    prior=dict(type='HeatmapPrior', d_q=64, d_k=64, attn_dim=64, num_heads=4,
+               coord_channels=True),
     decoder=dict(type='PriorDecoder', preset='tiny'),
 )
