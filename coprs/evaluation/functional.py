@@ -447,3 +447,17 @@ def find_per_sample(results_dir: str | os.PathLike) -> dict[str, Path]:
         rel = path.parent.relative_to(results_dir).as_posix()
         found[results_dir.name if rel == "." else rel] = path
     return found
+
+
+def require_per_sample(results_dir: str | os.PathLike) -> dict[str, Path]:
+    """:func:`find_per_sample`, but a missing folder or one without any per-sample file is a
+    ``FileNotFoundError`` that says what layout was expected (the analysis tools' one error)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results directory {str(results_dir)!r} does not exist")
+    files = find_per_sample(results_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"no {PER_SAMPLE_FILENAME} under {str(results_dir)!r}; expected "
+            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by tools/test.py")
+    return files

@@ -11,21 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-try:
-    from coprs.evaluation.functional import (
-        PER_SAMPLE_FILENAME,
-        find_per_sample,
-        read_per_sample,
-        reduce_counts,
-    )
-except ImportError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from coprs.evaluation.functional import (
-        PER_SAMPLE_FILENAME,
-        find_per_sample,
-        read_per_sample,
-        reduce_counts,
-    )
+from coprs.evaluation.functional import (
+    read_per_sample,
+    reduce_counts,
+    require_per_sample,
+)
 
 EMPTY_EMPTY = {"1": 1.0, "0": 0.0, "skip": "skip"}
 
@@ -65,16 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results_dir = Path(args.results_dir)
-    if not results_dir.is_dir():
-        print(f"error: results directory {str(results_dir)!r} does not exist", file=sys.stderr)
-        return 2
-    files = find_per_sample(results_dir)
-    if not files:
-        print(
-            f"error: no {PER_SAMPLE_FILENAME} under {str(results_dir)!r}; expected "
-            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by tools/test.py",
-            file=sys.stderr,
-        )
+    try:
+        files = require_per_sample(results_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     empty_empty = EMPTY_EMPTY[args.empty_empty]
     metrics = {}
