@@ -54,7 +54,7 @@ class ReasoningSegmentor(BaseModel):
         feature_cache: ``dict(root=DIR, dtype='float16')`` to read (and fill) frozen backbone
             features on disk (``coprs extract-features`` precomputes them); None computes them.
         seg_loss: MODELS config of the segmentation loss (``SegmentationLoss``: BCE on the
-            prior + λ_d·Dice + λ_f·Focal on the mask, times λ_SEG); None disables it.
+            prior + λ_d·Dice + λ_f·Focal on the mask, times λ_SEG); None: that default.
         rl: GRPO settings: ``clip_eps`` (0.2), ``kl_coef`` β (0.2), ``kl_kind``
             ('low_var_kl'), ``agg`` ('token-mean'); and ``lm_coef`` (1.0), the weight of the
             token cross-entropy in supervised (teacher-forced) steps.
