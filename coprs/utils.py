@@ -7,7 +7,7 @@ import contextvars
 import os
 from pathlib import Path
 
-__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home"]
+__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "repeat_each"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -56,3 +56,8 @@ def coprs_home() -> Path:
     """Where coprs keeps locally built artefacts (tiny models): ``$COPRS_HOME`` or
     ``~/.cache/coprs``."""
     return Path(os.environ.get("COPRS_HOME", Path.home() / ".cache" / "coprs"))
+
+
+def repeat_each(items: list, n: int) -> list:
+    """``[a, b] → [a, a, b, b]`` for n = 2: per-sample inputs laid out group-major for G rollouts."""
+    return [x for x in items for _ in range(n)]

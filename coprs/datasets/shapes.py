@@ -490,9 +490,10 @@ def _prog_sup_group(scene: _Scene, key: str) -> list[_Candidate]:
     return out
 
 
-def _prog_unique_colour(scene: _Scene) -> list[_Candidate]:
-    cc = scene.colour_count()
-    once = [i for i, o in enumerate(scene.objs) if cc[o.colour] == 1]
+def _prog_unique(scene: _Scene, key: str) -> list[_Candidate]:
+    """The one object whose ``key`` ('colour' or 'shape') occurs only once in the scene."""
+    counts = Counter(getattr(o, key) for o in scene.objs)
+    once = [i for i, o in enumerate(scene.objs) if counts[getattr(o, key)] == 1]
     if len(once) != 1:
         return []
     o = scene.objs[once[0]]
@@ -501,26 +502,8 @@ def _prog_unique_colour(scene: _Scene) -> list[_Candidate]:
             once[0],
             {},
             [
-                ("colour_counts", {"counts": _counts(scene, "colour")}),
-                ("colour_once", {"colour": o.colour}),
-            ],
-        )
-    ]
-
-
-def _prog_unique_shape(scene: _Scene) -> list[_Candidate]:
-    sc = scene.shape_count()
-    once = [i for i, o in enumerate(scene.objs) if sc[o.shape] == 1]
-    if len(once) != 1:
-        return []
-    o = scene.objs[once[0]]
-    return [
-        _Candidate(
-            once[0],
-            {},
-            [
-                ("shape_counts", {"counts": _counts(scene, "shape")}),
-                ("shape_once", {"shape": o.shape}),
+                (f"{key}_counts", {"counts": _counts(scene, key)}),
+                (f"{key}_once", {key: getattr(o, key)}),
             ],
         )
     ]
@@ -706,8 +689,8 @@ _PROGRAMS: dict[str, Callable[[_Scene], list[_Candidate]]] = {
     "sup_overall": _prog_sup_overall,
     "sup_colour": partial(_prog_sup_group, key="colour"),
     "sup_shape": partial(_prog_sup_group, key="shape"),
-    "unique_colour": _prog_unique_colour,
-    "unique_shape": _prog_unique_shape,
+    "unique_colour": partial(_prog_unique, key="colour"),
+    "unique_shape": partial(_prog_unique, key="shape"),
     "only_shape": _prog_only_shape,
     "function": partial(_prog_function, props=_PROPS_SEEN),
     "function_novel": partial(_prog_function, props=_PROPS_NOVEL),

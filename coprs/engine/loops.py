@@ -14,6 +14,7 @@ from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
 
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
+from ..utils import repeat_each
 
 __all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS"]
 
@@ -160,11 +161,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
         t0 = time.perf_counter()
         probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
-        gt, valid = model.vision_targets(samples)
-        size = probs.shape[-2:]
-        gt = torch.nn.functional.interpolate(gt[:, None], size=size, mode="nearest-exact")[:, 0]
-        valid = torch.nn.functional.interpolate(valid[:, None], size=size,
-                                                mode="nearest-exact")[:, 0]
+        gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
         total, breakdown = self.reward.score([r.text for r in rollouts], probs,
                                              gt.repeat_interleave(g, 0) > 0.5,
                                              valid.repeat_interleave(g, 0) > 0.5)
@@ -220,12 +217,12 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     def _reference_logprobs(self, model, pil, instructions, rollouts, g) -> list[list[float]]:
         ref = self._reference_model(model)
         policy = model.policy
-        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
+        images, instructions = repeat_each(pil, g), repeat_each(instructions, g)
         if ref == "adapters-disabled":
             with policy.disable_adapter():
-                fwd = policy.forward_responses(rep(pil), rep(instructions), rollouts)
+                fwd = policy.forward_responses(images, instructions, rollouts)
                 logp, mask = policy.response_logprobs(fwd)
         else:
-            fwd = policy.forward_responses(rep(pil), rep(instructions), rollouts, model=ref)
+            fwd = policy.forward_responses(images, instructions, rollouts, model=ref)
             logp, mask = policy.response_logprobs(fwd)
         return [logp[i, : int(mask[i].sum())].tolist() for i in range(len(rollouts))]

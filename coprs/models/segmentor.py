@@ -11,6 +11,7 @@ from PIL import Image
 from ..policies.prompts import parse_think_response
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import PolicyOutput, PriorOutput, Rollout, SegmentationResult
+from ..utils import repeat_each
 
 __all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update"]
 
@@ -225,10 +226,9 @@ class ReasoningSegmentor(BaseModel):
         from ..rl.grpo import agg_loss, kl_penalty, policy_loss
 
         rollouts, g = self.rollouts_for_training(samples)
-        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
         pil = [Image.fromarray(im) for im in images]
-        fwd = self.policy.forward_responses(rep(pil), rep([s["instruction"] for s in samples]),
-                                            rollouts)
+        instructions = repeat_each([s["instruction"] for s in samples], g)
+        fwd = self.policy.forward_responses(repeat_each(pil, g), instructions, rollouts)
         logp, mask = self.policy.response_logprobs(fwd)
         keys, _ = self.encode_images(images)
         keys = keys.repeat_interleave(g, 0)
@@ -267,8 +267,8 @@ class ReasoningSegmentor(BaseModel):
                        rollouts: list[Rollout], g: int) -> torch.Tensor:
         """No-grad decode of every rollout's mask: N x m x m probabilities (N = B·G)."""
         pil = [Image.fromarray(im) for im in images]
-        rep = (lambda xs: [x for x in xs for _ in range(g)])  # noqa: E731
-        out = self.policy.readout(rep(pil), rep([s["instruction"] for s in samples]), rollouts)
+        instructions = repeat_each([s["instruction"] for s in samples], g)
+        out = self.policy.readout(repeat_each(pil, g), instructions, rollouts)
         keys, _ = self.encode_images(images)
         _, dec = self.decode(out, keys.repeat_interleave(g, 0))
         return torch.sigmoid(dec["mask_logits"][:, 0].float())
