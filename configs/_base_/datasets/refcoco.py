@@ -1,3 +1,5 @@
+_base_ = ['./eval_common.py']
+
 # RefCOCO / RefCOCO+ / RefCOCOg in the `refer` layout:
 #   <refer_root>/<dataset>/refs(<split_by>).p + instances.json, COCO train2014 under coco_img_dir
 refer_root = 'data/refer_seg'
@@ -7,14 +9,6 @@ refcoco_test_pipeline = [
     dict(type='LoadSegAnnotations', skip_errors=True),
     dict(type='PackReasonSegInputs'),
 ]
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='coprs.reasonseg_collate'),  # scoped: Runner looks it up in the root
-    dataset=None,  # one per entry of test_cfg.datasets
-)
 test_cfg = dict(
     type='ReasonSegTestLoop',
     datasets=[
@@ -26,7 +20,6 @@ test_cfg = dict(
         for split in splits
     ],
 )
-test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
 
 # training: the train splits of the three datasets, without any image of a val/test split
 refcoco_train_pipeline = [

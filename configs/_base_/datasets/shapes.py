@@ -1,17 +1,12 @@
+_base_ = ['./eval_common.py']
+
 # The synthetic reasoning world (procedurally generated, no files): coprs.datasets.shapes.
 shapes_image_size = 112
 shapes_test_pipeline = [
     dict(type='LoadImage'),
     dict(type='PackReasonSegInputs'),
 ]
-test_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='coprs.reasonseg_collate'),  # scoped: Runner looks it up in the root
-    dataset=None,  # one per entry of test_cfg.datasets
-)
+test_dataloader = dict(batch_size=8, num_workers=0)
 test_cfg = dict(
     type='ReasonSegTestLoop',
     datasets=[
@@ -21,7 +16,6 @@ test_cfg = dict(
              image_size=shapes_image_size, pipeline=shapes_test_pipeline),
     ],
 )
-test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
 
 shapes_train_pipeline = [
     dict(type='LoadImage'),
