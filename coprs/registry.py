@@ -43,11 +43,19 @@ __all__ = [
 
 
 class Registry(_MMRegistry):
-    """mmengine ``Registry`` whose unknown-``type`` error lists what *is* registered.
+    """mmengine ``Registry`` that loads plugins before the first lookup and whose unknown-``type``
+    error lists what *is* registered.
 
     mmengine's own message names the registry but not the alternatives; a user who misspelled
-    ``HeatmapPrior`` should see the list without opening the source.
+    ``HeatmapPrior`` should see the list without opening the source. Plugins (entry-point group
+    ``coprs``, see :mod:`coprs.plugins`) are loaded once, by the first ``get`` of any registry.
     """
+
+    def get(self, key):
+        from .plugins import load_plugins  # here: coprs.plugins imports this module
+
+        load_plugins()
+        return super().get(key)
 
     def build(self, cfg, *args, **kwargs):
         obj_type = cfg.get("type") if isinstance(cfg, dict) else None
@@ -62,7 +70,10 @@ class Registry(_MMRegistry):
         return super().build(cfg, *args, **kwargs)
 
     def registered_names(self) -> list[str]:
-        """Names registered here (after importing ``locations``), sorted."""
+        """Names registered here (after importing ``locations`` and loading plugins), sorted."""
+        from .plugins import load_plugins
+
+        load_plugins()
         self.import_from_location()
         return sorted(self.module_dict)
 

@@ -13,7 +13,8 @@ _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
 
 def register_all_modules(init_default_scope: bool = True) -> None:
-    """Import every coprs module that registers components and set the default scope to coprs.
+    """Import every coprs module that registers components, load the plugins (entry-point group
+    ``coprs``) and set the default scope to coprs.
 
     mmengine child registries resolve names through the default scope; API users who build
     components outside a Runner call this first (``init_segmentor`` does it for them).
@@ -27,7 +28,9 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import coprs.policies  # noqa: F401
     import coprs.priors  # noqa: F401
     import coprs.rollout  # noqa: F401
+    from coprs.plugins import load_plugins
 
+    load_plugins()  # after the built-ins, as on the first registry lookup
     if init_default_scope:
         from mmengine.registry import DefaultScope
 

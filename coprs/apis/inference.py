@@ -20,7 +20,8 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
     """Build a :class:`~coprs.models.ReasoningSegmentor` from a config and load a checkpoint.
 
     Args:
-        config: a config file path or an mmengine ``Config``.
+        config: a config file path, ``PLUGIN::path.py`` (a config a plugin ships) or an
+            mmengine ``Config``.
         checkpoint: a coprs checkpoint (``.pth`` with a ``state_dict`` or a plain state dict),
             read with ``weights_only=True``; None keeps the weights the parts loaded themselves.
         device: torch device.
@@ -32,6 +33,10 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
         The segmentor in eval mode.
     """
     register_all_modules()
+    if isinstance(config, str) and "::" in config:  # a config a plugin ships
+        from ..plugins import resolve_config
+
+        config = resolve_config(config)
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
         if not path.is_file():

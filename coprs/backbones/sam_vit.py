@@ -6,12 +6,9 @@ import hashlib
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..image import resize_longest_side
 from ..registry import VISION_BACKBONES
 from ..utils import is_meta_build
 from .base import BaseVisionBackbone
@@ -146,27 +143,6 @@ class SAMViTBackbone(BaseVisionBackbone):
         else:
             parts.append(f"random-seed{getattr(self, '_seed', 0)}")
         return f"sam_{self.arch}_" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
-
-    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Resize the longer side to ``img_size`` (aspect kept), normalise, pad bottom/right.
-
-        Args:
-            images: B arrays H x W x 3 uint8 RGB.
-
-        Returns:
-            (B x 3 x S x S float tensor, B (h, w) sizes of the valid region inside it).
-        """
-        device = self.pixel_mean.device
-        batch, valid = [], []
-        for img in images:
-            img = resize_longest_side(img, self.img_size)  # PIL bilinear, as SAM's
-            nh, nw = img.shape[:2]
-            x = torch.from_numpy(np.array(img, dtype=np.float32)).to(device).permute(2, 0, 1)
-            x = (x - self.pixel_mean) / self.pixel_std
-            x = F.pad(x, (0, self.img_size - nw, 0, self.img_size - nh))
-            batch.append(x)
-            valid.append((nh, nw))
-        return torch.stack(batch), valid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x S x S normalised images → B x C x g x g features (C = ``out_channels``)."""

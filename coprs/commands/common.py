@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["UsageError", "add_cfg_options", "load_config", "resolve_checkpoint"]
+__all__ = [
+    "UsageError", "add_cfg_options", "config_path", "config_stem", "load_config",
+    "resolve_checkpoint",
+]
 
 
 class UsageError(Exception):
@@ -19,13 +22,33 @@ def add_cfg_options(p) -> None:
                    help="override config keys, e.g. model.policy.model_path=/models/qwen")
 
 
-def load_config(path: str, cfg_options=None):
-    """``Config.fromfile`` with ``--cfg-options`` merged; a missing file is a UsageError."""
-    from mmengine.config import Config
+def config_path(path: str) -> Path:
+    """A config file: a path, or ``PLUGIN::relative/path.py`` for a config a plugin ships."""
+    if "::" in path:
+        from coprs.plugins import resolve_config
 
+        try:
+            return resolve_config(path)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
     if not Path(path).is_file():
         raise UsageError(f"config '{path}' does not exist")
-    cfg = Config.fromfile(path)
+    return Path(path)
+
+
+def config_stem(path: str) -> str:
+    """The config's file name without ``.py`` (the default work dir name), ``PLUGIN::`` dropped."""
+    return Path(path.rpartition("::")[2]).stem
+
+
+def load_config(path: str, cfg_options=None):
+    """``Config.fromfile`` with ``--cfg-options`` merged; a missing file is a UsageError.
+
+    ``path`` may name a plugin's config as ``PLUGIN::relative/path.py`` (see :func:`config_path`).
+    """
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config_path(path)))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

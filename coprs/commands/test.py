@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config, resolve_checkpoint
+from .common import UsageError, add_cfg_options, config_stem, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run", "format_results_table"]
 
@@ -83,7 +83,7 @@ def run(args) -> int:
     if cfg.get("test_cfg") is None:
         raise UsageError(f"config '{args.config}' has no test_cfg (which datasets to evaluate)")
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
-        Path("work_dirs") / Path(args.config).stem)
+        Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
     cfg.test_cfg.update(reasoning=args.reasoning, show_dir=args.show_dir,
                         max_new_tokens=args.max_new_tokens,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, config_stem, load_config
 
 __all__ = ["add_parser", "run"]
 
@@ -54,7 +54,7 @@ def run(args) -> int:
         raise UsageError(f"config '{args.config}' has no train_cfg")
     check_weight_paths(cfg)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
-        Path("work_dirs") / Path(args.config).stem)
+        Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None

@@ -1,0 +1,86 @@
+# The tiny CPU CoPRS assembly of coprs (configs/coprs/coprs_tiny_shapes_cpu.py) trained with a
+# reward that also scores mask outlines: 0.5 mask score + 0.2 boundary F-score + 0.3 format.
+# Run it as `coprs train coprs-example-reward::coprs_tiny_boundary-reward_shapes_cpu.py`.
+#
+# mmengine resolves `_base_` next to this file, so a plugin's config cannot build on a config of
+# coprs itself: this one spells the assembly out (as of coprs 0.1.0).
+default_scope = 'coprs'
+work_dir = 'work_dirs/coprs_tiny_boundary-reward_shapes_cpu'
+
+model = dict(
+    type='ReasoningSegmentor',
+    policy=dict(type='Qwen25VLPolicy',
+                tiny=dict(seed=0, vocab_size=1024, max_pixels=112 * 112, corpus='shapes'),
+                special_token='<REF_POS>', prompt_template='coprs', min_pixels=3136,
+                max_pixels=112 * 112, max_new_tokens=128, stop_at_special_token=True),
+    vision_backbone=dict(type='SAMViTBackbone', arch='tiny', seed=0),
+    prior=dict(type='HeatmapPrior', d_q=64, d_k=64, attn_dim=64, num_heads=4,
+               coord_channels=True),
+    decoder=dict(type='PriorDecoder', preset='tiny'),
+    rl=dict(kl_coef=0.02),
+)
+
+# the reward this plugin adds, next to coprs' own mask and format rewards
+reward = dict(type='WeightedSumReward', rewards=[
+    dict(reward=dict(type='MaskReward'), weight=0.5),
+    dict(reward=dict(type='BoundaryFScoreReward', tolerance=2), weight=0.2),
+    dict(reward=dict(type='FormatReward'), weight=0.3),
+])
+
+image_size = 112
+train_dataloader = dict(
+    batch_size=16, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='coprs.reasonseg_collate'),
+    dataset=dict(type='ShapesReasonDataset', split='train', num_samples=6000, seed=0,
+                 image_size=image_size,
+                 pipeline=[dict(type='LoadImage'), dict(type='ResizePadVision', size=image_size),
+                           dict(type='PackReasonSegInputs')]),
+)
+train_cfg = dict(
+    type='ReasoningSegTrainLoop',
+    stages=[dict(kind='sft', iters=900), dict(kind='grpo', iters=40, batch_size=4)],
+    group_size=8,
+    rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, max_new_tokens=96),
+    reward=reward,
+    response_key='response_coprs',
+)
+optim_wrapper = dict(
+    type='OptimWrapper', constructor='GroupedOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999)),
+    clip_grad=dict(max_norm=1.0),
+)
+param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=940,
+                        eta_min_ratio=0.15)]
+custom_hooks = [
+    dict(type='SegLossScheduleHook',
+         milestones=[dict(iter=450, lambda_dice=3.0, lambda_focal=10.0)]),
+    dict(type='PlainCheckpointStateHook'),
+]
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=20),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=300, max_keep_ckpts=2,
+                    save_last=True, backend_args=dict(backend='atomic_local')),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+
+test_pipeline = [dict(type='LoadImage'), dict(type='PackReasonSegInputs')]
+test_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                       sampler=dict(type='DefaultSampler', shuffle=False),
+                       collate_fn=dict(type='coprs.reasonseg_collate'), dataset=None)
+test_cfg = dict(type='ReasonSegTestLoop', datasets=[
+    dict(type='ShapesReasonDataset', split=split, num_samples=200, seed=0,
+         image_size=image_size, pipeline=test_pipeline)
+    for split in ('test', 'test_novel')])
+test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
+
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='gloo'))
+log_processor = dict(by_epoch=False, window_size=20)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0)
+model_wrapper_cfg = dict(type='coprs.CoprsDistributedDataParallel', find_unused_parameters=True)
