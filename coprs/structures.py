@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Rollout", "PolicyOutput", "ResponseForward", "PriorOutput", "SegmentationResult"]
+__all__ = ["Rollout", "ImageGeometry", "PolicyOutput", "ResponseForward", "PriorOutput",
+           "SegmentationResult"]
 
 
 @dataclass
@@ -18,11 +19,43 @@ class Rollout:
         text: the decoded response (special tokens kept).
         token_ids: response token ids (without the prompt, without padding).
         logprobs: per-token log-probabilities at sampling time, or None (greedy inference).
+        hidden: D last-layer hidden state at the first special token of the response, kept by
+            the rollout engine while sampling (the policy's readout then needs no forward), or
+            None.
     """
 
     text: str
     token_ids: list[int]
     logprobs: list[float] | None = None
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class ImageGeometry:
+    """Where one image lies in the two views, for priors and rewards that read pixel coordinates
+    from the response text (Seg-Zero style).
+
+    Coordinates a policy writes refer to its own view of the image (``view_hw``, Qwen's
+    ``smart_resize`` of the original); masks, boxes and points given to the decoder live in the
+    vision frame (the backbone's padded S x S input), where the image is the top-left
+    ``frame_hw`` region. A view pixel (x, y) maps to ``(x · frame_w / view_w, y · frame_h /
+    view_h)`` in the frame.
+
+    Attributes:
+        view_hw: (h, w) of the image as the policy sees it.
+        frame_hw: (h, w) of the image inside the vision frame (the unpadded region).
+        gt_points: ground-truth points ``[[x, y], …]`` in the vision frame when the dataset has
+            them (the synthetic world does), else None. Read by point rewards only.
+    """
+
+    view_hw: tuple[int, int]
+    frame_hw: tuple[int, int]
+    gt_points: list[list[float]] | None = None
+
+    @property
+    def view_to_frame(self) -> tuple[float, float]:
+        """(sx, sy): frame pixels per view pixel."""
+        return self.frame_hw[1] / self.view_hw[1], self.frame_hw[0] / self.view_hw[0]
 
 
 @dataclass
@@ -35,11 +68,14 @@ class PolicyOutput:
         responses: the B response texts.
         has_token: B bools, whether the special token was written by the policy itself (False when
             it was appended for readout of a malformed response).
+        geometry: B :class:`ImageGeometry`, filled in by the segmentor when it decodes (priors
+            that read coordinates from the text need it), or None.
     """
 
     hidden: torch.Tensor | None
     responses: list[str]
     has_token: list[bool] = field(default_factory=list)
+    geometry: list[ImageGeometry] | None = None
 
 
 @dataclass

@@ -31,6 +31,11 @@ class BasePolicy(nn.Module, metaclass=ABCMeta):
                  **sampling) -> list[list[Rollout]]:
         """Write ``num_samples`` responses per (image, instruction); returns B lists of rollouts."""
 
+    def view_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the image the policy sees for an image of ``height`` x ``width``: pixel
+        coordinates in its responses refer to this view. Default: the image unchanged."""
+        return height, width
+
     @abstractmethod
     def readout(self, images: list[Image.Image], instructions: list[str],
                 rollouts: list[Rollout]) -> PolicyOutput:

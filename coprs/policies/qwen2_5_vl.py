@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -68,6 +69,13 @@ def ensure_tiny_qwen2_5_vl(tiny: dict) -> Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def _image_digest(image: Image.Image) -> str:
+    """sha1 of a PIL image's mode, size and pixels."""
+    h = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
 
 
 def _dist_rank() -> int:
@@ -159,6 +167,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.model_path = model_path
         self.uses_adapters = False
         self.stop_at_special_token = stop_at_special_token
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
 
@@ -283,6 +292,13 @@ class Qwen25VLPolicy(BasePolicy):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def view_size(self, height: int, width: int) -> tuple[int, int]:
+        """The policy view of a ``height`` x ``width`` image (Qwen's ``smart_resize`` within
+        ``min_pixels``/``max_pixels``, :func:`coprs.image.policy_view_size`)."""
+        from ..image import policy_view_size
+
+        return policy_view_size(height, width, self.min_pixels, self.max_pixels)
+
     # ----------------------------------------------------------------- prompts
     def build_messages(self, instruction: str) -> list[dict]:
         """The chat for one instruction: the image, then the filled prompt template."""
@@ -290,16 +306,43 @@ class Qwen25VLPolicy(BasePolicy):
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
     def encode_prompts(self, images: list[Image.Image], instructions: list[str]) -> dict:
-        """Tokenise B prompts with their images (left padded) for the model."""
+        """Tokenise B prompts with their images (left padded) for the model.
+
+        Repeated (image object, instruction) pairs — a GRPO group's G copies — are processed
+        once and their rows repeated (the result is the same as processing every copy). The last
+        two results are kept, keyed by image content and instruction: a training step encodes
+        the same prompts for rollout, reward, reference and actor."""
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        keys = [(id(im), ins) for im, ins in zip(images, instructions)]
+        unique = list(dict.fromkeys(keys))
+        if len(unique) < len(keys):
+            first = {k: keys.index(k) for k in unique}
+            batch = self.encode_prompts([images[first[k]] for k in unique],
+                                        [instructions[first[k]] for k in unique])
+            rows = [unique.index(k) for k in keys]
+            patches = batch["image_grid_thw"].prod(-1).tolist()  # pixel rows per image
+            pixels = torch.split(batch["pixel_values"], patches)
+            out = {k: v[rows] for k, v in batch.items() if k != "pixel_values"}
+            out["pixel_values"] = torch.cat([pixels[r] for r in rows])
+            return out
+        key = (self.prompt_template, self.special_token,
+               *((_image_digest(im), ins) for im, ins in zip(images, instructions)))
+        recent = self.__dict__.setdefault("_recent_prompts", OrderedDict())
+        if key in recent:
+            recent.move_to_end(key)
+            return dict(recent[key])
         texts = [
             self.processor.apply_chat_template(self.build_messages(i), add_generation_prompt=True,
                                                tokenize=False)
             for i in instructions
         ]
         batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        recent[key] = batch
+        if len(recent) > 2:
+            recent.popitem(last=False)
+        return dict(batch)
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()
@@ -388,9 +431,25 @@ class Qwen25VLPolicy(BasePolicy):
                 rollouts: list[Rollout]) -> PolicyOutput:
         """One forward over prompt + response; the last-layer hidden state at the special token
         (its first occurrence in the response). A response without it gets it appended
-        (``has_token`` False), so a malformed response still yields a query, never an error."""
-        fwd = self.forward_responses(images, instructions, rollouts)
-        return fwd.policy_output([r.text for r in rollouts])
+        (``has_token`` False), so a malformed response still yields a query, never an error.
+
+        Rollouts that carry the state already (``Rollout.hidden``, kept by the rollout engine
+        while sampling) are not forwarded again."""
+        texts = [r.text for r in rollouts]
+        todo = [i for i, r in enumerate(rollouts) if r.hidden is None]
+        if len(todo) == len(rollouts):
+            return self.forward_responses(images, instructions, rollouts).policy_output(texts)
+        hidden = [r.hidden for r in rollouts]
+        has_token = [True] * len(rollouts)
+        if todo:
+            sub = self.forward_responses([images[i] for i in todo],
+                                         [instructions[i] for i in todo],
+                                         [rollouts[i] for i in todo])
+            out = sub.policy_output([texts[i] for i in todo])
+            for j, i in enumerate(todo):
+                hidden[i], has_token[i] = out.hidden[j], out.has_token[j]
+        return PolicyOutput(hidden=torch.stack([h.to(self.device) for h in hidden]),
+                            responses=texts, has_token=has_token)
 
     def forward_responses(self, images, instructions, rollouts, model=None) -> ResponseForward:
         """Forward B (prompt + response) sequences through the language model once.

@@ -35,7 +35,8 @@ class VLLMRolloutEngine(BaseRolloutEngine):
     Args:
         tensor_parallel_size, gpu_memory_utilization, max_num_seqs, max_num_batched_tokens,
         enable_chunked_prefill, dtype: passed to ``vllm.LLM``.
-        temperature, top_p, top_k, max_new_tokens: see :class:`BaseRolloutEngine`.
+        temperature, top_p, top_k, max_new_tokens, min_new_tokens: see
+            :class:`BaseRolloutEngine`.
     """
 
     def __init__(self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.4,
@@ -56,6 +57,7 @@ class VLLMRolloutEngine(BaseRolloutEngine):
         return vllm.SamplingParams(
             n=num_samples, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k or -1, max_tokens=self.max_new_tokens or policy.max_new_tokens,
+            min_tokens=self.min_new_tokens or 0,
             logprobs=0, stop_token_ids=list(policy.stop_token_ids),
             skip_special_tokens=False,
         )

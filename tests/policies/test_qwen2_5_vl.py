@@ -115,3 +115,48 @@ def test_stop_at_special_token(tiny_qwen_dir):
     n = p._response_length(ids)
     assert ids[n - 1] == p.special_token_id  # the response ends at the token, tail dropped
     assert p.decode(ids[:n]).endswith("<REF_POS>")  # and the token stays in the text
+
+
+def test_repeated_prompts_are_encoded_once_with_the_same_result(tiny_policy):
+    from coprs.utils import repeat_each
+
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    shared = tiny_policy.encode_prompts(repeat_each(imgs, 3), repeat_each(ins, 3))
+    copies = tiny_policy.encode_prompts([im.copy() for im in repeat_each(imgs, 3)],
+                                        repeat_each(ins, 3))
+    assert shared.keys() == copies.keys()
+    for k in shared:
+        assert torch.equal(shared[k], copies[k]), k
+
+
+def test_readout_uses_hidden_states_kept_by_the_rollout(tiny_policy):
+    imgs = _images()
+    rs = [_rollout(tiny_policy, "<think>a</think><REF_POS>"),
+          _rollout(tiny_policy, "<think>b</think><REF_POS>")]
+    ref = tiny_policy.readout(imgs, ["x", "y"], rs)
+    kept = Rollout(rs[0].text, rs[0].token_ids, hidden=torch.full_like(ref.hidden[0], 7.0))
+    out = tiny_policy.readout(imgs, ["x", "y"], [kept, rs[1]])
+    assert torch.equal(out.hidden[0], kept.hidden)  # not recomputed
+    torch.testing.assert_close(out.hidden[1], ref.hidden[1])  # the other one forwarded
+    assert out.has_token == [True, True]
+
+
+def test_encoded_prompts_are_reused_by_content(tiny_policy, monkeypatch):
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    first = tiny_policy.encode_prompts(imgs, ins)
+    processor, calls = tiny_policy.processor, []
+
+    class Counting:
+        apply_chat_template = processor.apply_chat_template
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return processor(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_policy, "processor", Counting())
+    again = tiny_policy.encode_prompts([im.copy() for im in imgs], ins)  # same pixels
+    assert not calls and all(torch.equal(first[k], again[k]) for k in first)
+    changed = imgs[1].copy()
+    changed.putpixel((0, 0), (255, 0, 0))
+    tiny_policy.encode_prompts([imgs[0], changed], ins)
+    assert calls == [1]

@@ -34,6 +34,67 @@ def test_shared_prefill_equals_naive_generation(tiny_policy, temperature):
     assert all(lp <= 0 for g in a for r in g for lp in r.logprobs)
 
 
+@pytest.mark.parametrize("settings", [dict(temperature=0.7, top_p=0.9),
+                                      dict(temperature=1.3, top_k=20),
+                                      dict(min_new_tokens=10)])
+def test_shared_prefill_equals_naive_under_other_sampling_settings(tiny_policy, settings):
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    torch.manual_seed(5)
+    a = HFRolloutEngine(max_new_tokens=10, **settings).generate(tiny_policy, imgs, ins, 3)
+    torch.manual_seed(5)
+    b = HFRolloutEngine(max_new_tokens=10, share_prefill=False, **settings).generate(
+        tiny_policy, imgs, ins, 3)
+    assert [[r.token_ids for r in g] for g in a] == [[r.token_ids for r in g] for g in b]
+    if "min_new_tokens" in settings:
+        assert all(len(r.token_ids) == 10 for g in a for r in g)
+
+
+def test_hidden_states_kept_while_sampling_equal_the_readout(tiny_qwen_dir):
+    from coprs.policies import Qwen25VLPolicy
+    from coprs.structures import Rollout
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                            stop_at_special_token=True)
+    with torch.no_grad():  # make <REF_POS> likely so that rows stop at different steps
+        policy.model.lm_head.weight[policy.special_token_id] *= 12
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    seen = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        groups = HFRolloutEngine(max_new_tokens=8).generate(policy, imgs, ins, 4)
+        rs = [r for g in groups for r in g]
+        for r in rs:  # kept exactly for the rollouts that wrote the token
+            assert (r.hidden is not None) == (policy.special_token_id in r.token_ids)
+        kept = [i for i, r in enumerate(rs) if r.hidden is not None]
+        seen += len(kept)
+        if kept:
+            ref = policy.readout([imgs[i // 4] for i in kept], [ins[i // 4] for i in kept],
+                                 [Rollout(rs[i].text, rs[i].token_ids) for i in kept])
+            torch.testing.assert_close(torch.stack([rs[i].hidden for i in kept]), ref.hidden,
+                                       atol=1e-4, rtol=1e-4)
+    assert seen > 0
+
+
+def test_shared_prefill_without_sdpa_repeats_the_cache(tiny_qwen_dir):
+    from coprs.policies import Qwen25VLPolicy
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                            attn_implementation="eager")
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    torch.manual_seed(1)
+    a = HFRolloutEngine(max_new_tokens=6).generate(policy, imgs, ins, 3)
+    torch.manual_seed(1)
+    b = HFRolloutEngine(max_new_tokens=6, share_prefill=False).generate(policy, imgs, ins, 3)
+    assert [[r.token_ids for r in g] for g in a] == [[r.token_ids for r in g] for g in b]
+
+
+def test_group_attention_is_uninstalled_after_sampling(tiny_policy):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    HFRolloutEngine(max_new_tokens=2).generate(tiny_policy, _images()[:1], ["x"], 2)
+    assert "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+
+
 def test_engine_restores_train_mode(tiny_policy):
     tiny_policy.model.train()
     HFRolloutEngine(max_new_tokens=2).generate(tiny_policy, _images()[:1], ["x"], 2)

@@ -1,0 +1,19 @@
+"""The evaluation path batches: batched greedy predictions equal per-sample ones."""
+
+import numpy as np
+
+
+def test_batched_predictions_equal_per_sample(tiny_segmentor):
+    rng = np.random.default_rng(0)
+    # different sizes and instruction lengths: the batch is left padded
+    images = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8),
+              rng.integers(0, 255, (80, 100, 3), dtype=np.uint8),
+              rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)]
+    instructions = ["the red circle", "the shape left of the largest blue square", "x"]
+    batched = tiny_segmentor.predict_images(images, instructions, max_new_tokens=12)
+    for img, ins, b in zip(images, instructions, batched):
+        (one,) = tiny_segmentor.predict_images([img], [ins], max_new_tokens=12)
+        assert one.response == b.response
+        assert one.format_ok == b.format_ok
+        np.testing.assert_array_equal(one.mask, b.mask)
+        np.testing.assert_allclose(one.heatmap, b.heatmap, atol=1e-5)
