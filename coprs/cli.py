@@ -8,17 +8,22 @@ Subcommands (one module each in ``coprs.commands``):
     extract-features  precompute frozen backbone features into the feature cache
     browse-dataset    dump what a dataset loader produces as JSON lines
     export-hf         the policy (LoRA merged) as a transformers folder + the seg head
+    list              registered components per registry, with their origin (core or plugin)
+    bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
-line and exit with code 2; ``--debug`` shows the traceback.
+line and exit with code 2; ``--debug`` shows the traceback. A config argument may name a config
+a plugin ships, as ``PLUGIN::path.py`` (``coprs list configs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .commands import (
+    bench_paradigms,
     browse_dataset,
     count_params,
     export_hf,
@@ -27,11 +32,13 @@ from .commands import (
     test,
     train,
 )
+from .commands import list as list_components
 from .commands.common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf)
+_COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
+             list_components, bench_paradigms)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +65,15 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    show = warnings.showwarning
+
+    def show_plugin_warnings_as_one_line(message, category, *rest, **kw):
+        if category.__name__ == "PluginWarning":  # a plugin that did not load: say why, briefly
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kw)
+
+    warnings.showwarning = show_plugin_warnings_as_one_line
     try:
         return args.func(args)
     except (UsageError, FileNotFoundError, ValueError, KeyError, TypeError) as exc:
@@ -66,6 +82,8 @@ def main(argv=None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -21,3 +21,29 @@ def test_real_size_configs_point_at_local_weights():
         assert not Path(cfg.model.policy.model_path).is_absolute()
         assert cfg.model.vision_backbone.checkpoint.endswith(".pth")
         assert cfg.model.policy.arch["text_config"]["hidden_size"] in (2048, 3584)
+
+
+PARADIGMS = {  # prior -> (policy special token, prompt template, gold response key)
+    "HeatmapPrior": ("<REF_POS>", "coprs", "response_coprs"),
+    "LatentTokenPrior": ("<SEG>", "lisa", "response_lisa"),
+    "TextCoordinatePrior": (None, "segzero", "response_segzero"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*_tiny_shapes_cpu.py")),
+                         ids=lambda p: p.name)
+def test_tiny_paradigm_configs_agree_with_their_prior(path):
+    cfg = Config.fromfile(str(path))
+    token, template, key = PARADIGMS[cfg.model.prior.type]
+    assert cfg.model.policy.special_token == token
+    assert cfg.model.policy.prompt_template == template
+    assert cfg.train_cfg.response_key == key
+    assert cfg.test_cfg.get("gold_key", "response_coprs") == key
+
+
+def test_real_size_paradigm_configs_point_at_local_weights():
+    for path in [*CONFIG_DIR.glob("lisa/*_refcoco.py"), *CONFIG_DIR.glob("segzero/*_refcoco.py")]:
+        cfg = Config.fromfile(str(path))
+        assert not Path(cfg.model.policy.model_path).is_absolute()
+        assert cfg.model.decoder.sam_checkpoint.endswith(".pth")
+        assert cfg.model.decoder.type == "SAMPromptDecoder"

@@ -5,6 +5,7 @@ from .hooks import (
     AtomicLocalBackend,
     PlainCheckpointStateHook,
     SegLossScheduleHook,
+    TrainTimeBudgetHook,
 )
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
@@ -14,6 +15,6 @@ from .wrappers import CoprsDistributedDataParallel
 __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
-    "AtomicCheckpointHook",
+    "AtomicCheckpointHook", "TrainTimeBudgetHook",
     "CoprsDistributedDataParallel", "GroupedOptimWrapperConstructor",
 ]

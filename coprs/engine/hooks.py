@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from mmengine.model import is_model_wrapper
 from ..registry import HOOKS
 
 __all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
-           "AtomicCheckpointHook",
+           "AtomicCheckpointHook", "TrainTimeBudgetHook",
            "to_plain", "history_to_plain", "history_from_plain"]
 
 
@@ -191,3 +192,33 @@ class AtomicCheckpointHook(CheckpointHook):
                                **self.args)
         if is_main_process():
             _atomic_write(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt).encode())
+
+
+@HOOKS.register_module()
+class TrainTimeBudgetHook(Hook):
+    """End training once a wall-clock budget is spent (checked after every iteration).
+
+    Training stops after the iteration that crosses the budget (the loop's ``stop_training``
+    flag; ``after_train`` hooks still run). Used to compare assemblies under one time budget
+    (``coprs bench-paradigms --budget-minutes``).
+
+    Args:
+        minutes: the budget, from the first training iteration on (model building and data
+            setup excluded).
+    """
+
+    priority = "LOWEST"
+
+    def __init__(self, minutes: float) -> None:
+        if minutes <= 0:
+            raise ValueError(f"TrainTimeBudgetHook needs minutes > 0, got {minutes}")
+        self.seconds = 60.0 * float(minutes)
+        self._start: float | None = None
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._start is not None and time.perf_counter() - self._start >= self.seconds:
+            runner.train_loop.stop_training = True

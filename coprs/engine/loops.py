@@ -162,9 +162,13 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         t0 = time.perf_counter()
         probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
         gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
+        extra_args = {}
+        if getattr(self.reward, "needs_geometry", False):  # coordinates in the text (Seg-Zero)
+            extra_args["geometry"] = repeat_each(
+                model.image_geometry([im.shape[:2] for im in images], samples), g)
         total, breakdown = self.reward.score([r.text for r in rollouts], probs,
                                              gt.repeat_interleave(g, 0) > 0.5,
-                                             valid.repeat_interleave(g, 0) > 0.5)
+                                             valid.repeat_interleave(g, 0) > 0.5, **extra_args)
         adv = group_advantages(total.float().cpu(), g)
         timings["reward"] = time.perf_counter() - t0
 

@@ -1,7 +1,8 @@
 """CoPRS' supervised segmentation objective L_SEG (paper Eq. 8, SPEC §4).
 
 ``L_SEG = λ_bce · BCE(H_prior, M_gt) + λ_d · Dice(M̂, M_gt) + λ_f · Focal(M̂, M_gt)``, scaled by
-``λ_SEG`` when added to the GRPO loss. Every term is computed only over the valid pixels (the
+``λ_SEG`` when added to the GRPO loss (plus an optional ``λ_mbce · BCE(M̂, M_gt)`` on the mask,
+LISA's loss, for paradigms without a dense prior). Every term is computed only over the valid pixels (the
 original image region of the 1024² padded input) and averaged per image, then over the batch.
 
 Shapes: logits are B x 1 x H x W (or B x H x W); ground truth and valid masks are B x 1 x H' x W'
@@ -129,9 +130,10 @@ def focal_loss(mask_logits: Tensor, gt: Tensor, valid: Tensor | None = None, alp
 class SegmentationLoss(nn.Module):
     """``L_SEG`` of CoPRS, weighted by ``λ_SEG``, as an mmengine loss dict.
 
-    ``loss_seg = lambda_seg · (lambda_bce · BCE(prior) + lambda_dice · Dice(mask)
-    + lambda_focal · Focal(mask))``. The unweighted parts are returned as ``seg/bce``, ``seg/dice``
-    and ``seg/focal`` (detached; their names avoid "loss", so mmengine logs but does not sum them).
+    ``loss_seg = lambda_seg · (lambda_bce · BCE(prior) + lambda_mask_bce · BCE(mask)
+    + lambda_dice · Dice(mask) + lambda_focal · Focal(mask))``. The unweighted parts are returned
+    as ``seg/bce``, ``seg/mask_bce`` (only when ``lambda_mask_bce`` is not 0), ``seg/dice`` and
+    ``seg/focal`` (detached; their names avoid "loss", so mmengine logs but does not sum them).
 
     The weights are plain float attributes: a hook may change them during training (CoPRS:
     ``lambda_dice`` 1.5 → 3.0 and ``lambda_focal`` 0 → 10 at step 1500). While ``lambda_focal`` is
@@ -145,13 +147,22 @@ class SegmentationLoss(nn.Module):
         dice_eps: smoothing of the Dice loss.
         focal_alpha: α of the focal loss.
         focal_gamma: γ of the focal loss.
+        lambda_mask_bce: weight of a BCE on the mask logits (0 in CoPRS; LISA: 2.0 with
+            ``lambda_dice=0.5``, ``lambda_seg=1``), for paradigms whose only dense output is the
+            mask.
+        lambda_prior_dice: weight of a Dice term on the prior heatmap (0 in the paper). When
+            the target covers a few percent of the image, BCE alone leaves the prior below 0
+            everywhere; the tiny synthetic world (targets ~2% of the image) needs it.
     """
 
     def __init__(self, lambda_seg: float = 0.3, lambda_dice: float = 1.5, lambda_focal: float = 0.0,
                  lambda_bce: float = 1.0, dice_eps: float = 1.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0) -> None:
+                 focal_gamma: float = 2.0, lambda_mask_bce: float = 0.0,
+                 lambda_prior_dice: float = 0.0) -> None:
         super().__init__()
+        self.lambda_prior_dice = float(lambda_prior_dice)
         self.lambda_seg, self.lambda_bce = float(lambda_seg), float(lambda_bce)
+        self.lambda_mask_bce = float(lambda_mask_bce)
         self.lambda_dice, self.lambda_focal = float(lambda_dice), float(lambda_focal)
         self.dice_eps, self.focal_alpha, self.focal_gamma = dice_eps, focal_alpha, focal_gamma
 
@@ -180,14 +191,24 @@ class SegmentationLoss(nn.Module):
             with torch.no_grad():
                 focal = focal_loss(mask_logits, gt, valid, self.focal_alpha, self.focal_gamma)
         out: dict[str, Tensor] = {}
+        if self.lambda_mask_bce != 0:
+            mask_bce = bce_prior_loss(mask_logits, gt, valid)
+            total = total + self.lambda_mask_bce * mask_bce
+            out["seg/mask_bce"] = mask_bce.detach()
         if prior_logits is not None:
             bce = bce_prior_loss(prior_logits, gt, valid)
             total = total + self.lambda_bce * bce
             out["seg/bce"] = bce.detach()
+            if self.lambda_prior_dice != 0:
+                prior_dice = dice_loss(prior_logits, gt, valid, eps=self.dice_eps)
+                total = total + self.lambda_prior_dice * prior_dice
+                out["seg/prior_dice"] = prior_dice.detach()
         out["seg/dice"] = dice.detach()
         out["seg/focal"] = focal.detach()
         return {"loss_seg": self.lambda_seg * total, **out}
 
     def extra_repr(self) -> str:
         return (f"lambda_seg={self.lambda_seg}, lambda_bce={self.lambda_bce}, "
-                f"lambda_dice={self.lambda_dice}, lambda_focal={self.lambda_focal}")
+                f"lambda_dice={self.lambda_dice}, lambda_focal={self.lambda_focal}, "
+                f"lambda_mask_bce={self.lambda_mask_bce}, "
+                f"lambda_prior_dice={self.lambda_prior_dice}")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 from PIL import Image
 
-from ..policies.prompts import parse_think_response
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
-from ..structures import PolicyOutput, PriorOutput, Rollout, SegmentationResult
+from ..structures import ImageGeometry, PolicyOutput, PriorOutput, Rollout, SegmentationResult
 from ..utils import repeat_each
 
 __all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update"]
@@ -39,13 +40,26 @@ def postprocess_logits(logits: torch.Tensor, img_size: int, valid_hw: tuple[int,
     return x[0, 0]
 
 
+def _declared(registry, cfg: dict, offered: dict) -> dict:
+    """The ``offered`` connecting widths that the configured class names in its ``__init__``."""
+    cls = cfg.get("type")
+    cls = registry.get(cls) if isinstance(cls, str) else cls
+    if cls is None:  # unknown type: let the build raise its own error
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in offered.items() if k in params}
+
+
 @MODELS.register_module()
 class ReasoningSegmentor(BaseModel):
     """A reasoning segmentor assembled from four registry components (SPEC §1).
 
-    The parts are built from their config dicts; the widths that connect them (policy hidden
-    size → prior query, backbone channels → prior keys and decoder) are filled in here, so a
-    config names only what differs.
+    The parts are built from their config dicts; the widths that connect them are filled in
+    here, so a config names only what differs. Each part receives those of the following
+    arguments that its ``__init__`` names: the prior ``query_dim`` (policy hidden size),
+    ``key_in_dim`` (backbone channels), ``img_size`` (side of the vision frame) and
+    ``embed_dim`` (the decoder's ``transformer_dim``; the decoder is then built first); the
+    decoder ``key_in_dim`` and ``img_size``.
 
     Args:
         policy: POLICIES config.
@@ -78,10 +92,16 @@ class ReasoningSegmentor(BaseModel):
         self.rl.update(rl or {})
         self.policy = POLICIES.build(policy)
         self.vision_backbone = VISION_BACKBONES.build(vision_backbone)
-        keys_dim = self.vision_backbone.out_channels
-        self.prior = PRIORS.build(prior, default_args=dict(query_dim=self.policy.hidden_size,
-                                                           key_in_dim=keys_dim))
-        self.decoder = DECODERS.build(decoder, default_args=dict(key_in_dim=keys_dim))
+        keys_dim, img_size = self.vision_backbone.out_channels, self.vision_backbone.img_size
+        offered = dict(query_dim=self.policy.hidden_size, key_in_dim=keys_dim, img_size=img_size)
+        built_decoder = None
+        if "embed_dim" in _declared(PRIORS, prior, dict(embed_dim=None)):
+            built_decoder = DECODERS.build(decoder, default_args=_declared(DECODERS, decoder,
+                                                                           offered))
+            offered["embed_dim"] = built_decoder.transformer_dim
+        self.prior = PRIORS.build(prior, default_args=_declared(PRIORS, prior, offered))
+        self.decoder = built_decoder if built_decoder is not None else DECODERS.build(
+            decoder, default_args=_declared(DECODERS, decoder, offered))
         self.feature_cache = None
         if feature_cache is not None:
             from ..backbones.feature_cache import FeatureCache
@@ -117,9 +137,31 @@ class ReasoningSegmentor(BaseModel):
         valid = [self.vision_backbone.valid_hw(im.shape[:2]) for im in images]
         return torch.stack([c.to(ref.device, ref.dtype) for c in cached]), valid
 
-    def decode(self, policy_out: PolicyOutput, image_keys: torch.Tensor
+    def image_geometry(self, image_hws: list[tuple[int, int]], samples: list[dict] | None = None
+                       ) -> list[ImageGeometry]:
+        """Policy-view and vision-frame sizes of B images of original sizes ``image_hws``, with
+        each sample's ground-truth ``points`` (original pixels) mapped into the frame when
+        ``samples`` carry them."""
+        out = []
+        for i, (h, w) in enumerate(image_hws):
+            frame = tuple(self.vision_backbone.valid_hw((h, w)))
+            pts = samples[i].get("points") if samples is not None else None
+            if pts is not None:
+                pts = [[x * frame[1] / w, y * frame[0] / h] for x, y in pts]
+            out.append(ImageGeometry(view_hw=tuple(self.policy.view_size(h, w)), frame_hw=frame,
+                                     gt_points=pts))
+        return out
+
+    def decode(self, policy_out: PolicyOutput, image_keys: torch.Tensor,
+               image_hws: list[tuple[int, int]] | None = None
                ) -> tuple[PriorOutput, dict[str, torch.Tensor]]:
-        """Prior and mask logits for B responses over their B image keys."""
+        """Prior and mask logits for B responses over their B image keys.
+
+        ``image_hws`` (the B original image sizes) fills in ``policy_out.geometry`` for priors
+        that read pixel coordinates from the text.
+        """
+        if image_hws is not None and policy_out.geometry is None:
+            policy_out.geometry = self.image_geometry(image_hws)
         prior = self.prior(policy_out, image_keys)
         return prior, self.decoder(image_keys, prior)
 
@@ -154,7 +196,7 @@ class ReasoningSegmentor(BaseModel):
             rollouts = self.rollouts_from_text(responses)
         policy_out = self.policy.readout(pil, instructions, rollouts)
         keys, valid = self.encode_images(images)
-        prior, dec = self.decode(policy_out, keys)
+        prior, dec = self.decode(policy_out, keys, [im.shape[:2] for im in images])
         results = []
         size = self.vision_backbone.img_size
         for b, (img, rollout) in enumerate(zip(images, rollouts)):
@@ -162,7 +204,7 @@ class ReasoningSegmentor(BaseModel):
             mask = postprocess_logits(dec["mask_logits"][b, :1], size, valid[b], ori) > 0
             heat = prior.heatmap if prior.heatmap is not None else dec["mask_logits"]
             heatmap = torch.sigmoid(postprocess_logits(heat[b, :1], size, valid[b], ori))
-            parsed = parse_think_response(rollout.text, self.policy.special_token or "")
+            parsed = self.prior.parse_response(rollout.text)
             results.append(SegmentationResult(
                 cot=parsed.cot,
                 response=rollout.text,
@@ -232,12 +274,13 @@ class ReasoningSegmentor(BaseModel):
         logp, mask = self.policy.response_logprobs(fwd)
         keys, _ = self.encode_images(images)
         keys = keys.repeat_interleave(g, 0)
-        prior, dec = self.decode(fwd.policy_output([r.text for r in rollouts]), keys)
+        prior, dec = self.decode(fwd.policy_output([r.text for r in rollouts]), keys,
+                                 repeat_each([im.shape[:2] for im in images], g))
         gt, valid = self.vision_targets(samples)
         seg = self.seg_loss(prior.dense, dec["mask_logits"], gt.repeat_interleave(g, 0),
                             valid.repeat_interleave(g, 0))
         losses = {k: v if k.startswith("loss") else v.detach() for k, v in seg.items()}
-        losses["format_ok"] = torch.tensor(float(np.mean(fwd.has_token)))
+        losses["format_ok"] = torch.tensor(float(np.mean(prior.valid)))
         if "rollouts" not in samples[0]:
             ce = -(logp * mask).sum() / mask.sum().clamp(min=1)
             losses["loss_lm"] = self.rl["lm_coef"] * ce
@@ -270,7 +313,8 @@ class ReasoningSegmentor(BaseModel):
         instructions = repeat_each([s["instruction"] for s in samples], g)
         out = self.policy.readout(repeat_each(pil, g), instructions, rollouts)
         keys, _ = self.encode_images(images)
-        _, dec = self.decode(out, keys.repeat_interleave(g, 0))
+        _, dec = self.decode(out, keys.repeat_interleave(g, 0),
+                             repeat_each([im.shape[:2] for im in images], g))
         return torch.sigmoid(dec["mask_logits"][:, 0].float())
 
     def train_step(self, data, optim_wrapper) -> dict[str, torch.Tensor]:
@@ -302,7 +346,8 @@ class ReasoningSegmentor(BaseModel):
             pil = [Image.fromarray(im) for im in inputs]
             rollouts = [g[0] for g in self.policy.generate(pil, instructions)]
             keys, _ = self.encode_images(list(inputs))
-            _, dec = self.decode(self.policy.readout(pil, instructions, rollouts), keys)
+            _, dec = self.decode(self.policy.readout(pil, instructions, rollouts), keys,
+                                 [im.shape[:2] for im in inputs])
             return dec["mask_logits"]
         raise ValueError(f"ReasoningSegmentor.forward: unsupported mode {mode!r}; "
                          "use 'loss', 'predict' or 'tensor'")

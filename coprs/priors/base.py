@@ -7,6 +7,7 @@ from abc import ABCMeta, abstractmethod
 import torch
 import torch.nn as nn
 
+from ..policies.prompts import ParsedResponse, parse_think_response
 from ..structures import PolicyOutput, PriorOutput
 
 __all__ = ["BasePrior"]
@@ -22,6 +23,11 @@ class BasePrior(nn.Module, metaclass=ABCMeta):
 
     special_token: str | None = None
     prompt_template: str = "coprs"
+
+    def parse_response(self, response: str) -> ParsedResponse:
+        """Split a response in the format this prior reads; ``valid`` is the response's format
+        check (``SegmentationResult.format_ok``). Default: ``<think>…</think>`` + special token."""
+        return parse_think_response(response, self.special_token or "")
 
     @abstractmethod
     def forward(self, policy_out: PolicyOutput, image_keys: torch.Tensor) -> PriorOutput:

@@ -21,10 +21,16 @@ class BaseReward(metaclass=ABCMeta):
         name: key of this reward in a breakdown dict (override per instance with ``name=``).
         needs_masks: whether ``__call__`` reads ``pred_probs``/``gt``; when no reward of a loop
             needs them, the loop may skip the no-grad decode of the rollouts.
+        needs_geometry: whether ``__call__`` takes a ``geometry`` keyword: N
+            :class:`~coprs.structures.ImageGeometry` (policy-view and vision-frame sizes of each
+            rollout's image, ground-truth points when the dataset has them), for rewards that
+            compare pixel coordinates written in the response with the ground truth (Seg-Zero).
+            Only rewards that set it receive the keyword.
     """
 
     name: str = "reward"
     needs_masks: bool = False
+    needs_geometry: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:

@@ -64,11 +64,13 @@ class WeightedSumReward(BaseReward):
             self.rewards.append(reward)
             self.weights[reward.name] = float(item["weight"])
         self.needs_masks = any(r.needs_masks for r in self.rewards)
+        self.needs_geometry = any(r.needs_geometry for r in self.rewards)
 
     def score(self, responses: list[str], pred_probs: Tensor | None = None,
-              gt: Tensor | None = None, valid: Tensor | None = None
+              gt: Tensor | None = None, valid: Tensor | None = None, geometry: list | None = None
               ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total and breakdown of N rollouts (args: see :meth:`BaseReward.__call__`).
+        """Total and breakdown of N rollouts (args: see :meth:`BaseReward.__call__`;
+        ``geometry`` is handed only to the sub-rewards that set ``needs_geometry``).
 
         Returns:
             tuple: the N weighted totals, and ``{name: N unweighted values}`` for every sub-reward
@@ -78,7 +80,9 @@ class WeightedSumReward(BaseReward):
         breakdown: dict[str, Tensor] = {}
         total = torch.zeros(len(responses), dtype=torch.float32, device=device)
         for reward in self.rewards:
-            values = reward(responses, pred_probs, gt, valid).to(device=device, dtype=torch.float32)
+            extra = {"geometry": geometry} if reward.needs_geometry else {}
+            values = reward(responses, pred_probs, gt, valid, **extra).to(device=device,
+                                                                          dtype=torch.float32)
             if values.shape != total.shape:
                 raise ValueError(
                     f"reward {reward.name!r} returned shape {tuple(values.shape)} for "
@@ -89,9 +93,10 @@ class WeightedSumReward(BaseReward):
         return total, breakdown
 
     def __call__(self, responses: list[str], pred_probs: Tensor | None = None,
-                 gt: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+                 gt: Tensor | None = None, valid: Tensor | None = None,
+                 geometry: list | None = None) -> Tensor:
         """The N weighted totals (see :meth:`score` for the breakdown)."""
-        return self.score(responses, pred_probs, gt, valid)[0]
+        return self.score(responses, pred_probs, gt, valid, geometry)[0]
 
     def __repr__(self) -> str:
         terms = " + ".join(f"{w:g}·{n}" for n, w in self.weights.items())

@@ -145,3 +145,33 @@ def test_segmentation_loss_without_prior():
     out = SegmentationLoss(lambda_seg=1.0, lambda_dice=1.0)(None, mask, gt)
     assert set(out) == {"loss_seg", "seg/dice", "seg/focal"}
     assert out["loss_seg"].item() == pytest.approx(0.5)
+
+
+def test_segmentation_loss_with_mask_bce():
+    """LISA-style: BCE on the mask logits instead of a prior; logged as seg/mask_bce."""
+    g = torch.Generator().manual_seed(5)
+    mask = torch.randn(2, 1, 4, 4, generator=g).requires_grad_(True)
+    gt = torch.rand(2, 1, 4, 4, generator=g) > 0.5
+    out = SegmentationLoss(lambda_seg=1.0, lambda_dice=0.5, lambda_mask_bce=2.0)(None, mask, gt)
+    assert set(out) == {"loss_seg", "seg/mask_bce", "seg/dice", "seg/focal"}
+    bce, dice = bce_prior_loss(mask, gt), dice_loss(mask, gt)
+    assert out["seg/mask_bce"].item() == pytest.approx(bce.item(), abs=1e-6)
+    assert out["loss_seg"].item() == pytest.approx((2.0 * bce + 0.5 * dice).item(), abs=1e-6)
+    out["loss_seg"].backward()
+    assert mask.grad.abs().sum() > 0
+
+
+def test_segmentation_loss_with_prior_dice():
+    """A Dice term on the prior (for small targets, where BCE alone keeps it below 0)."""
+    g = torch.Generator().manual_seed(7)
+    prior = torch.randn(2, 1, 4, 4, generator=g).requires_grad_(True)
+    mask = torch.randn(2, 1, 4, 4, generator=g)
+    gt = torch.rand(2, 1, 4, 4, generator=g) > 0.5
+    base = SegmentationLoss(lambda_seg=1.0)(prior, mask, gt)
+    out = SegmentationLoss(lambda_seg=1.0, lambda_prior_dice=2.0)(prior, mask, gt)
+    assert "seg/prior_dice" in out and "seg/prior_dice" not in base
+    assert out["seg/prior_dice"].item() == pytest.approx(dice_loss(prior, gt).item(), abs=1e-6)
+    extra = out["loss_seg"] - base["loss_seg"]
+    assert extra.item() == pytest.approx(2.0 * dice_loss(prior, gt).item(), abs=1e-6)
+    out["loss_seg"].backward()
+    assert prior.grad.abs().sum() > 0

@@ -43,3 +43,22 @@ def test_human_readable_output_and_missing_config(capsys):
     assert "added path" in out and "total" in out
     assert main(["count-params", "configs/nope.py"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+PARADIGM_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name, prior", [
+    ("lisa/lisa_qwen2.5-vl-7b_sam-vit-h_refcoco.py", 3584 * 3584 + 3584 + 3584 * 256 + 256),
+    ("segzero/segzero_qwen2.5-vl-7b_sam-vit-h_refcoco.py", 0),
+])
+def test_paradigm_configs_count_on_the_meta_device(capsys, name, prior):
+    """LISA-style: the <SEG> MLP (text_hidden_fcs) + SAM prompt encoder and mask decoder;
+    Seg-Zero-style: no prior parameters, the same decoder."""
+    assert main(["count-params", str(PARADIGM_CONFIGS / name), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    comps = counts["components"]
+    assert comps["policy"] == 8_292_166_656 and comps["vision_backbone"] == 637_026_048
+    assert comps["prior"] == prior
+    assert comps["decoder"] == 4_058_340 + 6_220  # SAM mask decoder + prompt encoder
+    assert counts["total"] == sum(comps.values())

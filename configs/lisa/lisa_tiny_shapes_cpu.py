@@ -1,0 +1,26 @@
+# The LISA-style baseline on the CPU: the tiny assembly with a <SEG> latent token and SAM's
+# prompt decoder, trained and evaluated like configs/coprs/coprs_tiny_shapes_cpu.py (same data,
+# schedule, seed): warm-up on the gold LISA answers ("It is the red circle <SEG>."), token
+# cross-entropy + segmentation loss, then GRPO + segmentation with mask + token-format rewards.
+_base_ = [
+    '../_base_/models/lisa_tiny.py',
+    '../_base_/datasets/shapes.py',
+    '../_base_/schedules/tiny_cpu.py',
+    '../_base_/default_runtime.py',
+]
+work_dir = 'work_dirs/lisa_tiny_shapes_cpu'
+model = dict(
+    rl=dict(kl_coef=0.02),
+    feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
+    # no dense prior to supervise: the BCE goes on the mask instead (LISA's loss), same weight
+    seg_loss=dict(type='SegmentationLoss', lambda_mask_bce=1.0),
+)
+train_dataloader = dict(dataset=dict(num_samples=6000))
+train_cfg = dict(
+    response_key='response_lisa',
+    reward=dict(type='WeightedSumReward', rewards=[
+        dict(reward=dict(type='MaskReward'), weight=0.7),
+        dict(reward=dict(type='TokenFormatReward', special_token='<SEG>'), weight=0.3),
+    ]),
+)
+test_cfg = dict(gold_key='response_lisa')
