@@ -12,5 +12,8 @@ model = dict(
     rl=dict(kl_coef=0.02),
     # the frozen SAM encoder is most of a CPU step: its features are cached on first use
     feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
+    # targets cover ~2% of a synthetic image: BCE alone keeps the prior below 0 everywhere, a
+    # Dice term on the prior makes it localise (tools/analysis/prior_probe.py)
+    seg_loss=dict(type='SegmentationLoss', lambda_prior_dice=1.0),
 )
 train_dataloader = dict(dataset=dict(num_samples=6000))

@@ -39,6 +39,10 @@ class HeatmapPrior(BasePrior):
         coord_channels: append normalised (x, y) coordinates to the features before the key MLP,
             so keys carry position explicitly (useful when the backbone is small or untrained;
             off by default, as in the paper).
+        key_convs: number of trainable 3x3 conv blocks (GELU) applied to the features before the
+            key MLP, giving each key spatial context (an object's shape, not just its colour).
+            0 (the paper): the per-pixel MLP alone, over a pretrained backbone's features. The
+            tiny assembly's random frozen encoder needs them.
     """
 
     special_token = "<REF_POS>"
@@ -46,14 +50,20 @@ class HeatmapPrior(BasePrior):
 
     def __init__(self, query_dim: int, key_in_dim: int, d_q: int = 256, d_k: int = 256,
                  attn_dim: int = 128, num_heads: int = 8, upsample: int = 4,
-                 coord_channels: bool = False) -> None:
+                 coord_channels: bool = False, key_convs: int = 0) -> None:
         super().__init__()
         if attn_dim % num_heads:
             raise ValueError(f"attn_dim {attn_dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.upsample = num_heads, attn_dim // num_heads, upsample
         self.query_head = _mlp(query_dim, d_q, d_q)  # F_head
         self.coord_channels = coord_channels
-        self.key_mlp = _mlp(key_in_dim + 2 * coord_channels, d_k, d_k)  # per-pixel MLP
+        in_dim = key_in_dim + 2 * coord_channels
+        convs = []
+        for _ in range(key_convs):
+            convs += [nn.Conv2d(in_dim, d_k, 3, padding=1), nn.GELU()]
+            in_dim = d_k
+        self.key_convs = nn.Sequential(*convs)  # identity when key_convs == 0
+        self.key_mlp = _mlp(in_dim, d_k, d_k)  # per-pixel MLP
         self.w_q = nn.Linear(d_q, attn_dim, bias=False)  # [W_1^Q … W_n^Q]
         self.w_k = nn.Linear(d_k, attn_dim, bias=False)  # [W_1^K … W_n^K]
         self.fuse = nn.Sequential(  # F_fuse
@@ -78,6 +88,7 @@ class HeatmapPrior(BasePrior):
             xs = torch.linspace(-1, 1, w, device=image_keys.device, dtype=image_keys.dtype)
             grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # 2 x h x w
             image_keys = torch.cat([image_keys, grid.expand(b, -1, -1, -1)], dim=1)
+        image_keys = self.key_convs(image_keys)
         q = self.w_q(self.query_head(e_conc.to(self.w_q.weight.dtype)))  # B x A
         q = q.view(b, self.num_heads, self.head_dim)  # B x n x d_h
         k = self.w_k(self.key_mlp(image_keys.flatten(2).transpose(1, 2)))  # B x hw x A

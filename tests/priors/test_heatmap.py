@@ -69,3 +69,23 @@ def test_coordinate_channels_make_keys_position_aware():
     plain = HeatmapPrior(query_dim=8, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2)
     s = plain.scores(torch.randn(1, 8), keys)
     assert torch.allclose(s, s[..., :1, :1].expand_as(s))
+
+
+def test_key_convs_give_keys_spatial_context():
+    torch.manual_seed(0)
+    plain = HeatmapPrior(query_dim=8, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2)
+    assert len(plain.key_convs) == 0  # the paper's per-pixel MLP: no extra parameters
+    conv = HeatmapPrior(query_dim=8, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2,
+                        key_convs=2, coord_channels=True)
+    assert conv.key_convs[0].in_channels == 6 and conv.key_mlp[0].in_features == 8
+    # a single changed feature pixel changes the scores of its neighbours only with key convs
+    e = torch.randn(1, 8)
+    keys = torch.randn(1, 4, 7, 7)
+    bumped = keys.clone()
+    bumped[0, :, 3, 3] += 5.0
+    for prior, reaches in ((plain, False), (conv, True)):
+        with torch.no_grad():
+            d = (prior.scores(e, bumped) - prior.scores(e, keys)).abs()[0].sum(0)
+        assert d[3, 3] > 0
+        assert bool(d[3, 4] > 1e-6) is reaches and bool(d[5, 3] > 1e-6) is reaches
+        assert d[0, 0] < 1e-6  # beyond two 3x3 convs' reach

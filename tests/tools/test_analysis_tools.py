@@ -172,3 +172,23 @@ def test_correlation_tool_out_dir_and_errors(tmp_path, capsys):
     empty.mkdir()
     assert correlation.main([str(empty)]) == 2
     assert "no per_sample.jsonl under" in capsys.readouterr().err
+
+
+def test_prior_probe_reports_heatmap_iou(capsys):
+    """The prior probe trains a config's prior alone (oracle query) and prints JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("prior_probe",
+                                                  root / "tools/analysis/prior_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    cfg = str(root / "configs/coprs/coprs_tiny_shapes_cpu.py")
+    assert probe.main([cfg, "--iters", "3", "--train-scenes", "8", "--test-scenes", "4",
+                       "--batch-size", "4", "--eval-every", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [h["iter"] for h in out["history"]] == [2, 3]
+    assert 0.0 <= out["final_heatmap_iou"] <= 1.0 and 0.0 < out["target_fraction"] < 0.2
+    assert out["keys"] == "backbone" and out["prior_dice"] == 1.0

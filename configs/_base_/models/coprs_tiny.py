@@ -14,7 +14,9 @@ model = dict(
         stop_at_special_token=True,
     ),
     vision_backbone=dict(type='SAMViTBackbone', arch='tiny', seed=0),
+    # keys get position (coordinate channels) and spatial context (2 conv blocks): the random
+    # frozen tiny encoder gives neither (tools/analysis/prior_probe.py, docs/benchmarks.md)
     prior=dict(type='HeatmapPrior', d_q=64, d_k=64, attn_dim=64, num_heads=4,
-               coord_channels=True),
+               coord_channels=True, key_convs=2),
     decoder=dict(type='PriorDecoder', preset='tiny'),
 )

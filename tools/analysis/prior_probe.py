@@ -1,0 +1,143 @@
+"""Can a heatmap prior localise the target at all? Train it alone with an oracle query.
+
+The policy is replaced by an *oracle query*: a learned embedding of the words of the gold
+answer's last clause ("the purple triangle in the centre"), averaged. Only the prior of a config
+(``model.prior``, e.g. ``HeatmapPrior`` with its ``key_convs``/``coord_channels``) and that
+embedding are trained, on the synthetic world, with BCE on the prior (+ an optional Dice term,
+``--prior-dice``); the keys are the config's frozen backbone features or, with ``--keys pixels``,
+the image average-pooled to the backbone's grid. It prints one JSON object with the held-out
+heatmap IoU (prior logits > 0 vs the target) every ``--eval-every`` iterations.
+
+This separates "the prior cannot learn the task from these keys and this loss" from "the policy's
+``e_conc`` does not carry the target" when the main job's masks ignore the instruction
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EXAMPLE = """example:
+  python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --iters 600
+  python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --keys pixels --prior-dice 0
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a config's prior alone with an oracle query on the synthetic world "
+                    "and report its held-out heatmap IoU (JSON).",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a config whose model.prior and model.vision_backbone "
+                                       "are probed (its policy is not built)")
+    parser.add_argument("--keys", choices=("backbone", "pixels"), default="backbone",
+                        help="frozen backbone features, or the image pooled to the same grid")
+    parser.add_argument("--prior-dice", type=float, default=1.0,
+                        help="weight of a Dice term next to the prior's BCE (0: BCE only)")
+    parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-scenes", type=int, default=1500)
+    parser.add_argument("--test-scenes", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _target_words(cot: str) -> list[str]:
+    m = re.search(r"So the target is (.*?)\.?$", cot.strip())
+    if m is None:
+        raise ValueError(f"gold reasoning without a final 'So the target is …': {cot!r}")
+    return m.group(1).split()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mmengine.config import Config
+
+    from coprs.datasets.shapes import ShapesWorld, sample_seed
+    from coprs.datasets.transforms import ResizePadVision
+    from coprs.registry import PRIORS, VISION_BACKBONES
+    from coprs.structures import PolicyOutput
+    from coprs.utils import register_all_modules
+
+    register_all_modules()
+    torch.manual_seed(args.seed)
+    cfg = Config.fromfile(args.config).model
+    backbone = VISION_BACKBONES.build(cfg.vision_backbone).eval()
+    world = ShapesWorld()
+
+    def load(split: str, n: int):
+        scenes = [world.sample(sample_seed(split, i)) for i in range(n)]
+        keys = []
+        for i in range(0, n, 64):  # in chunks: a global-attention block over n images is big
+            x, _ = backbone.preprocess([s.image for s in scenes[i:i + 64]])
+            with torch.no_grad():
+                keys.append(backbone(x) if args.keys == "backbone" else F.avg_pool2d(
+                    x, backbone.img_size // backbone.grid_size))
+        keys = torch.cat(keys)
+        gt = ResizePadVision(backbone.img_size)
+        gt = np.stack([gt(dict(img=s.image, gt_mask=s.gt_mask))["vision_gt_mask"] for s in scenes])
+        return keys, torch.from_numpy(gt).float(), [_target_words(s.gold_cot) for s in scenes]
+
+    t0 = time.perf_counter()
+    k_tr, g_tr, w_tr = load("train", args.train_scenes)
+    k_te, g_te, w_te = load("test", args.test_scenes)
+    vocab: dict[str, int] = {}
+    for words in w_tr + w_te:
+        for w in words:
+            vocab.setdefault(w, len(vocab))
+    query_dim = 128
+    emb = nn.Embedding(len(vocab), query_dim)
+    prior = PRIORS.build(cfg.prior, default_args=dict(query_dim=query_dim,
+                                                      key_in_dim=k_tr.shape[1]))
+    opt = torch.optim.AdamW([*prior.parameters(), *emb.parameters()], lr=args.lr)
+
+    def forward(keys, words):
+        q = torch.stack([emb(torch.tensor([vocab[w] for w in ws])).mean(0) for ws in words])
+        return prior(PolicyOutput(hidden=q, responses=[""] * len(words),
+                                  has_token=[True] * len(words)), keys).dense[:, 0]
+
+    def fit(logits, gt):
+        return F.interpolate(gt[:, None], size=logits.shape[-2:], mode="nearest-exact")[:, 0]
+
+    history = []
+    for it in range(1, args.iters + 1):
+        idx = torch.randint(0, len(w_tr), (args.batch_size,))
+        logits = forward(k_tr[idx], [w_tr[i] for i in idx])
+        gt = fit(logits, g_tr[idx])
+        loss = F.binary_cross_entropy_with_logits(logits, gt)
+        if args.prior_dice:
+            p = logits.sigmoid()
+            dice = 1 - (2 * (p * gt).sum((1, 2)) + 1) / (p.sum((1, 2)) + gt.sum((1, 2)) + 1)
+            loss = loss + args.prior_dice * dice.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if it % args.eval_every == 0 or it == args.iters:
+            with torch.no_grad():
+                logits = forward(k_te, w_te)
+                pred, gt = logits > 0, fit(logits, g_te) > 0.5
+                iou = ((pred & gt).sum((1, 2)) / (pred | gt).sum((1, 2)).clamp(min=1)).mean()
+            history.append(dict(iter=it, loss=round(loss.item(), 4),
+                                heatmap_iou=round(iou.item(), 4)))
+            print(f"iter {it}: loss {loss.item():.4f}, test heatmap IoU {iou.item():.3f}",
+                  file=sys.stderr, flush=True)
+    print(json.dumps(dict(config=args.config, keys=args.keys, prior_dice=args.prior_dice,
+                          iters=args.iters, target_fraction=round(g_tr.mean().item(), 4),
+                          final_heatmap_iou=history[-1]["heatmap_iou"], history=history,
+                          seconds=round(time.perf_counter() - t0, 1))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
