@@ -6,7 +6,8 @@ Every ``coprs …``, ``python tools/….py …`` and ``torchrun … tools/….py
 * ``coprs SUB ARGS``: :func:`coprs.cli.build_parser` (``--debug`` removed anywhere, as ``main``);
 * ``python tools/X.py ARGS``: the tool must exist; ``tools/X.py`` calls ``main([SUB, *argv])``, so
   ``SUB ARGS`` goes through the same parser;
-* ``python tools/analysis/X.py ARGS``: the module's own ``parse_args`` if it has one.
+* ``python tools/analysis/X.py ARGS``, ``python tools/benchmarks/X.py ARGS``: the module's
+  own ``parse_args`` if it has one.
 
 Every ``configs/….py`` a command names must exist. Usage synopses (``[--opt …]``) are skipped;
 upper-case placeholders (CONFIG, IMAGE, CKPT) are ordinary arguments to the parser.
@@ -212,7 +213,7 @@ def check_command(cmd: DocCommand, root: Path = ROOT) -> None:
     if not tool.is_file():
         raise AssertionError(f"{cmd.source}: `{cmd.line}` runs {cmd.argv[1]}, which does not exist")
     args = list(cmd.argv[2:])
-    if tool.parent.name == "analysis":
+    if tool.parent.name in ("analysis", "benchmarks"):
         parse_args = _analysis_parse_args(tool)
         if parse_args is not None:
             _parse(parse_args, args, cmd, cmd.argv[1])
@@ -285,3 +286,13 @@ def test_extractor_and_checker_catch_mistakes():
         else:
             with pytest.raises(AssertionError, match=re.escape(cmd.source)):
                 check_command(cmd)
+
+
+def test_mkdocs_nav_lists_every_page_once():
+    """mkdocs.yml's nav names exactly the Markdown pages under docs/."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    pages = [next(iter(item.values())) for item in cfg["nav"]]
+    assert len(pages) == len(set(pages))
+    assert sorted(pages) == sorted(p.name for p in (ROOT / cfg["docs_dir"]).glob("*.md"))
