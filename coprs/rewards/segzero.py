@@ -16,6 +16,7 @@ and the policy view. A response whose answer cannot be read scores 0 on every te
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -161,8 +162,9 @@ class _CoordinateReward(BaseReward):
         sx, sy = geom.view_to_frame
         return [box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy]
 
+    @abstractmethod
     def score_one(self, answer, mask: Tensor, geom: ImageGeometry) -> float:
-        raise NotImplementedError
+        """The reward of one parsed answer against its ground-truth mask (vision frame)."""
 
     def __call__(self, responses: list[str], pred_probs: Tensor | None = None,
                  gt: Tensor | None = None, valid: Tensor | None = None,
