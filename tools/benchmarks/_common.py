@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -11,6 +12,18 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--quick``, ``--repeats``, ``--threads``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes for a smoke test (the numbers mean nothing)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per side")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on a shared 2-core machine a second "
+                        "thread stalls at every barrier while other jobs hold a core)")
+    return p
 
 
 @contextlib.contextmanager

@@ -11,27 +11,20 @@ batched run must equal the per-sample ones. Prints one JSON object last::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import configured, emit, machine, median, timed
+from _common import base_parser, configured, emit, machine, median, timed
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
 
 
 def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="Evaluation throughput of the tools/test.py path, batch size 8 vs 1.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (the numbers mean nothing)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per side")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine a second "
-                        "thread stalls at every barrier while other jobs hold a core)")
+    p = base_parser("Evaluation throughput of the tools/test.py path, batch size 8 vs 1.")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -14,26 +14,19 @@ the cache switched off (the encoder runs on every image) alternate. ViT-B at 102
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import configured, emit, interleaved, machine, median, timed
+from _common import base_parser, configured, emit, interleaved, machine, median, timed
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / "configs" / "_base_" / "models" / "coprs_tiny.py"
 
 
 def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="One training epoch with cached backbone features vs re-encoding.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (the numbers mean nothing)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per side")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine a second "
-                        "thread stalls at every barrier while other jobs hold a core)")
+    p = base_parser("One training epoch with cached backbone features vs re-encoding.")
     p.add_argument("--img-size", type=int, default=512, help="encoder input side (paper: 1024)")
     p.add_argument("--arch", default="vit_b", help="SAM encoder preset")
     p.add_argument("--samples", type=int, default=4, help="samples in the epoch")

@@ -11,23 +11,16 @@ seed and must produce the same tokens. Prints one JSON object last, e.g.::
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
-from _common import configured, emit, interleaved, machine, median, timed
+from _common import base_parser, configured, emit, interleaved, machine, median, timed
 from PIL import Image
 
 
 def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="G-sample group rollout: HFRolloutEngine vs naive G-fold generate.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (the numbers mean nothing)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per side")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine a second "
-                        "thread stalls at every barrier while other jobs hold a core)")
+    p = base_parser("G-sample group rollout: HFRolloutEngine vs naive G-fold generate.")
     p.add_argument("--group", type=int, default=8, help="G, samples per prompt")
     p.add_argument("--image", type=int, default=840, help="side of the square test image")
     p.add_argument("--new-tokens", type=int, default=128)

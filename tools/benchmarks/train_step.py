@@ -28,7 +28,6 @@ Prints one JSON object last::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import shutil
 import sys
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import configured, emit, machine
+from _common import base_parser, configured, emit, machine
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_3B = REPO / "configs" / "_base_" / "models" / "coprs_qwen2.5-vl-3b_sam-vit-h.py"
@@ -408,13 +407,7 @@ def _phase(fn, name: str):
 
 
 def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="Cost of one CoPRS GRPO + segmentation step (FLOPs; tiny wall clock).")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (the numbers mean nothing)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per side")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine a second "
-                        "thread stalls at every barrier while other jobs hold a core)")
+    p = base_parser("Cost of one CoPRS GRPO + segmentation step (FLOPs; tiny wall clock).")
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument("--skip-wallclock", action="store_true")
     return p.parse_args(argv)
