@@ -21,6 +21,7 @@ import importlib.util
 import io
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,10 +191,15 @@ def _analysis_parse_args(path: Path):
     def call(args):
         try:
             return parse_args(args)
-        except NameError:  # needs more of the module: import it
+        except NameError:  # needs more of the module: import it as running it would, with
+            # its own folder first on sys.path (tools/benchmarks/ scripts share _common.py)
             spec = importlib.util.spec_from_file_location(f"_doc_tool_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            sys.path.insert(0, str(path.parent))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
             return module.parse_args(args)
 
     return call
