@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
 from ..backbones.sam_vit import load_sam_state
@@ -11,7 +10,12 @@ from ..registry import DECODERS
 from ..structures import PriorOutput
 from ..utils import is_meta_build
 from .base import BaseDecoder
-from .sam_modules import SAM_DECODER_PRESETS, build_mask_decoder, build_mask_downscaler
+from .sam_modules import (
+    build_mask_decoder,
+    build_mask_downscaler,
+    decoder_preset,
+    key_projection,
+)
 
 __all__ = ["PriorDecoder"]
 
@@ -34,12 +38,9 @@ class PriorDecoder(BaseDecoder):
     def __init__(self, preset: str = "sam", key_in_dim: int | None = None,
                  sam_checkpoint: str | None = None, **overrides) -> None:
         super().__init__()
-        if preset not in SAM_DECODER_PRESETS:
-            raise ValueError(f"unknown decoder preset {preset!r}; use {sorted(SAM_DECODER_PRESETS)}")
-        cfg = dict(SAM_DECODER_PRESETS[preset], **overrides)
+        cfg = decoder_preset(preset, overrides)
         dim = cfg["transformer_dim"]
-        self.image_proj = (nn.Identity() if key_in_dim in (None, dim)
-                           else nn.Conv2d(key_in_dim, dim, kernel_size=1))
+        self.image_proj = key_projection(key_in_dim, dim)
         self.downscaler = build_mask_downscaler(dim, cfg["mask_in_chans"])
         self.pe_layer = PositionEmbeddingRandom(dim // 2)
         self.mask_decoder = build_mask_decoder(dim, cfg["depth"], cfg["mlp_dim"],

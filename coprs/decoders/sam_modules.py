@@ -8,7 +8,7 @@ from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
 __all__ = ["SAM_DECODER_PRESETS", "BatchedMaskDecoder", "build_mask_decoder",
-           "build_mask_downscaler"]
+           "build_mask_downscaler", "decoder_preset", "key_projection"]
 
 #: decoder sizes, one table. 'sam' is SAM's own (4,058,340 parameters); 'tiny' is for CPU tests.
 SAM_DECODER_PRESETS: dict[str, dict] = {
@@ -79,3 +79,17 @@ def build_mask_downscaler(embed_dim: int, mask_in_chans: int = 16) -> nn.Sequent
         nn.GELU(),
         nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
     )
+
+
+def decoder_preset(preset: str, overrides: dict) -> dict:
+    """The widths of a :data:`SAM_DECODER_PRESETS` entry with ``overrides`` replacing values."""
+    if preset not in SAM_DECODER_PRESETS:
+        raise ValueError(f"unknown decoder preset {preset!r}; use {sorted(SAM_DECODER_PRESETS)}")
+    return dict(SAM_DECODER_PRESETS[preset], **overrides)
+
+
+def key_projection(key_in_dim: int | None, dim: int) -> nn.Module:
+    """Backbone features → the decoder's width: identity when they match (or are unknown), else
+    a 1x1 conv."""
+    return (nn.Identity() if key_in_dim in (None, dim)
+            else nn.Conv2d(key_in_dim, dim, kernel_size=1))

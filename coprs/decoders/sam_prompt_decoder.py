@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 from segment_anything.modeling import PromptEncoder
 
 from ..backbones.sam_vit import load_sam_state
@@ -11,7 +10,7 @@ from ..registry import DECODERS
 from ..structures import PriorOutput
 from ..utils import is_meta_build
 from .base import BaseDecoder
-from .sam_modules import SAM_DECODER_PRESETS, build_mask_decoder
+from .sam_modules import build_mask_decoder, decoder_preset, key_projection
 
 __all__ = ["SAMPromptDecoder"]
 
@@ -55,12 +54,9 @@ class SAMPromptDecoder(BaseDecoder):
                  sam_checkpoint: str | None = None, multimask_output: bool = False,
                  empty_logit: float = -20.0, frozen: bool = False, **overrides) -> None:
         super().__init__()
-        if preset not in SAM_DECODER_PRESETS:
-            raise ValueError(f"unknown decoder preset {preset!r}; use {sorted(SAM_DECODER_PRESETS)}")
-        cfg = dict(SAM_DECODER_PRESETS[preset], **overrides)
+        cfg = decoder_preset(preset, overrides)
         dim = cfg["transformer_dim"]
-        self.image_proj = (nn.Identity() if key_in_dim in (None, dim)
-                           else nn.Conv2d(key_in_dim, dim, kernel_size=1))
+        self.image_proj = key_projection(key_in_dim, dim)
         # image_embedding_size is nominal (SAM's 16 px patches); the real grid is read from the
         # keys at every forward
         self.prompt_encoder = PromptEncoder(embed_dim=dim,
