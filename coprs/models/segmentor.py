@@ -6,6 +6,7 @@ import inspect
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 from PIL import Image
@@ -14,7 +15,7 @@ from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import ImageGeometry, PolicyOutput, PriorOutput, Rollout, SegmentationResult
 from ..utils import repeat_each
 
-__all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update"]
+__all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update", "answer_token_ids"]
 
 
 def postprocess_logits(logits: torch.Tensor, img_size: int, valid_hw: tuple[int, int],
@@ -71,8 +72,12 @@ class ReasoningSegmentor(BaseModel):
         seg_loss: MODELS config of the segmentation loss (``SegmentationLoss``: BCE on the
             prior + λ_d·Dice + λ_f·Focal on the mask, times λ_SEG); None: that default.
         rl: GRPO settings: ``clip_eps`` (0.2), ``kl_coef`` β (0.2), ``kl_kind``
-            ('low_var_kl'), ``agg`` ('token-mean'); and ``lm_coef`` (1.0), the weight of the
-            token cross-entropy in supervised (teacher-forced) steps.
+            ('low_var_kl'), ``agg`` ('token-mean'); ``lm_coef`` (1.0), the weight of the
+            token cross-entropy in supervised (teacher-forced) steps; ``answer_coef`` (0.0, off
+            as in the paper), the weight of the answer-naming loss in supervised steps
+            (:meth:`answer_loss`: the special token's state, read through the LM head, names
+            the sample's ``gold_answer``), which gets a random-initialised policy's ``e_conc``
+            to carry the target early.
         data_preprocessor: mmengine data preprocessor config (identity by default).
         init_cfg: mmengine init config.
     """
@@ -85,7 +90,7 @@ class ReasoningSegmentor(BaseModel):
         self.seg_loss = MODELS.build(seg_loss if seg_loss is not None else
                                      dict(type="SegmentationLoss"))
         self.rl = dict(clip_eps=0.2, kl_coef=0.2, kl_kind="low_var_kl", agg="token-mean",
-                       lm_coef=1.0)
+                       lm_coef=1.0, answer_coef=0.0)
         unknown = set(rl or {}) - set(self.rl)
         if unknown:
             raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
@@ -274,8 +279,8 @@ class ReasoningSegmentor(BaseModel):
         logp, mask = self.policy.response_logprobs(fwd)
         keys, _ = self.encode_images(images)
         keys = keys.repeat_interleave(g, 0)
-        prior, dec = self.decode(fwd.policy_output([r.text for r in rollouts]), keys,
-                                 repeat_each([im.shape[:2] for im in images], g))
+        policy_out = fwd.policy_output([r.text for r in rollouts])
+        prior, dec = self.decode(policy_out, keys, repeat_each([im.shape[:2] for im in images], g))
         gt, valid = self.vision_targets(samples)
         seg = self.seg_loss(prior.dense, dec["mask_logits"], gt.repeat_interleave(g, 0),
                             valid.repeat_interleave(g, 0))
@@ -284,6 +289,9 @@ class ReasoningSegmentor(BaseModel):
         if "rollouts" not in samples[0]:
             ce = -(logp * mask).sum() / mask.sum().clamp(min=1)
             losses["loss_lm"] = self.rl["lm_coef"] * ce
+            if self.rl["answer_coef"] > 0:
+                losses["loss_answer"] = self.rl["answer_coef"] * self.answer_loss(
+                    policy_out.hidden, fwd.lm_head, samples)
             return losses
         old = torch.zeros_like(logp)
         for i, r in enumerate(rollouts):
@@ -304,6 +312,32 @@ class ReasoningSegmentor(BaseModel):
             losses["loss_kl"] = self.rl["kl_coef"] * kl
             losses["kl_ref"] = kl.detach()
         return losses
+
+    def answer_loss(self, hidden: torch.Tensor, lm_head: nn.Module, samples: list[dict]
+                    ) -> torch.Tensor:
+        """Answer naming: the special token's hidden state, read through the policy's LM head,
+        should give high probability to every word of the sample's ``gold_answer``.
+
+        The cross-entropy of each content token of the answer ("the purple triangle" → the
+        tokens of "purple" and "triangle"; articles are skipped) is averaged per sample, then
+        over the samples that have a ``gold_answer`` (0 with a gradient when none has). Not in
+        the paper: a pretrained policy's state already names what it reasons about, a
+        random-initialised one's does not, and the heatmap prior cannot use a query that does
+        not differ between targets.
+
+        Args:
+            hidden: B x D special-token hidden states (``e_conc``).
+            lm_head: the policy's output projection.
+            samples: B data samples.
+        """
+        tok = self.policy.tokenizer
+        logp = torch.log_softmax(lm_head(hidden).float(), dim=-1)
+        terms = []
+        for b, sample in enumerate(samples):
+            ids = answer_token_ids(tok, sample.get("gold_answer"))
+            if ids:
+                terms.append(-logp[b, ids].mean())
+        return torch.stack(terms).mean() if terms else logp.sum() * 0.0
 
     @torch.no_grad()
     def score_rollouts(self, images: list[np.ndarray], samples: list[dict],
@@ -351,6 +385,20 @@ class ReasoningSegmentor(BaseModel):
             return dec["mask_logits"]
         raise ValueError(f"ReasoningSegmentor.forward: unsupported mode {mode!r}; "
                          "use 'loss', 'predict' or 'tensor'")
+
+
+#: words an answer-naming target leaves out
+ANSWER_SKIP_WORDS = frozenset({"a", "an", "the"})
+
+
+def answer_token_ids(tokenizer, answer: str | None) -> list[int]:
+    """Token ids of the content words of an answer phrase (each word encoded with a leading
+    space, as inside a sentence; articles skipped). Empty for a missing or blank answer."""
+    ids: list[int] = []
+    for word in (answer or "").split():
+        if word.lower() not in ANSWER_SKIP_WORDS:
+            ids += tokenizer.encode(" " + word, add_special_tokens=False)
+    return ids
 
 
 def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper) -> dict:

@@ -52,3 +52,60 @@ def test_teacher_forced_targets_end_where_generation_stops(tiny_segmentor):
             assert g == 1 and r.token_ids[-1] == last
     finally:
         policy.stop_at_special_token = old
+
+
+def test_answer_token_ids_skip_articles_and_encode_words_in_sentence(tiny_segmentor):
+    from coprs.models.segmentor import answer_token_ids
+
+    tok = tiny_segmentor.policy.tokenizer
+    want = (tok.encode(" purple", add_special_tokens=False)
+            + tok.encode(" triangle", add_special_tokens=False))
+    assert answer_token_ids(tok, "the purple triangle") == want
+    assert answer_token_ids(tok, "A purple triangle") == want
+    assert answer_token_ids(tok, None) == [] and answer_token_ids(tok, "  ") == []
+
+
+def test_answer_loss_matches_hand_computed_cross_entropy(tiny_segmentor):
+    from coprs.models.segmentor import answer_token_ids
+
+    tok = tiny_segmentor.policy.tokenizer
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, len(tok), bias=False)
+    hidden = torch.randn(3, 8, requires_grad=True)
+    samples = [{"gold_answer": "the red circle"}, {}, {"gold_answer": "the blue star"}]
+    loss = tiny_segmentor.answer_loss(hidden, head, samples)
+    logp = torch.log_softmax(head(hidden), -1)
+    ids0, ids2 = (answer_token_ids(tok, s["gold_answer"]) for s in (samples[0], samples[2]))
+    want = 0.5 * (-logp[0, ids0].mean() - logp[2, ids2].mean())  # the sample without one is out
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert hidden.grad[1].abs().sum() == 0 and hidden.grad[0].abs().sum() > 0
+    none = tiny_segmentor.answer_loss(hidden, head, [{}, {}, {"gold_answer": ""}])
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_answer_coef_adds_a_loss_that_trains_the_policy(tiny_segmentor):
+    from PIL import Image
+
+    from coprs.datasets.shapes import ShapesWorld
+
+    s = ShapesWorld().sample(0)
+    sample = {"instruction": s.instruction, "response": s.response_coprs,
+              "gold_answer": s.gold_answer, "vision_gt_mask": s.gt_mask, "valid_hw": (112, 112)}
+    model, rl = tiny_segmentor, dict(tiny_segmentor.rl)
+    try:
+        model.rl["answer_coef"] = 0.0
+        assert "loss_answer" not in model.loss([s.image], [dict(sample)])
+        model.rl["answer_coef"] = 0.5
+        losses = model.loss([s.image], [dict(sample)])
+        ref = model.answer_loss(
+            model.policy.forward_responses(
+                [Image.fromarray(s.image)], [s.instruction], model.rollouts_for_training([sample])[0]
+            ).policy_output([s.response_coprs]).hidden, model.policy.model.lm_head, [sample])
+        torch.testing.assert_close(losses["loss_answer"], 0.5 * ref)
+        losses["loss_answer"].backward()
+        layer = model.policy.model.model.language_model.layers[-1]
+        assert layer.self_attn.q_proj.weight.grad.abs().sum() > 0
+    finally:
+        model.rl = rl
+        model.zero_grad(set_to_none=True)
