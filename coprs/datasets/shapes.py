@@ -1230,6 +1230,9 @@ class ShapesReasonDataset(BaseDataset):
         instruction_types: Types to sample (default: all of :data:`INSTRUCTION_TYPES`).
         noise: Pixel noise standard deviation.
         pipeline: Transforms applied to every data info.
+        cache_samples: Keep each generated sample in memory, so a training run that draws a
+            sample several times generates it once (about 50 KB per 112 px sample; a
+            generation costs a few milliseconds, ~10% of a tiny CPU training step).
         **kwargs: Forwarded to ``BaseDataset`` (``indices``, ``test_mode``, ...).
 
     The data info holds ``img`` (H x W x 3 uint8 RGB), ``img_path`` (``shapes://<split>/<idx>``),
@@ -1253,9 +1256,11 @@ class ShapesReasonDataset(BaseDataset):
         instruction_types: Sequence[str] | None = None,
         noise: float = 3.0,
         pipeline: Sequence[dict | Callable] = (),
+        cache_samples: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_split(split)
+        self._samples: dict[int, ShapesSample] | None = {} if cache_samples else None
         if not 0 < num_samples <= SEED_STRIDE:
             raise ValueError(f"num_samples must be in [1, {SEED_STRIDE}], got {num_samples}")
         sample_seed(split, 0, seed)  # validates seed
@@ -1291,7 +1296,11 @@ class ShapesReasonDataset(BaseDataset):
     def get_data_info(self, idx: int) -> dict:
         """Generate sample ``idx`` (see the class docstring for the keys)."""
         info = super().get_data_info(idx)
-        s = self.world.sample(info["sample_seed"])
+        s = self._samples.get(idx) if self._samples is not None else None
+        if s is None:
+            s = self.world.sample(info["sample_seed"])
+            if self._samples is not None:
+                self._samples[idx] = s
         h, w = s.gt_mask.shape
         info.update(
             img=s.image,

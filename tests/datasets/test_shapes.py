@@ -380,6 +380,25 @@ def test_dataset_contract_through_basedataset_indexing():
     assert sub[0] == {"n": int(info["gt_mask"].sum())}
 
 
+def test_cache_samples_generates_each_sample_once_and_keeps_it_intact():
+    from coprs.datasets.transforms import LoadImage, PackReasonSegInputs, ResizePadVision
+
+    pipeline = [LoadImage(), ResizePadVision(size=112), PackReasonSegInputs()]
+    plain = ShapesReasonDataset(split="train", num_samples=4, pipeline=pipeline)
+    ds = ShapesReasonDataset(split="train", num_samples=4, pipeline=pipeline, cache_samples=True)
+    calls = []
+    generate = ds.world.sample
+    ds.world.sample = lambda seed: calls.append(seed) or generate(seed)
+    first, second, want = ds[1], ds[1], plain[1]
+    assert calls == [sample_seed("train", 1)]  # the second draw came from memory
+    for got in (first, second):  # and the pipeline did not change the kept sample
+        assert np.array_equal(got["inputs"], want["inputs"])
+        for key in ("gt_mask", "vision_gt_mask"):
+            assert np.array_equal(got["data_samples"][key], want["data_samples"][key])
+    assert ds[2]["data_samples"]["instruction"] == plain[2]["data_samples"]["instruction"]
+    assert len(calls) == 2
+
+
 def test_dataset_instruction_type_filter():
     ds = ShapesReasonDataset(split="train", num_samples=12, instruction_types=["relation"])
     assert {ds[i]["instruction_type"] for i in range(12)} == {"relation"}
