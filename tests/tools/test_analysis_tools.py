@@ -192,3 +192,41 @@ def test_prior_probe_reports_heatmap_iou(capsys):
     assert [h["iter"] for h in out["history"]] == [2, 3]
     assert 0.0 <= out["final_heatmap_iou"] <= 1.0 and 0.0 < out["target_fraction"] < 0.2
     assert out["keys"] == "backbone" and out["prior_dice"] == 1.0
+
+
+def _picked_objects():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("picked_objects",
+                                                  root / "tools/analysis/picked_objects.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, root
+
+
+def test_picked_objects_classifies_by_the_object_holding_the_mask():
+    tool, _ = _picked_objects()
+    objects = [dict(colour="red", shape="circle", bbox=[0, 0, 3, 3]),
+               dict(colour="red", shape="square", bbox=[10, 10, 13, 13]),
+               dict(colour="blue", shape="circle", bbox=[20, 0, 23, 3])]
+    mask = np.zeros((30, 30), bool)
+    assert tool.classify(mask, objects, ("red", "circle")) == "none"
+    mask[10:14, 10:14] = True  # on the red square
+    mask[0:2, 0:2] = True  # a little on the red circle
+    assert tool.classify(mask, objects, ("red", "square")) == "target"
+    assert tool.classify(mask, objects, ("red", "circle")) == "same_colour"
+    assert tool.classify(mask, objects, ("green", "square")) == "same_shape"
+    assert tool.classify(mask, objects, ("blue", "circle")) == "other"
+
+
+def test_picked_objects_reports_json(capsys):
+    tool, root = _picked_objects()
+    cfg = str(root / "configs/coprs/coprs_tiny_shapes_cpu.py")
+    for mode in ("gold", "generated"):
+        assert tool.main([cfg, "--reasoning", mode, "--num-samples", "3",
+                          "--batch-size", "2"]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["n"] == 3 and sum(out["picked"].values()) == 3
+        assert set(out["picked"]) == set(tool.CLASSES) and 0.0 <= out["giou"] <= 1.0
+        assert ("answers" in out) == (mode == "generated")
+    answers = out["answers"]
+    assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]

@@ -1,0 +1,108 @@
+"""Which object did the mask land on? A failure breakdown for the synthetic world.
+
+For ``--num-samples`` samples of a synthetic split, segment with the model's own (greedy)
+reasoning or with the gold reasoning teacher-forced, and classify each predicted mask by the
+object holding most of its pixels (inside the objects' boxes): the **target**, an object of the
+target's **colour** but another shape, of its **shape** but another colour, an **other** object,
+or **none** (an empty mask). With generated reasoning it also counts how often the response's
+final answer ("So the target is the red circle …") names the target, and its colour.
+
+This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
+the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+import numpy as np
+
+EXAMPLE = """example:
+  python tools/analysis/picked_objects.py configs/coprs/coprs_tiny_shapes_cpu.py \\
+      work_dirs/coprs_tiny_shapes_cpu --reasoning gold --num-samples 96
+"""
+
+CLASSES = ("target", "same_colour", "same_shape", "other", "none")
+_ANSWER = re.compile(r"target is the (\w+) (\w+)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Classify each predicted mask by the object it lands on (synthetic world).",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a config with a tiny/synthetic-world model")
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help="checkpoint or training work dir (omitted: the parts' own weights)")
+    parser.add_argument("--reasoning", choices=("generated", "gold"), default="generated")
+    parser.add_argument("--split", default="test", help="synthetic split (default: test)")
+    parser.add_argument("--num-samples", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    return parser.parse_args(argv)
+
+
+def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> str:
+    """The class (one of :data:`CLASSES`) of the object whose box holds most mask pixels."""
+    best, best_n = None, 0
+    for obj in objects:
+        x0, y0, x1, y1 = (int(round(v)) for v in obj["bbox"])
+        n = int(mask[y0:y1 + 1, x0:x1 + 1].sum())
+        if n > best_n:
+            best, best_n = obj, n
+    if best is None:
+        return "none"
+    colour, shape = best["colour"] == target[0], best["shape"] == target[1]
+    return ("target" if colour and shape else "same_colour" if colour
+            else "same_shape" if shape else "other")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from coprs.apis.inference import init_segmentor
+    from coprs.commands.common import UsageError, resolve_checkpoint
+    from coprs.datasets.shapes import ShapesReasonDataset
+
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = init_segmentor(args.config, checkpoint)
+    size = model.vision_backbone.img_size
+    data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples, image_size=size)
+    counts = dict.fromkeys(CLASSES, 0)
+    answers = dict(right=0, right_colour=0, unparsed=0)
+    ious = []
+    for start in range(0, len(data), args.batch_size):
+        items = [data.get_data_info(i)
+                 for i in range(start, min(start + args.batch_size, len(data)))]
+        responses = ([d["response_coprs"] for d in items] if args.reasoning == "gold" else None)
+        results = model.predict_images([d["img"] for d in items],
+                                       [d["instruction"] for d in items], responses=responses)
+        for d, r in zip(items, results):
+            target = tuple(d["gold_answer"].split()[-2:])
+            counts[classify(r.mask, d["objects"], target)] += 1
+            gt = d["gt_mask"].astype(bool)
+            ious.append(float((r.mask & gt).sum() / max((r.mask | gt).sum(), 1)))
+            if args.reasoning == "generated":
+                m = _ANSWER.search(r.response)
+                if m is None:
+                    answers["unparsed"] += 1
+                else:
+                    answers["right"] += m.groups() == target
+                    answers["right_colour"] += m.group(1) == target[0]
+        print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
+    out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
+               split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
+               picked=counts)
+    if args.reasoning == "generated":
+        out["answers"] = answers
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
