@@ -1,5 +1,5 @@
 # The embedded CPU default: the tiny CoPRS assembly (random-initialised, built locally) trained
-# on the synthetic reasoning world (warm-up, then GRPO + segmentation), evaluated on its `test`
+# on the synthetic reasoning world (warm-up, then GRPO), evaluated on its `test`
 # and `test_novel` splits.
 _base_ = [
     '../_base_/models/coprs_tiny.py',
@@ -9,11 +9,18 @@ _base_ = [
 ]
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu'
 model = dict(
-    rl=dict(kl_coef=0.02),
+    # answer_coef: the <REF_POS> state must name the target in warm-up (loss_answer); without it
+    # the random-initialised policy's e_conc barely differs between targets and the mask ignores
+    # the instruction (docs/benchmarks.md, calibrations 5-8)
+    rl=dict(kl_coef=0.02, answer_coef=1.0),
+    # a 64-wide random encoder keeps the 48 values of a 4x4 RGB patch (32 channels cannot)
+    vision_backbone=dict(embed_dim=64, out_chans=64),
     # the frozen SAM encoder is most of a CPU step: its features are cached on first use
     feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
     # targets cover ~2% of a synthetic image: BCE alone keeps the prior below 0 everywhere, a
     # Dice term on the prior makes it localise (tools/analysis/prior_probe.py)
     seg_loss=dict(type='SegmentationLoss', lambda_prior_dice=1.0),
 )
-train_dataloader = dict(dataset=dict(num_samples=6000))
+# 3,000 scenes: fewer first sights of an image (each costs a tiny-SAM encode before it is cached)
+# within the 10-minute budget; kept in memory after their first generation
+train_dataloader = dict(dataset=dict(num_samples=3000, cache_samples=True))
