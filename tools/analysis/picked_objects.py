@@ -4,8 +4,9 @@ For ``--num-samples`` samples of a synthetic split, segment with the model's own
 reasoning or with the gold reasoning teacher-forced, and classify each predicted mask by the
 object holding most of its pixels (inside the objects' boxes): the **target**, an object of the
 target's **colour** but another shape, of its **shape** but another colour, an **other** object,
-or **none** (an empty mask). With generated reasoning it also counts how often the response's
-final answer ("So the target is the red circle …") names the target, and its colour.
+or **none** (no mask pixel inside any object's box). With generated reasoning it also counts how
+often the response's final answer ("So the target is the red circle …") names the target, and
+its colour.
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
