@@ -230,3 +230,21 @@ def test_picked_objects_reports_json(capsys):
         assert ("answers" in out) == (mode == "generated")
     answers = out["answers"]
     assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]
+
+
+def test_image_dependence_reports_three_losses_and_the_vision_output(capsys):
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("image_dependence",
+                                                  root / "tools/analysis/image_dependence.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = str(root / "configs/coprs/coprs_tiny_shapes_cpu.py")
+    assert tool.main([cfg, "--num-samples", "3"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 3
+    losses = [out[k] for k in ("loss_right", "loss_shifted", "loss_blank")]
+    assert all(np.isfinite(v) and v > 0 for v in losses)
+    assert losses[0] != losses[1]  # the untrained policy's tokens still see the image
+    assert out["vision_token_norm"] > 0 and out["vision_between_images"] > 0
+    assert tool.main([cfg, "--num-samples", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
