@@ -230,6 +230,7 @@ def test_picked_objects_reports_json(capsys):
         assert ("answers" in out) == (mode == "generated")
     answers = out["answers"]
     assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]
+    assert answers["right"] + answers["absent"] <= 3 - answers["unparsed"]
 
 
 def test_image_dependence_reports_three_losses_and_the_vision_output(capsys):

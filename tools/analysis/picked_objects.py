@@ -5,8 +5,8 @@ reasoning or with the gold reasoning teacher-forced, and classify each predicted
 object holding most of its pixels (inside the objects' boxes): the **target**, an object of the
 target's **colour** but another shape, of its **shape** but another colour, an **other** object,
 or **none** (no mask pixel inside any object's box). With generated reasoning it also counts how
-often the response's final answer ("So the target is the red circle …") names the target, and
-its colour.
+often the response's final answer ("So the target is the red circle …") names the target, its
+colour, or an object that is not in the image (``absent``).
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     size = model.vision_backbone.img_size
     data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples, image_size=size)
     counts = dict.fromkeys(CLASSES, 0)
-    answers = dict(right=0, right_colour=0, unparsed=0)
+    answers = dict(right=0, right_colour=0, absent=0, unparsed=0)
     ious = []
     for start in range(0, len(data), args.batch_size):
         items = [data.get_data_info(i)
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     answers["right"] += m.groups() == target
                     answers["right_colour"] += m.group(1) == target[0]
+                    answers["absent"] += m.groups() not in {(o["colour"], o["shape"])
+                                                            for o in d["objects"]}
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
     out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
                split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
