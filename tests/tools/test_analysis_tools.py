@@ -194,17 +194,11 @@ def test_prior_probe_reports_heatmap_iou(capsys):
     assert out["keys"] == "backbone" and out["prior_dice"] == 1.0
 
 
-def _picked_objects():
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("picked_objects",
-                                                  root / "tools/analysis/picked_objects.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, root
+TINY_CONFIG = str(TOOLS.parents[1] / "configs/coprs/coprs_tiny_shapes_cpu.py")
 
 
 def test_picked_objects_classifies_by_the_object_holding_the_mask():
-    tool, _ = _picked_objects()
+    tool = _load("picked_objects")
     objects = [dict(colour="red", shape="circle", bbox=[0, 0, 3, 3]),
                dict(colour="red", shape="square", bbox=[10, 10, 13, 13]),
                dict(colour="blue", shape="circle", bbox=[20, 0, 23, 3])]
@@ -219,10 +213,9 @@ def test_picked_objects_classifies_by_the_object_holding_the_mask():
 
 
 def test_picked_objects_reports_json(capsys):
-    tool, root = _picked_objects()
-    cfg = str(root / "configs/coprs/coprs_tiny_shapes_cpu.py")
+    tool = _load("picked_objects")
     for mode in ("gold", "generated"):
-        assert tool.main([cfg, "--reasoning", mode, "--num-samples", "3",
+        assert tool.main([TINY_CONFIG, "--reasoning", mode, "--num-samples", "3",
                           "--batch-size", "2"]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["n"] == 3 and sum(out["picked"].values()) == 3
@@ -234,18 +227,13 @@ def test_picked_objects_reports_json(capsys):
 
 
 def test_image_dependence_reports_three_losses_and_the_vision_output(capsys):
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("image_dependence",
-                                                  root / "tools/analysis/image_dependence.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    cfg = str(root / "configs/coprs/coprs_tiny_shapes_cpu.py")
-    assert tool.main([cfg, "--num-samples", "3"]) == 0
+    tool = _load("image_dependence")
+    assert tool.main([TINY_CONFIG, "--num-samples", "3"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 3
     losses = [out[k] for k in ("loss_right", "loss_shifted", "loss_blank")]
     assert all(np.isfinite(v) and v > 0 for v in losses)
     assert losses[0] != losses[1]  # the untrained policy's tokens still see the image
     assert out["vision_token_norm"] > 0 and out["vision_between_images"] > 0
-    assert tool.main([cfg, "--num-samples", "1"]) == 2
+    assert tool.main([TINY_CONFIG, "--num-samples", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
