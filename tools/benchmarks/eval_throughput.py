@@ -12,7 +12,6 @@ batched run must equal the per-sample ones. Prints one JSON object last::
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,12 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.samples, args.batch_size, args.max_new_tokens = 2, 2, 2
-    work = Path(tempfile.mkdtemp(prefix="coprs_bench_eval_"))
-    try:
-        with configured(args):
-            return run(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    scratch = tempfile.TemporaryDirectory(prefix="coprs_bench_eval_", ignore_cleanup_errors=True)
+    with scratch as work, configured(args):
+        return run(args, Path(work))
 
 
 def run(args, work: Path) -> dict:

@@ -14,7 +14,6 @@ the cache switched off (the encoder runs on every image) alternate. ViT-B at 102
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -38,12 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.arch, args.img_size, args.samples = "tiny", 112, 2
-    cache_root = tempfile.mkdtemp(prefix="coprs_bench_cache_")
-    try:
-        with configured(args):
-            return run(args, cache_root)
-    finally:
-        shutil.rmtree(cache_root, ignore_errors=True)
+    scratch = tempfile.TemporaryDirectory(prefix="coprs_bench_cache_", ignore_cleanup_errors=True)
+    with scratch as cache_root, configured(args):
+        return run(args, cache_root)
 
 
 def run(args, cache_root: str) -> dict:

@@ -29,7 +29,6 @@ Prints one JSON object last::
 from __future__ import annotations
 
 import copy
-import shutil
 import sys
 import tempfile
 import time
@@ -299,11 +298,9 @@ def measure_tiny_step(iters: int, warmup: int, group: int, batch: int, new_token
     from coprs.utils import register_all_modules
 
     register_all_modules()
-    work = Path(tempfile.mkdtemp(prefix="coprs_bench_train_"))
-    try:
-        return _measure(work, iters, warmup, group, batch, new_tokens)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    scratch = tempfile.TemporaryDirectory(prefix="coprs_bench_train_", ignore_cleanup_errors=True)
+    with scratch as work:
+        return _measure(Path(work), iters, warmup, group, batch, new_tokens)
 
 
 def _measure(work: Path, iters: int, warmup: int, group: int, batch: int,
