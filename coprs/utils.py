@@ -7,7 +7,8 @@ import contextvars
 import os
 from pathlib import Path
 
-__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "repeat_each"]
+__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
+           "repeat_each"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -59,6 +60,21 @@ def coprs_home() -> Path:
     """Where coprs keeps locally built artefacts (tiny models): ``$COPRS_HOME`` or
     ``~/.cache/coprs``."""
     return Path(os.environ.get("COPRS_HOME", Path.home() / ".cache" / "coprs"))
+
+
+@contextlib.contextmanager
+def using_coprs_home(path: str | os.PathLike):
+    """Set ``$COPRS_HOME`` to ``path`` inside the block and restore it (or its absence) after;
+    test suites use it so tiny models are never built into a user's cache."""
+    old = os.environ.get("COPRS_HOME")
+    os.environ["COPRS_HOME"] = str(path)
+    try:
+        yield Path(path)
+    finally:
+        if old is None:
+            os.environ.pop("COPRS_HOME", None)
+        else:
+            os.environ["COPRS_HOME"] = old
 
 
 def repeat_each(items: list, n: int) -> list:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from coprs.utils import using_coprs_home
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
@@ -14,13 +15,8 @@ TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
 @pytest.fixture(scope="session", autouse=True)
 def _coprs_home(tmp_path_factory):
     """Tiny models are built into a per-session folder, never into the user's cache."""
-    old = os.environ.get("COPRS_HOME")
-    os.environ["COPRS_HOME"] = str(tmp_path_factory.mktemp("coprs_home"))
-    yield
-    if old is None:
-        os.environ.pop("COPRS_HOME", None)
-    else:
-        os.environ["COPRS_HOME"] = old
+    with using_coprs_home(tmp_path_factory.mktemp("coprs_home")):
+        yield
 
 
 @pytest.fixture(scope="session")

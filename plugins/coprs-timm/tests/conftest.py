@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from coprs.utils import using_coprs_home
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _coprs_home(tmp_path_factory):
-    old = os.environ.get("COPRS_HOME")
-    os.environ["COPRS_HOME"] = str(tmp_path_factory.mktemp("coprs_home_timm"))
-    yield
-    if old is None:
-        os.environ.pop("COPRS_HOME", None)
-    else:
-        os.environ["COPRS_HOME"] = old
+    with using_coprs_home(tmp_path_factory.mktemp("coprs_home_timm")):
+        yield
