@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -218,8 +218,24 @@ class AnswerFormatReward(BaseReward):
                             dtype=torch.float32, device=self._out_device(pred_probs))
 
 
+class _GtBoxReward(_CoordinateReward):
+    """A score of the answer's box against the ground-truth mask's tight box, in policy-view
+    pixels (``box_score(pred, gt, threshold)``); an empty ground truth scores 0."""
+
+    box_score: Callable[[list[float], list[float], float | None], float]
+
+    def __init__(self, threshold: float | None, num_points: int = 2, name: str | None = None
+                 ) -> None:
+        super().__init__(num_points, name)
+        self.threshold = threshold
+
+    def score_one(self, answer, mask, geom) -> float:
+        gt_box = self._gt_box_in_view(mask, geom)
+        return 0.0 if gt_box is None else self.box_score(answer.bbox, gt_box, self.threshold)
+
+
 @REWARDS.register_module()
-class BoxIoUReward(_CoordinateReward):
+class BoxIoUReward(_GtBoxReward):
     """Seg-Zero's box-IoU reward (:func:`box_iou_score`) against the ground-truth mask's tight
     box, in policy-view pixels; an empty ground truth scores 0.
 
@@ -230,19 +246,15 @@ class BoxIoUReward(_CoordinateReward):
     """
 
     name = "box_iou"
+    box_score = staticmethod(box_iou_score)
 
     def __init__(self, threshold: float | None = 0.5, num_points: int = 2,
                  name: str | None = None) -> None:
-        super().__init__(num_points, name)
-        self.threshold = threshold
-
-    def score_one(self, answer, mask, geom) -> float:
-        gt_box = self._gt_box_in_view(mask, geom)
-        return 0.0 if gt_box is None else box_iou_score(answer.bbox, gt_box, self.threshold)
+        super().__init__(threshold, num_points, name)
 
 
 @REWARDS.register_module()
-class BoxL1Reward(_CoordinateReward):
+class BoxL1Reward(_GtBoxReward):
     """Seg-Zero's box-L1 reward (:func:`box_l1_score`) against the ground-truth mask's tight
     box, in policy-view pixels; an empty ground truth scores 0.
 
@@ -254,15 +266,11 @@ class BoxL1Reward(_CoordinateReward):
     """
 
     name = "box_l1"
+    box_score = staticmethod(box_l1_score)
 
     def __init__(self, threshold: float = 10.0, num_points: int = 2, name: str | None = None
                  ) -> None:
-        super().__init__(num_points, name)
-        self.threshold = threshold
-
-    def score_one(self, answer, mask, geom) -> float:
-        gt_box = self._gt_box_in_view(mask, geom)
-        return 0.0 if gt_box is None else box_l1_score(answer.bbox, gt_box, self.threshold)
+        super().__init__(threshold, num_points, name)
 
 
 @REWARDS.register_module()
