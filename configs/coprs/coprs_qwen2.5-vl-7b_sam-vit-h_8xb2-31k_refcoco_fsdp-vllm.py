@@ -4,11 +4,14 @@
 #     --cfg-options model.policy.model_path=/models/Qwen2.5-VL-7B-Instruct \
 #                   model.vision_backbone.checkpoint=/models/sam_vit_h_4b8939.pth \
 #                   model.decoder.sam_checkpoint=/models/sam_vit_h_4b8939.pth
-# (GPU path: not run on the project's CPU machines.)
+# The FSDP path runs in the tests on 2 CPU ranks (gloo) and was run on one GPU with the tiny
+# assembly; vLLM and 8 GPUs are not run on the project's machines (docs/training.md).
 _base_ = ['./coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py']
 
+# fp32 weights, bf16 compute through autocast (AmpOptimWrapper below): one FSDP unit holds one
+# dtype, and a bf16 policy beside the fp32 heads fails to flatten
 model = dict(
-    policy=dict(torch_dtype='bfloat16', attn_implementation='flash_attention_2',
+    policy=dict(torch_dtype='float32', attn_implementation='flash_attention_2',
                 gradient_checkpointing=True),
     feature_cache=dict(root='data/feature_cache', dtype='float16'),
 )
@@ -17,11 +20,17 @@ train_cfg = dict(rollout_engine=dict(
     max_num_seqs=64, max_num_batched_tokens=17408, enable_chunked_prefill=True,
     temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=2000))
 runner_type = 'FlexibleRunner'
+# one FSDP unit per transformer block (coprs.engine.fsdp); full-state-dict checkpoints (one
+# file with plain names, written by rank 0) that `coprs test` and `export-hf` load
 strategy = dict(
     type='FSDPStrategy',
-    model_wrapper=dict(auto_wrap_policy=dict(
-        type='torch.distributed.fsdp.wrap.size_based_auto_wrap_policy',
-        min_num_params=int(1e7))),
+    model_wrapper=dict(auto_wrap_policy=dict(type='coprs.engine.fsdp.wrap_layers')),
+    state_dict_cfg=dict(
+        state_dict_type='FULL_STATE_DICT',
+        state_dict_config=dict(type='FullStateDictConfig', offload_to_cpu=True,
+                               rank0_only=True),
+        optim_state_dict_config=dict(type='FullOptimStateDictConfig', offload_to_cpu=True,
+                                     rank0_only=True)),
 )
 optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16')
 env_cfg = dict(dist_cfg=dict(backend='nccl'))

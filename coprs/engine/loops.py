@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
 from ..utils import repeat_each
+from .fsdp import full_params, plain_copy
 
 __all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS"]
 
@@ -154,29 +154,36 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         instructions = [s["instruction"] for s in samples]
         pil = [Image.fromarray(im) for im in images]
 
-        t0 = time.perf_counter()
-        groups = self.rollout_engine.generate(model.policy, pil, instructions, g)
-        rollouts = [r for grp in groups for r in grp]
-        timings["rollout"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
-        gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
-        extra_args = {}
-        if getattr(self.reward, "needs_geometry", False):  # coordinates in the text (Seg-Zero)
-            extra_args["geometry"] = repeat_each(
-                model.image_geometry([im.shape[:2] for im in images], samples), g)
-        total, breakdown = self.reward.score([r.text for r in rollouts], probs,
-                                             gt.repeat_interleave(g, 0) > 0.5,
-                                             valid.repeat_interleave(g, 0) > 0.5, **extra_args)
-        adv = group_advantages(total.float().cpu(), g)
-        timings["reward"] = time.perf_counter() - t0
-
-        ref_logps = None
-        if model.rl["kl_coef"] > 0:
+        # Outside the training forward, FSDP-sharded weights are gathered (full_params). The
+        # reference copy reads them directly, so it is made in a block of its own before any
+        # FSDP unit runs a forward (a unit's forward reshards it, also inside the block).
+        if model.rl["kl_coef"] > 0 and self._reference is None:
+            with full_params(self.runner.model):
+                self._reference_model(model)
+        with full_params(self.runner.model):
             t0 = time.perf_counter()
-            ref_logps = self._reference_logprobs(model, pil, instructions, rollouts, g)
-            timings["reference"] = time.perf_counter() - t0
+            groups = self.rollout_engine.generate(model.policy, pil, instructions, g)
+            rollouts = [r for grp in groups for r in grp]
+            timings["rollout"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
+            gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
+            extra_args = {}
+            if getattr(self.reward, "needs_geometry", False):  # coordinates in the text (Seg-Zero)
+                extra_args["geometry"] = repeat_each(
+                    model.image_geometry([im.shape[:2] for im in images], samples), g)
+            total, breakdown = self.reward.score([r.text for r in rollouts], probs,
+                                                 gt.repeat_interleave(g, 0) > 0.5,
+                                                 valid.repeat_interleave(g, 0) > 0.5, **extra_args)
+            adv = group_advantages(total.float().cpu(), g)
+            timings["reward"] = time.perf_counter() - t0
+
+            ref_logps = None
+            if model.rl["kl_coef"] > 0:
+                t0 = time.perf_counter()
+                ref_logps = self._reference_logprobs(model, pil, instructions, rollouts, g)
+                timings["reference"] = time.perf_counter() - t0
 
         for i, s in enumerate(samples):
             s["rollouts"] = rollouts[i * g:(i + 1) * g]
@@ -202,7 +209,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         if getattr(policy, "uses_adapters", False):
             self._reference = "adapters-disabled"
             return self._reference
-        ref = copy.deepcopy(policy.model).eval().requires_grad_(False)
+        ref = plain_copy(policy.model)  # under FSDP: rebuilt from the gathered weights
         path = self.reference_path()
         if self._iter > self.grpo_start():  # resumed mid-GRPO: the snapshot taken at its start
             if not path.is_file():

@@ -89,8 +89,14 @@ class VLLMRolloutEngine(BaseRolloutEngine):
 
     def sync_weights(self, policy) -> None:
         """Push the policy's current weights into the vLLM engine."""
+        from ..engine.fsdp import is_fsdp, plain_state
+
         model = self._llm.llm_engine.model_executor.driver_worker.model_runner.model
-        model.load_weights(((k, v) for k, v in policy.model.state_dict().items()))
+        # under FSDP (inside the loop's full_params block) the gathered weights, without
+        # FSDP's name prefixes and without running its state-dict hooks
+        state = (plain_state(policy.model, buffers=False) if is_fsdp(policy.model)
+                 else policy.model.state_dict())
+        model.load_weights(state.items())
 
     def generate(self, policy, images, instructions, num_samples):
         vllm = import_vllm()

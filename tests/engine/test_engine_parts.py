@@ -107,3 +107,34 @@ def test_training_writes_the_last_checkpoint_pointer_atomically(tmp_path, monkey
                  "default_hooks.checkpoint.interval=1"]) == 0
     assert "last_checkpoint" in written and "iter_2.pth" in written
     assert (tmp_path / "last_checkpoint").read_text().endswith("iter_2.pth")
+
+
+def test_fsdp_wrap_policy_wraps_trainable_named_blocks_only():
+    from coprs.engine.fsdp import wrap_layers
+
+    class Qwen2_5_VLDecoderLayer(torch.nn.Linear):  # noqa: N801 - named like the real class
+        pass
+
+    layer, other = Qwen2_5_VLDecoderLayer(2, 2), torch.nn.Linear(2, 2)
+    assert wrap_layers(other, recurse=True, nonwrapped_numel=6)  # always descend
+    assert wrap_layers(layer, recurse=False, nonwrapped_numel=6)
+    assert not wrap_layers(other, recurse=False, nonwrapped_numel=6)
+    assert wrap_layers(other, recurse=False, nonwrapped_numel=6, layer_names=["Linear"])
+    layer.requires_grad_(False)  # frozen blocks stay in their parent's unit
+    assert not wrap_layers(layer, recurse=False, nonwrapped_numel=6)
+
+
+def test_plain_copy_without_fsdp_is_a_frozen_equal_copy(tiny_policy):
+    from coprs.engine.fsdp import full_params, is_fsdp, plain_copy, plain_state
+
+    model = tiny_policy.model
+    assert not is_fsdp(model)
+    with full_params(model):  # a no-op without FSDP units
+        ref = plain_copy(model)
+    assert ref is not model and not ref.training
+    assert not any(p.requires_grad for p in ref.parameters())
+    a, b = plain_state(model), plain_state(ref)
+    assert a.keys() == b.keys() and any("rotary" in k for k in a)  # buffers included
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+        assert a[k].data_ptr() != b[k].data_ptr() or a[k].numel() == 0
