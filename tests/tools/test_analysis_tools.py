@@ -237,3 +237,20 @@ def test_image_dependence_reports_three_losses_and_the_vision_output(capsys):
     assert out["vision_token_norm"] > 0 and out["vision_between_images"] > 0
     assert tool.main([TINY_CONFIG, "--num-samples", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_perception_probe_trains_the_policy_alone_and_reports_the_image_gap(capsys):
+    tool = _load("perception_probe")
+    argv = [TINY_CONFIG, "--iters", "3", "--eval-every", "2", "--batch-size", "2",
+            "--train-scenes", "6", "--eval-scenes", "2", "--vision-lr", "0"]
+    assert tool.main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    evals, summary = lines[:-1], lines[-1]
+    assert [e["iter"] for e in evals] == [2, 3]  # every 2 iterations and at the end
+    for e in evals:
+        assert np.isfinite(e["loss"]) and e["loss"] > 0
+        assert abs(e["gap"] - (e["loss_shifted"] - e["loss"])) <= 2e-4  # both rounded
+        assert 0 <= e["answer_right"] <= e["answer_colour"] <= e["n"] == 2
+    assert summary["vision_lr"] == 0 and summary["final"] == evals[-1]
+    assert tool.main([TINY_CONFIG, "--policy", "tiny"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
