@@ -13,6 +13,9 @@ model = dict(
     # the random-initialised policy's e_conc barely differs between targets and the mask ignores
     # the instruction (docs/benchmarks.md, calibrations 5-8)
     rl=dict(kl_coef=0.02, answer_coef=1.0),
+    # trained from scratch, the tiny policy's vision tower collapses to an image-independent
+    # output within ~200 warm-up steps; frozen, the language model learns to read it
+    policy=dict(freeze_vision_tower=True),
     # a 64-wide random encoder keeps the 48 values of a 4x4 RGB patch (32 channels cannot)
     vision_backbone=dict(embed_dim=64, out_chans=64),
     # the frozen SAM encoder is most of a CPU step: its features are cached on first use

@@ -139,6 +139,11 @@ class Qwen25VLPolicy(BasePolicy):
             dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])``: the base
             weights are frozen, only the adapters train, the GRPO reference is the base model
             (adapters disabled, no second copy) and checkpoints hold only trainable weights.
+        freeze_vision_tower: keep the policy's own vision tower (``model.model.visual``, patch
+            embedding to merger) fixed: its parameters get no gradient and no optimiser state.
+            A random-initialised tiny tower trained from scratch collapses to an
+            image-independent output within a few hundred warm-up steps (docs/benchmarks.md);
+            frozen, it stays a fixed random feature extractor the language model learns to read.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class Qwen25VLPolicy(BasePolicy):
         max_new_tokens: int = 256,
         stop_at_special_token: bool = False,
         lora: dict | None = None,
+        freeze_vision_tower: bool = False,
     ) -> None:
         super().__init__()
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -211,6 +217,9 @@ class Qwen25VLPolicy(BasePolicy):
             self.model.gradient_checkpointing_enable()
         if lora is not None:
             self._add_lora(lora)
+        self.freeze_vision_tower = freeze_vision_tower
+        if freeze_vision_tower:
+            self.model.model.visual.requires_grad_(False)
         self.model.eval()
 
     def _add_lora(self, lora: dict) -> None:

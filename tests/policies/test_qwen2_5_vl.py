@@ -160,3 +160,28 @@ def test_encoded_prompts_are_reused_by_content(tiny_policy, monkeypatch):
     changed.putpixel((0, 0), (255, 0, 0))
     tiny_policy.encode_prompts([imgs[0], changed], ins)
     assert calls == [1]
+
+
+def test_freeze_vision_tower_keeps_the_tower_out_of_training(tiny_qwen_dir):
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                            max_new_tokens=8, freeze_vision_tower=True)
+    visual = policy.model.model.visual
+    assert not any(p.requires_grad for p in visual.parameters())
+    assert all(p.requires_grad for p in policy.model.model.language_model.parameters())
+    before = {k: v.clone() for k, v in visual.state_dict().items()}
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8))
+    rollout = Rollout(text="<think>a</think><REF_POS>",
+                      token_ids=policy.tokenizer.encode("<think>a</think><REF_POS>",
+                                                        add_special_tokens=False))
+    fwd = policy.forward_responses([image], ["find it"], [rollout])
+    logp, mask = policy.response_logprobs(fwd)
+    (-(logp * mask).sum()).backward()
+    assert all(p.grad is None for p in visual.parameters())
+    opt.step()
+    for k, v in visual.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    # the default trains the tower
+    default = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112)
+    assert all(p.requires_grad for p in default.model.model.visual.parameters())
