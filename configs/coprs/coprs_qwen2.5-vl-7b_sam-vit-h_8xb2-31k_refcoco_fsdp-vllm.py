@@ -20,11 +20,13 @@ train_cfg = dict(rollout_engine=dict(
     max_num_seqs=64, max_num_batched_tokens=17408, enable_chunked_prefill=True,
     temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=2000))
 runner_type = 'FlexibleRunner'
-# one FSDP unit per transformer block (coprs.engine.fsdp); full-state-dict checkpoints (one
-# file with plain names, written by rank 0) that `coprs test` and `export-hf` load
+# one FSDP unit per transformer block (coprs.engine.fsdp); gradient clipping by the norm over
+# all shards and non-finite steps skipped on every rank (CoprsFullyShardedDataParallel);
+# full-state-dict checkpoints (one file with plain names, written by rank 0)
 strategy = dict(
     type='FSDPStrategy',
-    model_wrapper=dict(auto_wrap_policy=dict(type='coprs.engine.fsdp.wrap_layers')),
+    model_wrapper=dict(type='coprs.CoprsFullyShardedDataParallel',
+                       auto_wrap_policy=dict(type='coprs.engine.fsdp.wrap_layers')),
     state_dict_cfg=dict(
         state_dict_type='FULL_STATE_DICT',
         state_dict_config=dict(type='FullStateDictConfig', offload_to_cpu=True,

@@ -10,11 +10,12 @@ from .hooks import (
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
 from .test_loop import REASONING_MODES, ReasonSegTestLoop
-from .wrappers import CoprsDistributedDataParallel
+from .wrappers import CoprsDistributedDataParallel, CoprsFullyShardedDataParallel
 
 __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "TrainTimeBudgetHook",
-    "CoprsDistributedDataParallel", "GroupedOptimWrapperConstructor",
+    "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel",
+    "GroupedOptimWrapperConstructor",
 ]

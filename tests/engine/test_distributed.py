@@ -52,7 +52,8 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo(tmp_path):
     cfg.runner_type = "FlexibleRunner"
     cfg.strategy = dict(
         type="FSDPStrategy",
-        model_wrapper=dict(auto_wrap_policy=dict(type="coprs.engine.fsdp.wrap_layers"),
+        model_wrapper=dict(type="coprs.CoprsFullyShardedDataParallel",
+                           auto_wrap_policy=dict(type="coprs.engine.fsdp.wrap_layers"),
                            device_id="cpu"),
         state_dict_cfg=dict(
             state_dict_type="FULL_STATE_DICT",
@@ -94,3 +95,30 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo(tmp_path):
     assert sum(not torch.equal(fresh[k], loaded[k]) for k in fresh) > 0
     trained = [k for k in final["state_dict"] if k.startswith("policy.model.model.language")]
     assert any(not torch.equal(warm["state_dict"][k], final["state_dict"][k]) for k in trained)
+
+
+def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_together(tmp_path):
+    """Two ranks with the same data and sharded parameters must take the step a single process
+    takes: the gradient clipped by the norm over all shards (mmengine's default clips each
+    rank's shards by their own norm). A NaN loss on one rank skips the step on both."""
+    import importlib.util
+
+    worker = Path(__file__).with_name("fsdp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29535", str(worker), str(tmp_path), "0.05"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    got = torch.load(tmp_path / "fsdp_toy.pt", weights_only=True)
+    assert got["nonfinite"] == [0.0, 1.0]  # rank 1's NaN: both ranks logged a skipped step
+
+    spec = importlib.util.spec_from_file_location("fsdp_worker", worker)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    single = toy.Toy()
+    before = {k: v.clone() for k, v in single.state_dict().items()}
+    single.train_step(toy.batch(1.0), optim_wrapper=toy.OptimWrapper(
+        torch.optim.SGD(single.parameters(), lr=1.0), clip_grad=dict(max_norm=0.05)))
+    for k, v in single.state_dict().items():
+        assert not torch.equal(v, before[k])  # the clipped step moved every tensor
+        torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
