@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -505,10 +506,10 @@ class Qwen25VLPolicy(BasePolicy):
         out = base(
             input_ids=input_ids,
             attention_mask=attention,
-            pixel_values=prompt["pixel_values"],
             image_grid_thw=prompt["image_grid_thw"],
             mm_token_type_ids=(input_ids == self.image_token_id).long(),
             use_cache=False,
+            **self._image_inputs(base, images, prompt),
         )
         return ResponseForward(
             last_hidden=out.last_hidden_state,  # B x W x D (after the final norm)
@@ -518,6 +519,25 @@ class Qwen25VLPolicy(BasePolicy):
             token_ids=[list(r.token_ids) for r in rollouts],
             lm_head=model.lm_head if hasattr(model, "lm_head") else self.model.lm_head,
         )
+
+    @staticmethod
+    def _image_inputs(base, images, prompt) -> dict:
+        """The images of a forward: ``pixel_values``, or — when rows share an image object (a
+        GRPO group's G copies) — the vision tower's output computed once per distinct image and
+        repeated (``mm_encoder_outputs``; gradients reach the tower through every copy)."""
+        rows = [id(im) for im in images]
+        distinct = list(dict.fromkeys(rows))
+        if (len(distinct) == len(rows)
+                or "mm_encoder_outputs" not in inspect.signature(base.forward).parameters):
+            return {"pixel_values": prompt["pixel_values"]}
+        grid = prompt["image_grid_thw"]
+        pixels = torch.split(prompt["pixel_values"], grid.prod(-1).tolist())
+        first = [rows.index(k) for k in distinct]
+        encoded = base.get_image_features(torch.cat([pixels[i] for i in first]), grid[first],
+                                          return_dict=True)
+        per_image = encoded.pooler_output
+        encoded.pooler_output = tuple(per_image[distinct.index(k)] for k in rows)
+        return {"mm_encoder_outputs": {"image": encoded}}
 
     def response_logprobs(self, fwd: ResponseForward) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of each rollout's own tokens under the forwarded model.

@@ -185,3 +185,40 @@ def test_freeze_vision_tower_keeps_the_tower_out_of_training(tiny_qwen_dir):
     # the default trains the tower
     default = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112)
     assert all(p.requires_grad for p in default.model.model.visual.parameters())
+
+
+def test_shared_images_are_encoded_once_with_the_same_result_and_gradient(tiny_qwen_dir,
+                                                                         monkeypatch):
+    """A GRPO group's G rows share one image object: the vision tower runs once per distinct
+    image, and log-probs, hidden states and vision-tower gradients equal those of G copies."""
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112)
+    rng = np.random.default_rng(0)
+    a, b = (Image.fromarray(rng.integers(0, 255, (112, 112, 3), np.uint8)) for _ in range(2))
+    texts = ["<think>x</think><REF_POS>", "<think>y y</think><REF_POS>", "<think>z</think>"]
+    rollouts = [Rollout(text=t, token_ids=policy.tokenizer.encode(t, add_special_tokens=False))
+                for t in texts * 2]
+    instructions = ["find it"] * 6
+    calls = []
+    visual = policy.model.model.visual
+    original = visual.forward
+    monkeypatch.setattr(visual, "forward",
+                        lambda *args, **kw: calls.append(kw["grid_thw"].shape[0])
+                        or original(*args, **kw))
+
+    def run(images):
+        policy.model.zero_grad()
+        fwd = policy.forward_responses(images, instructions, rollouts)
+        logp, mask = policy.response_logprobs(fwd)
+        (-(logp * mask).sum()).backward()
+        grads = [p.grad.clone() for p in visual.parameters()]
+        return logp.detach(), fwd.last_hidden.detach(), grads
+
+    shared = run([a, a, a, b, b, b])
+    assert calls == [2]  # two distinct images, encoded once
+    copies = run([a.copy(), a.copy(), a.copy(), b.copy(), b.copy(), b.copy()])
+    assert calls == [2, 6]
+    for x, y in zip(shared[:2], copies[:2]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    for x, y in zip(shared[2], copies[2]):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    assert any(float(g.abs().sum()) > 0 for g in shared[2])

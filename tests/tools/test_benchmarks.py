@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "tools" / "benchmarks"
 EXPECTED = {
     "rollout": {"speedup", "same_tokens", "seconds", "image_tokens", "new_tokens"},
     "train_step": {"coprs_over_policy_only_flops", "tflops", "overhead_fraction",
-                   "phase_seconds"},
+                   "phase_seconds", "coprs_vision_per_row_over_per_group"},
     "feature_cache": {"speedup", "seconds", "cached_files", "feature_grid"},
     "eval_throughput": {"speedup", "same_predictions", "samples_per_second"},
 }

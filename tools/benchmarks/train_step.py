@@ -7,7 +7,9 @@ G = 8 rollouts of 256 tokens for one prompt with 900 image tokens. Phases as the
 runs them: rollout (vision tower once, shared prefill, 256 decoding steps for 8 rows), reward
 (CoPRS: prior + decoder without gradients on the hidden states the rollout engine kept;
 policy-only: a text rule, no FLOPs), reference (no-grad forward of the 8 sequences), actor
-(forward + backward; CoPRS adds prior + decoder + L_SEG on the same forward, one backward).
+(forward + backward; CoPRS adds prior + decoder + L_SEG on the same forward, one backward). The
+8 sequences of a group share one image, which the vision tower encodes once in every phase
+(``coprs_vision_per_row_over_per_group``: the step if it ran once per sequence).
 FLOPs are affine in the number of layers of each kind, so the model is built with 1–2 text layers
 and 1–2 vision blocks of each kind (window / full attention) and the counts are extrapolated to
 36 text layers and 28 + 4 vision blocks; decoding FLOPs are affine in the cache length, so two
@@ -159,15 +161,18 @@ def _phase_flops(model_cfg: dict, g: int, image_tokens: int, text_tokens: int,
         steps = resp_tokens * (_count(lambda: decode_step(first)) +
                                _count(lambda: decode_step(last))) // 2
         rollout_flops = v_fwd + _count(prefill) + steps  # the image is encoded once
-        reference = g * v_fwd + _count(lambda: policy_forward(g, False))  # g copies of it
+        # the g rows of a group share their image: the vision tower runs once for them
+        reference = v_fwd + _count(lambda: policy_forward(g, False))
     v_train = _count(lambda: vision(True))
     return {
         "rollout": rollout_flops,
         "reward_coprs": _count(reward),
         "reward_readout_forward": reference,  # the policy forward the reward used to need
         "reference": reference,
-        "actor_policy_only": g * v_train + _count(lambda: actor(False)),
-        "actor_coprs": g * v_train + _count(lambda: actor(True)),
+        "actor_policy_only": v_train + _count(lambda: actor(False)),
+        "actor_coprs": v_train + _count(lambda: actor(True)),
+        # what encoding the image once per row (g times) added to reference + actor
+        "vision_per_row_extra": (g - 1) * (v_fwd + v_train),
     }
 
 
@@ -236,6 +241,8 @@ def count_step_flops(g: int = 8, image_tokens: int = 900, text_tokens: int = 70,
             (f["reward_coprs"] + f["reference"] + f["actor_coprs"])
             / (f["reference"] + f["actor_policy_only"])),
         coprs_over_policy_only_flops_with_readout_forward=before / policy_only,
+        # the CoPRS step if reference and actor encoded the image once per row, not per group
+        coprs_vision_per_row_over_per_group=(coprs + f["vision_per_row_extra"]) / coprs,
     )
 
 
@@ -333,8 +340,9 @@ def _measure(work: Path, iters: int, warmup: int, group: int, batch: int,
 
     clock = _ComputeClock()
     policy = model.policy.model
-    for m in (policy.model, policy.lm_head, model.vision_backbone, model.prior, model.decoder,
-              model.seg_loss):
+    # the vision tower too: shared images are encoded before the language model's forward
+    for m in (policy.model, policy.model.visual, policy.lm_head, model.vision_backbone,
+              model.prior, model.decoder, model.seg_loss):
         clock.watch(m)
     patched = [(hf_engine, "sample_with_cache")] + [
         (grpo, n) for n in ("policy_loss", "kl_penalty", "agg_loss")]
