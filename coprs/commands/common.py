@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 __all__ = [
-    "UsageError", "add_cfg_options", "config_path", "config_stem", "load_config",
-    "resolve_checkpoint",
+    "UsageError", "add_cfg_options", "config_path", "config_stem", "exit_on_usage_error",
+    "load_config", "resolve_checkpoint",
 ]
 
 
 class UsageError(Exception):
     """A mistake in what the user passed; reported as one line, exit code 2."""
+
+
+def exit_on_usage_error(main):
+    """Decorate a standalone tool's ``main(argv)``: a :class:`UsageError` prints
+    ``error: …`` to stderr and returns 2, as the ``coprs`` subcommands do."""
+
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapped
 
 
 def add_cfg_options(p) -> None:

@@ -54,8 +54,7 @@ class CoprsFullyShardedDataParallel(MMFullyShardedDataParallel):
         self._use_global_grad_norm(optim_wrapper)
         with optim_wrapper.optim_context(self):
             data = self.module.data_preprocessor(data, training=True)
-            losses = self(**data, mode="loss") if isinstance(data, dict) else self(*data,
-                                                                                  mode="loss")
+            losses = self._run_forward(data, mode="loss")
         parsed, log_vars = self.module.parse_losses(losses)
         return apply_update(parsed, log_vars, optim_wrapper)
 

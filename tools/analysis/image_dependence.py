@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from coprs.commands.common import UsageError, exit_on_usage_error, resolve_checkpoint
+
 EXAMPLE = """example:
   python tools/analysis/image_dependence.py configs/coprs/coprs_tiny_shapes_cpu.py \\
       work_dirs/coprs_tiny_shapes_cpu --num-samples 32
@@ -40,25 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.num_samples < 2:
-        print("error: --num-samples must be at least 2 (the shifted pairing needs two)",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--num-samples must be at least 2 (the shifted pairing needs two)")
     import torch
     from PIL import Image
 
     from coprs.apis.inference import init_segmentor
-    from coprs.commands.common import UsageError, resolve_checkpoint
     from coprs.datasets.shapes import ShapesReasonDataset
 
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    model = init_segmentor(args.config, checkpoint)
+    model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint))
     policy = model.policy
     data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples,
                                image_size=model.vision_backbone.img_size)

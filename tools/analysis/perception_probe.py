@@ -28,6 +28,8 @@ import json
 import re
 import sys
 
+from coprs.commands.common import UsageError, exit_on_usage_error
+
 EXAMPLE = """example:
   python tools/analysis/perception_probe.py configs/coprs/coprs_tiny_shapes_cpu.py \\
       --iters 1500 --eval-every 250 --vision-lr 0
@@ -60,7 +62,7 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--policy '{pair}' is not KEY=VALUE")
+            raise UsageError(f"--policy '{pair}' is not KEY=VALUE")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -68,17 +70,12 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+@exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.eval_scenes < 2 or args.iters < 1 or args.eval_every < 1:
-        print("error: --eval-scenes must be at least 2, --iters and --eval-every at least 1",
-              file=sys.stderr)
-        return 2
-    try:
-        overrides = _overrides(args.policy)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError("--eval-scenes must be at least 2, --iters and --eval-every at least 1")
+    overrides = _overrides(args.policy)
     import numpy as np
     import torch
     from mmengine.config import Config

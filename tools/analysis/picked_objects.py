@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from coprs.commands.common import exit_on_usage_error, resolve_checkpoint
+
 EXAMPLE = """example:
   python tools/analysis/picked_objects.py configs/coprs/coprs_tiny_shapes_cpu.py \\
       work_dirs/coprs_tiny_shapes_cpu --reasoning gold --num-samples 96
@@ -60,18 +62,13 @@ def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> 
             else "same_shape" if shape else "other")
 
 
+@exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from coprs.apis.inference import init_segmentor
-    from coprs.commands.common import UsageError, resolve_checkpoint
     from coprs.datasets.shapes import ShapesReasonDataset
 
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    model = init_segmentor(args.config, checkpoint)
+    model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint))
     size = model.vision_backbone.img_size
     data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples, image_size=size)
     counts = dict.fromkeys(CLASSES, 0)
