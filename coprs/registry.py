@@ -28,6 +28,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPP
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
@@ -37,7 +38,7 @@ __all__ = [
     "POLICIES", "VISION_BACKBONES", "PRIORS", "DECODERS", "REWARDS", "ROLLOUT_ENGINES",
     "MODELS", "DATASETS", "DATA_SAMPLERS", "FUNCTIONS", "TRANSFORMS", "METRICS", "EVALUATOR", "LOOPS", "HOOKS",
     "LOG_PROCESSORS", "MODEL_WRAPPERS", "OPTIMIZERS", "OPTIM_WRAPPERS",
-    "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS", "VISBACKENDS", "VISUALIZERS",
+    "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS", "STRATEGIES", "VISBACKENDS", "VISUALIZERS",
     "COMPONENT_REGISTRIES", "ALL_REGISTRIES",
 ]
 
@@ -115,6 +116,8 @@ HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["coprs.engine"])
 LOG_PROCESSORS = Registry("log processor", parent=MMENGINE_LOG_PROCESSORS, locations=["coprs.engine"])
 # model wrappers (DDP / FSDP variants)
 MODEL_WRAPPERS = Registry("model_wrapper", parent=MMENGINE_MODEL_WRAPPERS, locations=["coprs.engine"])
+# FlexibleRunner strategies (FSDP)
+STRATEGIES = Registry("strategy", parent=MMENGINE_STRATEGIES, locations=["coprs.engine"])
 # optimisers
 OPTIMIZERS = Registry("optimizer", parent=MMENGINE_OPTIMIZERS, locations=["coprs.engine"])
 # optimiser wrappers
@@ -160,6 +163,7 @@ ALL_REGISTRIES = {
     "optim_wrappers": OPTIM_WRAPPERS,
     "optim_wrapper_constructors": OPTIM_WRAPPER_CONSTRUCTORS,
     "param_schedulers": PARAM_SCHEDULERS,
+    "strategies": STRATEGIES,
     "vis_backends": VISBACKENDS,
     "visualizers": VISUALIZERS,
 }

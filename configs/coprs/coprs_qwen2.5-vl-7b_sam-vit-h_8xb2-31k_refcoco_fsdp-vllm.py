@@ -22,9 +22,10 @@ train_cfg = dict(rollout_engine=dict(
 runner_type = 'FlexibleRunner'
 # one FSDP unit per transformer block (coprs.engine.fsdp); gradient clipping by the norm over
 # all shards and non-finite steps skipped on every rank (CoprsFullyShardedDataParallel);
-# full-state-dict checkpoints (one file with plain names, written by rank 0)
+# full-state-dict checkpoints (one file with plain names, written by rank 0) that resume with
+# their optimiser state (CoprsFSDPStrategy: mmengine's FSDPStrategy with the resume fixed)
 strategy = dict(
-    type='FSDPStrategy',
+    type='coprs.CoprsFSDPStrategy',
     model_wrapper=dict(type='coprs.CoprsFullyShardedDataParallel',
                        auto_wrap_policy=dict(type='coprs.engine.fsdp.wrap_layers')),
     state_dict_cfg=dict(

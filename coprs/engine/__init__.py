@@ -1,4 +1,5 @@
-"""Training/evaluation loops, hooks and wrappers (LOOPS / HOOKS / MODEL_WRAPPERS registries)."""
+"""Training/evaluation loops, hooks, wrappers and the FSDP strategy (LOOPS / HOOKS /
+MODEL_WRAPPERS / STRATEGIES registries)."""
 
 from .hooks import (
     AtomicCheckpointHook,
@@ -10,12 +11,12 @@ from .hooks import (
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
 from .test_loop import REASONING_MODES, ReasonSegTestLoop
-from .wrappers import CoprsDistributedDataParallel, CoprsFullyShardedDataParallel
+from .wrappers import CoprsDistributedDataParallel, CoprsFSDPStrategy, CoprsFullyShardedDataParallel
 
 __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "TrainTimeBudgetHook",
-    "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel",
+    "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",
     "GroupedOptimWrapperConstructor",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_rank, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
@@ -16,10 +16,15 @@ from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
 from ..utils import repeat_each
 from .fsdp import full_params, plain_copy
 
-__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS"]
+__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "rollout_seed"]
 
 #: the kinds of training stage a loop can chain
 STAGE_KINDS = ("sft", "grpo")
+
+
+def rollout_seed(seed: int, rank: int, iteration: int) -> int:
+    """The seed of the rollouts sampled on ``rank`` at ``iteration`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(1)[0])
 
 
 @LOOPS.register_module()
@@ -38,6 +43,11 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     The reference policy is the policy as it is when the first GRPO stage starts (after the
     warm-up, if any). It is snapshotted to ``<work_dir>/reference_policy.pth`` so a resumed run
     uses the same one. With LoRA adapters it is the base model (adapters disabled), not a copy.
+
+    Rollouts are sampled from a random stream of their own, seeded by (the runner's seed, the
+    rank, the iteration) and forked from the global one (:func:`rollout_seed`): a run resumed
+    from a checkpoint samples the same rollouts as the uninterrupted run on every rank, although
+    a checkpoint holds only rank 0's random state.
 
     Args:
         runner: the Runner.
@@ -162,7 +172,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 self._reference_model(model)
         with full_params(self.runner.model):
             t0 = time.perf_counter()
-            groups = self.rollout_engine.generate(model.policy, pil, instructions, g)
+            groups = self._sample_rollouts(model.policy, pil, instructions, g)
             rollouts = [r for grp in groups for r in grp]
             timings["rollout"] = time.perf_counter() - t0
 
@@ -196,6 +206,13 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         extra["rollout/distinct_frac"] = float(np.mean(  # distinct responses per group / G
             [len({tuple(r.token_ids) for r in grp}) / g for grp in groups]))
         return extra
+
+    def _sample_rollouts(self, policy, pil, instructions, g) -> list[list]:
+        """G rollouts per prompt, from the random stream of (seed, rank, iteration)."""
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(rollout_seed(self.runner.seed or 0, get_rank(), self._iter))
+            return self.rollout_engine.generate(policy, pil, instructions, g)
 
     # --------------------------------------------------------------- reference
     def reference_path(self) -> Path:

@@ -1,6 +1,7 @@
 """Two processes with the gloo backend on CPU train a few iterations; ranks end identical."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,15 +44,16 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
     assert changed > 0  # training moved the weights, identically on both ranks
 
 
-def test_fsdp_two_gloo_ranks_warm_up_then_grpo(tmp_path):
-    """FlexibleRunner + FSDPStrategy (each transformer block its own unit, 2 CPU ranks):
-    warm-up, then GRPO with rollouts, mask rewards and a reference policy made from the
-    gathered weights; the checkpoint is one full state dict with plain names."""
+def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
+    """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
+    GRPO with rollouts, mask rewards and a reference policy made from the gathered weights; the
+    checkpoint is one full state dict with plain names, and a run resumed from it mid-GRPO
+    ends with the uninterrupted run's parameters."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.runner_type = "FlexibleRunner"
     cfg.strategy = dict(
-        type="FSDPStrategy",
+        type="coprs.CoprsFSDPStrategy",
         model_wrapper=dict(type="coprs.CoprsFullyShardedDataParallel",
                            auto_wrap_policy=dict(type="coprs.engine.fsdp.wrap_layers"),
                            device_id="cpu"),
@@ -64,17 +66,23 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo(tmp_path):
     cfg.dump(str(tmp_path / "cfg.py"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     train = Path(__file__).parents[2] / "tools" / "train.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", str(train), str(tmp_path / "cfg.py"),
-           "--work-dir", str(tmp_path / "w"), "--launcher", "pytorch", "--cfg-options",
-           "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
-           "train_dataloader.batch_size=2", "train_cfg.group_size=2",
-           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=2",
-           "default_hooks.logger.interval=1", f"model.feature_cache.root={tmp_path / 'cache'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
-    errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
-    assert proc.returncode == 0, "\n".join(errors[-20:])
+
+    def torchrun(work_dir, *extra, port):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={port}", str(train), str(tmp_path / "cfg.py"),
+               "--work-dir", str(work_dir), "--launcher", "pytorch", *extra, "--cfg-options",
+               "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
+               "train_dataloader.batch_size=2", "train_cfg.group_size=2",
+               "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
+               "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
+               f"model.feature_cache.root={tmp_path / 'cache'}"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        (work_dir.parent / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)
+        errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
+        assert proc.returncode == 0, "\n".join(errors[-20:])
+        return proc
+
+    proc = torchrun(tmp_path / "w", port=29533)
     assert "reward/mask" in proc.stdout  # GRPO iterations ran and logged their rewards
 
     from coprs.apis import init_segmentor, load_checkpoint
@@ -95,6 +103,17 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo(tmp_path):
     assert sum(not torch.equal(fresh[k], loaded[k]) for k in fresh) > 0
     trained = [k for k in final["state_dict"] if k.startswith("policy.model.model.language")]
     assert any(not torch.equal(warm["state_dict"][k], final["state_dict"][k]) for k in trained)
+
+    # resumed after the first GRPO iteration (optimiser state, scheduler, random state and the
+    # reference snapshot from the checkpoint's run), it ends where the uninterrupted run did
+    (tmp_path / "r").mkdir()
+    for name in ("iter_3.pth", "reference_policy.pth"):
+        shutil.copy(tmp_path / "w" / name, tmp_path / "r" / name)
+    torchrun(tmp_path / "r", "--resume", str(tmp_path / "r" / "iter_3.pth"), port=29535)
+    resumed = torch.load(tmp_path / "r" / "iter_4.pth", map_location="cpu", weights_only=True)
+    assert resumed["state_dict"].keys() == final["state_dict"].keys()
+    for k, v in final["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=k)
 
 
 def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_together(tmp_path):

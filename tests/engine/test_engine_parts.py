@@ -89,6 +89,36 @@ def test_loop_fails_after_too_many_nonfinite_steps():
         loop._check_nonfinite({"nonfinite_step": 1.0})
 
 
+def test_rollouts_come_from_the_stream_of_seed_rank_and_iteration(monkeypatch):
+    """A resumed run (whose ranks > 0 did not save their random state) samples the rollouts
+    of the uninterrupted run; the global stream is left as it was."""
+    from coprs.engine import loops
+
+    class Engine:
+        def generate(self, policy, images, instructions, g):
+            return torch.rand(len(images), g)
+
+    loop = loops.ReasoningSegTrainLoop.__new__(loops.ReasoningSegTrainLoop)
+    loop._runner, loop.rollout_engine, loop._iter = types.SimpleNamespace(seed=7), Engine(), 3
+    sample = lambda: loop._sample_rollouts(None, [None, None], ["a", "b"], 4)  # noqa: E731
+    torch.manual_seed(0)
+    first = sample()
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    torch.rand(5)  # the global stream elsewhere: the rollouts do not change
+    torch.testing.assert_close(sample(), first, rtol=0, atol=0)
+    torch.manual_seed(0)
+    sample()
+    assert torch.equal(torch.rand(1), after)  # nor does sampling move the global stream
+    loop._iter = 4
+    assert not torch.equal(sample(), first)
+    loop._iter = 3
+    monkeypatch.setattr(loops, "get_rank", lambda: 1)
+    assert not torch.equal(sample(), first)
+    assert len({loops.rollout_seed(s, r, i) for s in (0, 1) for r in range(8)
+                for i in range(100)}) == 1600
+
+
 def test_training_writes_the_last_checkpoint_pointer_atomically(tmp_path, monkeypatch):
     """The pointer goes through the atomic writer (mmengine's own hook writes it in place)."""
     import coprs.engine.hooks as hooks
