@@ -192,6 +192,11 @@ def test_prior_probe_reports_heatmap_iou(capsys):
     assert [h["iter"] for h in out["history"]] == [2, 3]
     assert 0.0 <= out["final_heatmap_iou"] <= 1.0 and 0.0 < out["target_fraction"] < 0.2
     assert out["keys"] == "backbone" and out["prior_dice"] == 1.0
+    # a trainable conv stem over the pixels instead of the frozen features
+    assert probe.main([cfg, "--keys", "stem", "--iters", "2", "--train-scenes", "8",
+                       "--test-scenes", "4", "--batch-size", "4", "--eval-every", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["keys"] == "stem" and [h["iter"] for h in out["history"]] == [2]
 
 
 TINY_CONFIG = str(TOOLS.parents[1] / "configs/coprs/coprs_tiny_shapes_cpu.py")

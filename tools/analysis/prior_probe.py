@@ -5,8 +5,10 @@ answer's last clause ("the purple triangle in the centre"), averaged. Only the p
 (``model.prior``, e.g. ``HeatmapPrior`` with its ``key_convs``/``coord_channels``) and that
 embedding are trained, on the synthetic world, with BCE on the prior (+ an optional Dice term,
 ``--prior-dice``); the keys are the config's frozen backbone features or, with ``--keys pixels``,
-the image average-pooled to the backbone's grid. It prints one JSON object with the held-out
-heatmap IoU (prior logits > 0 vs the target) every ``--eval-every`` iterations.
+the image average-pooled to the backbone's grid, or, with ``--keys stem``, a trainable
+convolution over the pixels with the grid's stride (64 channels, GELU), trained with the prior.
+It prints one JSON object with the held-out heatmap IoU (prior logits > 0 vs the target) every
+``--eval-every`` iterations.
 
 This separates "the prior cannot learn the task from these keys and this loss" from "the policy's
 ``e_conc`` does not carry the target" when the main job's masks ignore the instruction
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 EXAMPLE = """example:
   python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --iters 600
   python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --keys pixels --prior-dice 0
+  python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --keys stem --iters 900
 """
 
 
@@ -39,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a config whose model.prior and model.vision_backbone "
                                        "are probed (its policy is not built)")
-    parser.add_argument("--keys", choices=("backbone", "pixels"), default="backbone",
-                        help="frozen backbone features, or the image pooled to the same grid")
+    parser.add_argument("--keys", choices=("backbone", "pixels", "stem"), default="backbone",
+                        help="frozen backbone features, the image pooled to the same grid, or "
+                             "a trainable conv stem over the image")
     parser.add_argument("--prior-dice", type=float, default=1.0,
                         help="weight of a Dice term next to the prior's BCE (0: BCE only)")
     parser.add_argument("--iters", type=int, default=600)
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.fromfile(args.config).model
     backbone = VISION_BACKBONES.build(cfg.vision_backbone).eval()
     world = ShapesWorld()
+    stride = backbone.img_size // backbone.grid_size
 
     def load(split: str, n: int):
         scenes = [world.sample(sample_seed(split, i)) for i in range(n)]
@@ -82,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, n, 64):  # in chunks: a global-attention block over n images is big
             x, _ = backbone.preprocess([s.image for s in scenes[i:i + 64]])
             with torch.no_grad():
-                keys.append(backbone(x) if args.keys == "backbone" else F.avg_pool2d(
-                    x, backbone.img_size // backbone.grid_size))
+                if args.keys == "backbone":
+                    keys.append(backbone(x))
+                elif args.keys == "pixels":
+                    keys.append(F.avg_pool2d(x, stride))
+                else:  # the stem sees the pixels
+                    keys.append(x)
         keys = torch.cat(keys)
         gt = ResizePadVision(backbone.img_size)
         gt = np.stack([gt(dict(img=s.image, gt_mask=s.gt_mask))["vision_gt_mask"] for s in scenes])
@@ -98,14 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             vocab.setdefault(w, len(vocab))
     query_dim = 128
     emb = nn.Embedding(len(vocab), query_dim)
-    prior = PRIORS.build(cfg.prior, default_args=dict(query_dim=query_dim,
-                                                      key_in_dim=k_tr.shape[1]))
-    opt = torch.optim.AdamW([*prior.parameters(), *emb.parameters()], lr=args.lr)
+    stem = nn.Identity()
+    if args.keys == "stem":
+        stem = nn.Sequential(nn.Conv2d(3, 64, stride, stride=stride), nn.GELU())
+    prior = PRIORS.build(cfg.prior, default_args=dict(
+        query_dim=query_dim, key_in_dim=64 if args.keys == "stem" else k_tr.shape[1]))
+    opt = torch.optim.AdamW([*prior.parameters(), *emb.parameters(), *stem.parameters()],
+                            lr=args.lr)
 
     def forward(keys, words):
         q = torch.stack([emb(torch.tensor([vocab[w] for w in ws])).mean(0) for ws in words])
         return prior(PolicyOutput(hidden=q, responses=[""] * len(words),
-                                  has_token=[True] * len(words)), keys).dense[:, 0]
+                                  has_token=[True] * len(words)), stem(keys)).dense[:, 0]
 
     def fit(logits, gt):
         return F.interpolate(gt[:, None], size=logits.shape[-2:], mode="nearest-exact")[:, 0]
