@@ -15,7 +15,8 @@ model = dict(
                 gradient_checkpointing=True),
     feature_cache=dict(root='data/feature_cache', dtype='float16'),
 )
-train_cfg = dict(rollout_engine=dict(
+# the reference policy's copy in bf16: 16.5 GB per rank for 7B instead of 33 GB in fp32
+train_cfg = dict(reference_dtype='bfloat16', rollout_engine=dict(
     _delete_=True, type='VLLMRolloutEngine', tensor_parallel_size=4, gpu_memory_utilization=0.4,
     max_num_seqs=64, max_num_batched_tokens=17408, enable_chunked_prefill=True,
     temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=2000))

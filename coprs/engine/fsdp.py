@@ -79,24 +79,30 @@ def plain_state(module: nn.Module, buffers: bool = True) -> dict[str, torch.Tens
     return {clean_tensor_name(k): v for k, v in items}
 
 
-def plain_copy(module: nn.Module) -> nn.Module:
+def plain_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A frozen copy of ``module`` with its current weights and no FSDP units.
 
     Without FSDP this is ``copy.deepcopy``. With FSDP (call inside :func:`full_params`), the
     module's class is rebuilt from its ``config`` on the meta device (a Hugging Face model),
-    materialised and filled with the gathered weights.
+    materialised and filled with the gathered weights. ``dtype`` (default: the module's) is the
+    dtype of the copy's floating-point parameters; buffers (e.g. rotary frequencies) keep theirs.
     """
     import copy
 
     if not is_fsdp(module):
-        return copy.deepcopy(module).eval().requires_grad_(False)
+        copy_ = copy.deepcopy(module)
+        if dtype is not None:
+            for p in copy_.parameters():
+                if p.is_floating_point():
+                    p.data = p.data.to(dtype)
+        return copy_.eval().requires_grad_(False)
     config = getattr(module, "config", None)
     if config is None or not hasattr(type(module), "_from_config"):
         raise TypeError(f"plain_copy of an FSDP-wrapped {type(module).__name__} needs a "
                         "Hugging Face model (a class with _from_config and a config)")
     state = plain_state(module)
     device = next(iter(state.values())).device
-    dtype = next(module.parameters()).dtype
+    dtype = dtype or next(module.parameters()).dtype
     with torch.device("meta"):
         copy_ = type(module)._from_config(config, dtype=dtype)
     copy_ = copy_.to_empty(device=device)

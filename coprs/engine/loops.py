@@ -61,13 +61,25 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         response_key: data_sample key with the gold response for ``sft`` stages.
         max_nonfinite_steps: raise after this many non-finite losses in a row (each one is
             skipped and logged).
+        reference_dtype: dtype of the reference policy's weights, e.g. ``'bfloat16'`` (half the
+            memory of an fp32 copy; its log-probs are computed in bf16 under autocast anyway);
+            default: the policy's dtype.
         val_begin, val_interval: as ``IterBasedTrainLoop``.
     """
 
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
+                 reference_dtype: str | None = None,
                  val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
+        self.reference_dtype = None
+        if reference_dtype is not None:
+            self.reference_dtype = getattr(torch, str(reference_dtype), None)
+            if not (isinstance(self.reference_dtype, torch.dtype)
+                    and self.reference_dtype.is_floating_point):
+                raise ValueError(f"train_cfg.reference_dtype={reference_dtype!r} is not a "
+                                 "floating-point torch dtype; use e.g. 'bfloat16', 'float16' or "
+                                 "'float32', or leave it unset for the policy's dtype")
         stages = [dict(s) for s in stages]
         for s in stages:
             if s.get("kind") not in STAGE_KINDS or int(s.get("iters", 0)) <= 0:
@@ -226,7 +238,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         if getattr(policy, "uses_adapters", False):
             self._reference = "adapters-disabled"
             return self._reference
-        ref = plain_copy(policy.model)  # under FSDP: rebuilt from the gathered weights
+        # under FSDP: rebuilt from the gathered weights
+        ref = plain_copy(policy.model, dtype=self.reference_dtype)
         path = self.reference_path()
         if self._iter > self.grpo_start():  # resumed mid-GRPO: the snapshot taken at its start
             if not path.is_file():

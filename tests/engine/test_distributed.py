@@ -46,9 +46,9 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
 
 def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
     """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
-    GRPO with rollouts, mask rewards and a reference policy made from the gathered weights; the
-    checkpoint is one full state dict with plain names, and a run resumed from it mid-GRPO
-    ends with the uninterrupted run's parameters."""
+    GRPO with rollouts, mask rewards and a bf16 reference policy made from the gathered
+    weights; the checkpoint is one full state dict with plain names, and a run resumed from it
+    mid-GRPO ends with the uninterrupted run's parameters."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.runner_type = "FlexibleRunner"
@@ -75,6 +75,7 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
                "train_dataloader.batch_size=2", "train_cfg.group_size=2",
                "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
                "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
+               "train_cfg.reference_dtype=bfloat16",
                f"model.feature_cache.root={tmp_path / 'cache'}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         (work_dir.parent / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)
@@ -90,12 +91,14 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
     warm = torch.load(tmp_path / "w" / "iter_2.pth", map_location="cpu", weights_only=True)
     final = torch.load(tmp_path / "w" / "iter_4.pth", map_location="cpu", weights_only=True)
     assert not any("_fsdp_wrapped_module" in k for k in final["state_dict"])
-    # the reference policy is the policy as the warm-up left it (gathered, not a shard)
+    # the reference policy is the policy as the warm-up left it (gathered, not a shard), its
+    # weights in train_cfg.reference_dtype
     ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
                      weights_only=True)
+    assert ref["lm_head.weight"].dtype == torch.bfloat16
     for k, v in ref.items():
-        torch.testing.assert_close(v, warm["state_dict"][f"policy.model.{k}"], rtol=0, atol=0,
-                                   msg=k)
+        torch.testing.assert_close(v, warm["state_dict"][f"policy.model.{k}"].to(v.dtype),
+                                   rtol=0, atol=0, msg=k)
     model = init_segmentor(str(TINY_CONFIG))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     load_checkpoint(model, str(tmp_path / "w" / "iter_4.pth"))

@@ -4,6 +4,7 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from coprs.engine.hooks import AtomicLocalBackend, SegLossScheduleHook
 from coprs.engine.optim import GroupedOptimWrapperConstructor
@@ -152,6 +153,38 @@ def test_fsdp_wrap_policy_wraps_trainable_named_blocks_only():
     assert wrap_layers(other, recurse=False, nonwrapped_numel=6, layer_names=["Linear"])
     layer.requires_grad_(False)  # frozen blocks stay in their parent's unit
     assert not wrap_layers(layer, recurse=False, nonwrapped_numel=6)
+
+
+def test_reference_in_bfloat16_keeps_buffers_and_nearly_the_log_probs(tiny_policy):
+    from coprs.engine.fsdp import plain_copy
+    from coprs.structures import Rollout
+
+    ref = plain_copy(tiny_policy.model, dtype=torch.bfloat16)
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    assert tiny_policy.model.lm_head.weight.dtype == torch.float32  # the source is untouched
+    fp32_buffers = {n for n, b in tiny_policy.model.named_buffers() if b.dtype == torch.float32}
+    assert fp32_buffers and all(dict(ref.named_buffers())[n].dtype == torch.float32
+                                for n in fp32_buffers)  # e.g. rotary frequencies
+    tok = tiny_policy.tokenizer
+    text = "<think>I see a red circle.</think><REF_POS>"
+    rollouts = [Rollout(text=text, token_ids=tok.encode(text, add_special_tokens=False))]
+    image = [Image.new("RGB", (56, 56), (200, 40, 40))]
+    with torch.no_grad():
+        full, mask = tiny_policy.response_logprobs(
+            tiny_policy.forward_responses(image, ["x"], rollouts))
+        half, _ = tiny_policy.response_logprobs(
+            tiny_policy.forward_responses(image, ["x"], rollouts, model=ref))
+    assert half.dtype == torch.float32 and mask.sum() == len(rollouts[0].token_ids)
+    assert not torch.equal(half, full)  # computed in bf16 ...
+    torch.testing.assert_close(half, full, rtol=0, atol=0.05)  # ... and close
+
+
+def test_loop_rejects_a_reference_dtype_that_is_not_a_float_dtype():
+    from coprs.engine.loops import ReasoningSegTrainLoop
+
+    for bad in ("bf16", "int8"):
+        with pytest.raises(ValueError, match="train_cfg.reference_dtype"):
+            ReasoningSegTrainLoop(None, None, [dict(kind="sft", iters=1)], reference_dtype=bad)
 
 
 def test_plain_copy_without_fsdp_is_a_frozen_equal_copy(tiny_policy):
