@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from ..registry import ROLLOUT_ENGINES
@@ -35,14 +36,21 @@ class VLLMRolloutEngine(BaseRolloutEngine):
     Args:
         tensor_parallel_size, gpu_memory_utilization, max_num_seqs, max_num_batched_tokens,
         enable_chunked_prefill, dtype: passed to ``vllm.LLM``.
+        seed_requests: give every request its own sampling seed, drawn from torch's random
+            stream (which the training loop seeds per (seed, rank, iteration)), so vLLM
+            rollouts are reproducible and a resumed run samples the uninterrupted run's
+            rollouts. Off by default: vLLM then samples from its own generator, and per-request
+            generators may cost vLLM some sampling speed (not measured here).
         temperature, top_p, top_k, max_new_tokens, min_new_tokens: see
             :class:`BaseRolloutEngine`.
     """
 
     def __init__(self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.4,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 17408,
-                 enable_chunked_prefill: bool = True, dtype: str = "bfloat16", **kwargs) -> None:
+                 enable_chunked_prefill: bool = True, dtype: str = "bfloat16",
+                 seed_requests: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.seed_requests = seed_requests
         self.llm_kwargs = dict(tensor_parallel_size=tensor_parallel_size,
                                gpu_memory_utilization=gpu_memory_utilization,
                                max_num_seqs=max_num_seqs,
@@ -51,16 +59,25 @@ class VLLMRolloutEngine(BaseRolloutEngine):
                                limit_mm_per_prompt={"image": 1})
         self._llm = None
 
-    def sampling_params(self, num_samples: int, policy):
-        """vLLM ``SamplingParams`` equal to the HF engine's sampling."""
+    def sampling_params(self, num_samples: int, policy, seed: int | None = None):
+        """vLLM ``SamplingParams`` equal to the HF engine's sampling (``seed``: the request's)."""
         vllm = import_vllm()
         return vllm.SamplingParams(
             n=num_samples, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k or -1, max_tokens=self.max_new_tokens or policy.max_new_tokens,
             min_tokens=self.min_new_tokens or 0,
             logprobs=0, stop_token_ids=list(policy.stop_token_ids),
-            skip_special_tokens=False,
+            skip_special_tokens=False, seed=seed,
         )
+
+    def request_params(self, num_prompts: int, num_samples: int, policy):
+        """The ``SamplingParams`` of one ``generate`` call: one for all requests, or with
+        ``seed_requests`` one per request with consecutive seeds from torch's random stream."""
+        if not self.seed_requests:
+            return self.sampling_params(num_samples, policy)
+        first = int(torch.randint(0, 2 ** 31 - num_prompts, ()))
+        return [self.sampling_params(num_samples, policy, seed=first + i)
+                for i in range(num_prompts)]
 
     @staticmethod
     def build_requests(policy, images: list[Image.Image], instructions: list[str]) -> list[dict]:
@@ -104,5 +121,6 @@ class VLLMRolloutEngine(BaseRolloutEngine):
             self._llm = vllm.LLM(model=policy.model_path, **self.llm_kwargs)
         self.sync_weights(policy)
         outputs = self._llm.generate(self.build_requests(policy, images, instructions),
-                                     self.sampling_params(num_samples, policy), use_tqdm=False)
+                                     self.request_params(len(images), num_samples, policy),
+                                     use_tqdm=False)
         return self.to_rollouts(policy, outputs)

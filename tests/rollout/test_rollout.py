@@ -125,3 +125,24 @@ def test_vllm_requests_and_output_parsing(tiny_policy):
     out = VLLMRolloutEngine.to_rollouts(tiny_policy, [types.SimpleNamespace(outputs=[comp])])
     assert out[0][0].text == "<think>x</think><REF_POS>"
     assert out[0][0].logprobs == [-0.5] * len(ids)
+
+
+def test_vllm_seeded_requests_follow_torch_stream(tiny_policy, monkeypatch):
+    """With seed_requests, each request gets its own seed from torch's (loop-seeded) stream:
+    the same stream gives the same seeds, requests get distinct ones; off, vLLM's own
+    generator samples (no seed)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=dict))
+    engine = VLLMRolloutEngine(seed_requests=True, max_new_tokens=5)
+    torch.manual_seed(3)
+    first = engine.request_params(3, 8, tiny_policy)
+    torch.manual_seed(3)
+    again = engine.request_params(3, 8, tiny_policy)
+    assert [p["seed"] for p in first] == [p["seed"] for p in again]
+    assert len({p["seed"] for p in first}) == 3
+    assert all(p["n"] == 8 and p["max_tokens"] == 5 for p in first)
+    assert [p["seed"] for p in engine.request_params(3, 8, tiny_policy)] != [
+        p["seed"] for p in first]  # the stream moved on
+    plain = VLLMRolloutEngine(max_new_tokens=5).request_params(3, 8, tiny_policy)
+    assert isinstance(plain, dict) and plain["seed"] is None
