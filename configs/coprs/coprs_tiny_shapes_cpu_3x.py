@@ -1,0 +1,21 @@
+# The CPU main job at three times its budget (about 27 minutes of training on 2 cores): 2,700
+# warm-up + 20 GRPO iterations on 9,000 scenes, the λ_d/λ_f change halfway through the warm-up.
+# It measures how the accuracy targets scale with training (docs/benchmarks.md, calibration 14).
+_base_ = ['./coprs_tiny_shapes_cpu.py']
+work_dir = 'work_dirs/coprs_tiny_shapes_cpu_3x'
+sft_iters = 2700
+grpo_iters = 20
+train_cfg = dict(stages=[dict(kind='sft', iters=sft_iters),
+                         dict(kind='grpo', iters=grpo_iters, batch_size=4)])
+param_scheduler = [
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=sft_iters + grpo_iters,
+         eta_min_ratio=0.15),
+]
+custom_hooks = [
+    dict(type='SegLossScheduleHook',
+         milestones=[dict(iter=sft_iters // 2, lambda_dice=3.0, lambda_focal=10.0),
+                     dict(iter=sft_iters, lambda_seg=0.0)]),
+    dict(type='PlainCheckpointStateHook'),
+]
+train_dataloader = dict(dataset=dict(num_samples=9000))
+default_hooks = dict(checkpoint=dict(interval=900, max_keep_ckpts=5))
