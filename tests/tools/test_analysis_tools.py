@@ -197,6 +197,19 @@ def test_prior_probe_reports_heatmap_iou(capsys):
                        "--test-scenes", "4", "--batch-size", "4", "--eval-every", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["keys"] == "stem" and [h["iter"] for h in out["history"]] == [2]
+    assert out["stride"] == 4  # the tiny SAM's grid: 112 px / 28 cells
+    # a finer grid for the pixel keys; the prior's output stays at the input size
+    assert probe.main([cfg, "--keys", "pixels", "--stride", "2", "--iters", "1",
+                       "--train-scenes", "4", "--test-scenes", "2", "--batch-size", "2",
+                       "--eval-every", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["stride"] == 2 and 0.0 <= out["final_heatmap_iou"] <= 1.0
+    # a stride that does not divide the input, or one for the backbone's own grid: usage errors
+    assert probe.main([cfg, "--keys", "pixels", "--stride", "3"]) == 2
+    assert probe.main([cfg, "--stride", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--stride 3 must be a positive divisor of the input size 112" in err
+    assert "--stride applies to --keys pixels or stem" in err
 
 
 TINY_CONFIG = str(TOOLS.parents[1] / "configs/coprs/coprs_tiny_shapes_cpu.py")

@@ -7,6 +7,8 @@ embedding are trained, on the synthetic world, with BCE on the prior (+ an optio
 ``--prior-dice``); the keys are the config's frozen backbone features or, with ``--keys pixels``,
 the image average-pooled to the backbone's grid, or, with ``--keys stem``, a trainable
 convolution over the pixels with the grid's stride (64 channels, GELU), trained with the prior.
+``--stride`` sets another grid for those two (e.g. 2: a 56 × 56 grid for the tiny 112 px world;
+the prior then upsamples by the stride, so its output stays at the input size).
 It prints one JSON object with the held-out heatmap IoU (prior logits > 0 vs the target) every
 ``--eval-every`` iterations.
 
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from coprs.commands.common import UsageError, exit_on_usage_error
 
 EXAMPLE = """example:
   python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --iters 600
@@ -53,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-scenes", type=int, default=1500)
     parser.add_argument("--test-scenes", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--stride", type=int, default=None,
+                        help="with --keys pixels/stem: pixels per grid cell (default: the "
+                             "backbone's, 4 for the tiny SAM)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -64,6 +71,7 @@ def _target_words(cot: str) -> list[str]:
     return m.group(1).split()
 
 
+@exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mmengine.config import Config
@@ -80,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     backbone = VISION_BACKBONES.build(cfg.vision_backbone).eval()
     world = ShapesWorld()
     stride = backbone.img_size // backbone.grid_size
+    if args.stride is not None:
+        if args.keys == "backbone":
+            raise UsageError("--stride applies to --keys pixels or stem; the backbone's features "
+                             "come on its own grid")
+        if args.stride < 1 or backbone.img_size % args.stride:
+            raise UsageError(f"--stride {args.stride} must be a positive divisor of the input "
+                             f"size {backbone.img_size}")
+        stride = args.stride
 
     def load(split: str, n: int):
         scenes = [world.sample(sample_seed(split, i)) for i in range(n)]
@@ -111,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keys == "stem":
         stem = nn.Sequential(nn.Conv2d(3, 64, stride, stride=stride), nn.GELU())
     prior = PRIORS.build(cfg.prior, default_args=dict(
-        query_dim=query_dim, key_in_dim=64 if args.keys == "stem" else k_tr.shape[1]))
+        query_dim=query_dim, key_in_dim=64 if args.keys == "stem" else k_tr.shape[1],
+        upsample=stride))  # the dense output stays at the input size
     opt = torch.optim.AdamW([*prior.parameters(), *emb.parameters(), *stem.parameters()],
                             lr=args.lr)
 
@@ -145,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                 heatmap_iou=round(iou.item(), 4)))
             print(f"iter {it}: loss {loss.item():.4f}, test heatmap IoU {iou.item():.3f}",
                   file=sys.stderr, flush=True)
-    print(json.dumps(dict(config=args.config, keys=args.keys, prior_dice=args.prior_dice,
+    print(json.dumps(dict(config=args.config, keys=args.keys, stride=stride,
+                          prior_dice=args.prior_dice,
                           iters=args.iters, target_fraction=round(g_tr.mean().item(), 4),
                           final_heatmap_iou=history[-1]["heatmap_iou"], history=history,
                           seconds=round(time.perf_counter() - t0, 1))))
