@@ -47,3 +47,21 @@ def test_real_size_paradigm_configs_point_at_local_weights():
         assert not Path(cfg.model.policy.model_path).is_absolute()
         assert cfg.model.decoder.sam_checkpoint.endswith(".pth")
         assert cfg.model.decoder.type == "SAMPromptDecoder"
+
+
+@pytest.mark.parametrize("name", ["coprs_tiny_shapes_cpu.py", "coprs_tiny_shapes_cpu_3x.py",
+                                  "coprs_tiny_shapes_cpu_6x.py"])
+def test_tiny_main_job_schedules_follow_their_stages(name):
+    """The scaled main jobs restate the schedule (a child config cannot re-derive it from its
+    base's numbers): the cosine ends with the last stage, λ_d/λ_f change halfway through the
+    warm-up and λ_SEG drops to 0 where GRPO starts."""
+    cfg = Config.fromfile(str(CONFIG_DIR / "coprs" / name))
+    sft, grpo = cfg.train_cfg.stages
+    assert (sft.kind, grpo.kind) == ("sft", "grpo")
+    (cosine,) = cfg.param_scheduler
+    assert (cosine.begin, cosine.end) == (0, sft.iters + grpo.iters)
+    (hook,) = [h for h in cfg.custom_hooks if h.type == "SegLossScheduleHook"]
+    half, end = hook.milestones
+    assert half.iter == sft.iters // 2 and (half.lambda_dice, half.lambda_focal) == (3.0, 10.0)
+    assert end.iter == sft.iters and end.lambda_seg == 0.0
+    assert cfg.work_dir == f"work_dirs/{name[:-3]}"

@@ -1,0 +1,22 @@
+# The CPU main job at six times its budget (about 50 minutes of training on 2 cores): 5,400
+# warm-up + 20 GRPO iterations on 18,000 scenes, the λ_d/λ_f change halfway through the warm-up.
+# The budget at which the gold-reasoning path meets its target (gIoU 0.92 on `test`; the
+# generated reasoning does not: docs/benchmarks.md, calibration 16).
+_base_ = ['./coprs_tiny_shapes_cpu.py']
+work_dir = 'work_dirs/coprs_tiny_shapes_cpu_6x'
+sft_iters = 5400
+grpo_iters = 20
+train_cfg = dict(stages=[dict(kind='sft', iters=sft_iters),
+                         dict(kind='grpo', iters=grpo_iters, batch_size=4)])
+param_scheduler = [
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=sft_iters + grpo_iters,
+         eta_min_ratio=0.15),
+]
+custom_hooks = [
+    dict(type='SegLossScheduleHook',
+         milestones=[dict(iter=sft_iters // 2, lambda_dice=3.0, lambda_focal=10.0),
+                     dict(iter=sft_iters, lambda_seg=0.0)]),
+    dict(type='PlainCheckpointStateHook'),
+]
+train_dataloader = dict(dataset=dict(num_samples=18000))
+default_hooks = dict(checkpoint=dict(interval=1800, max_keep_ckpts=5))
