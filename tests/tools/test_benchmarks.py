@@ -19,6 +19,7 @@ EXPECTED = {
                    "phase_seconds", "coprs_vision_per_row_over_per_group"},
     "feature_cache": {"speedup", "seconds", "cached_files", "feature_grid"},
     "eval_throughput": {"speedup", "same_predictions", "samples_per_second"},
+    "warmup_batch": {"step_seconds", "sample_seconds", "step_over_smallest", "batch_sizes"},
 }
 
 
@@ -39,6 +40,10 @@ def test_benchmark_quick_mode_prints_json(name, capsys, monkeypatch):
     assert printed == json.loads(json.dumps(result))
     assert printed["benchmark"] == name and printed["quick"] is True
     assert EXPECTED[name] <= set(printed), EXPECTED[name] - set(printed)
+    if name == "warmup_batch":
+        assert set(printed["step_over_smallest"]) == {"1", "2"}
+        assert printed["step_over_smallest"]["1"] == 1.0
+        assert all(v > 0 for v in printed["step_seconds"].values())
     if name == "train_step":
         assert set(printed["phase_seconds"]) >= {"rollout", "reward", "reference", "actor",
                                                  "optimizer"}
