@@ -1,6 +1,7 @@
-# The CPU main job at three times its budget (about 27 minutes of training on 2 cores): 2,700
-# warm-up + 20 GRPO iterations on 9,000 scenes, the λ_d/λ_f change halfway through the warm-up.
-# It measures how the accuracy targets scale with training (docs/benchmarks.md, calibration 14).
+# The CPU main job's earlier recipe (900 warm-up iterations at batch 16) at three times its budget
+# (about 27 minutes of training on 2 cores): 2,700 warm-up + 20 GRPO iterations at batch 16 on
+# 9,000 scenes, the λ_d/λ_f change halfway through the warm-up. It measures how the accuracy
+# targets scale with training (docs/benchmarks.md, calibration 14).
 _base_ = ['./coprs_tiny_shapes_cpu.py']
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu_3x'
 sft_iters = 2700
@@ -17,5 +18,5 @@ custom_hooks = [
                      dict(iter=sft_iters, lambda_seg=0.0)]),
     dict(type='PlainCheckpointStateHook'),
 ]
-train_dataloader = dict(dataset=dict(num_samples=9000))
+train_dataloader = dict(batch_size=16, dataset=dict(num_samples=9000))
 default_hooks = dict(checkpoint=dict(interval=900, max_keep_ckpts=5))

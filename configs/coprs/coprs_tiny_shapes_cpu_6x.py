@@ -1,5 +1,6 @@
-# The CPU main job at six times its budget (about 50 minutes of training on 2 cores): 5,400
-# warm-up + 20 GRPO iterations on 18,000 scenes, the λ_d/λ_f change halfway through the warm-up.
+# The CPU main job's earlier recipe (900 warm-up iterations at batch 16) at six times its budget
+# (about 50 minutes of training on 2 cores): 5,400 warm-up + 20 GRPO iterations at batch 16 on
+# 18,000 scenes, the λ_d/λ_f change halfway through the warm-up.
 # The budget at which the gold-reasoning path meets its target (gIoU 0.92 on `test`; the
 # generated reasoning does not: docs/benchmarks.md, calibration 16).
 _base_ = ['./coprs_tiny_shapes_cpu.py']
@@ -18,5 +19,5 @@ custom_hooks = [
                      dict(iter=sft_iters, lambda_seg=0.0)]),
     dict(type='PlainCheckpointStateHook'),
 ]
-train_dataloader = dict(dataset=dict(num_samples=18000))
+train_dataloader = dict(batch_size=16, dataset=dict(num_samples=18000))
 default_hooks = dict(checkpoint=dict(interval=1800, max_keep_ckpts=5))

@@ -23,7 +23,9 @@ shapes_train_pipeline = [
     dict(type='PackReasonSegInputs'),
 ]
 train_dataloader = dict(
-    batch_size=16,
+    # 4: on 2 CPU cores a step at batch 4 costs 0.42 of one at batch 16 (fixed costs weigh more),
+    # and the tiny prior learns per step more than per sample (docs/benchmarks.md, calibration 18)
+    batch_size=4,
     num_workers=0,
     persistent_workers=False,
     sampler=dict(type='InfiniteSampler', shuffle=True),

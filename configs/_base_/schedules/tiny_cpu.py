@@ -1,6 +1,7 @@
 # CPU schedule for the tiny assembly (about 10 minutes on 2 cores): supervised warm-up on the gold
-# reasoning, then GRPO with G = 8 rollouts for 4 prompts per step (λ_SEG 0 there, see below).
-sft_iters = 900
+# reasoning (3,600 steps at the tiny configs' batch 4), then GRPO with G = 8 rollouts for 4 prompts
+# per step (λ_SEG 0 there, see below).
+sft_iters = 3600
 grpo_iters = 20
 train_cfg = dict(
     type='ReasoningSegTrainLoop',
@@ -41,7 +42,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=300, max_keep_ckpts=2,
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1200, max_keep_ckpts=2,
                     save_last=True, backend_args=dict(backend='atomic_local')),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
