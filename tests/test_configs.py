@@ -49,8 +49,8 @@ def test_real_size_paradigm_configs_point_at_local_weights():
         assert cfg.model.decoder.type == "SAMPromptDecoder"
 
 
-@pytest.mark.parametrize("name", ["coprs_tiny_shapes_cpu.py", "coprs_tiny_shapes_cpu_2x.py",
-                                  "coprs_tiny_shapes_cpu_3x.py", "coprs_tiny_shapes_cpu_6x.py"])
+@pytest.mark.parametrize("name", sorted(p.name for p in
+                                         CONFIG_DIR.glob("coprs/coprs_tiny_shapes_cpu*.py")))
 def test_tiny_main_job_schedules_follow_their_stages(name):
     """The scaled main jobs restate the schedule (a child config cannot re-derive it from its
     base's numbers): the cosine ends with the last stage, λ_d/λ_f change halfway through the
