@@ -214,8 +214,10 @@ class Qwen25VLPolicy(BasePolicy):
         self.tokenizer.padding_side = "left"
         self._add_special_tokens()
         self.hidden_size = self.model.config.text_config.hidden_size
-        if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        if gradient_checkpointing:  # transformers >= 5.24 names it activation checkpointing
+            enable = (getattr(self.model, "activation_checkpointing_enable", None)
+                      or self.model.gradient_checkpointing_enable)
+            enable()
         if lora is not None:
             self._add_lora(lora)
         self.freeze_vision_tower = freeze_vision_tower

@@ -91,7 +91,8 @@ class HFRolloutEngine(BaseRolloutEngine):
             image_grid_thw=batch["image_grid_thw"],
             use_cache=True,
         )
-        cache = pre.past_key_values
+        # transformers >= 5.24 names the cache `cache` (reading `past_key_values` warns)
+        cache = pre["cache"] if "cache" in pre else pre.past_key_values
         layers = getattr(cache, "layers", None)
         if (layers and model.config.text_config._attn_implementation == "sdpa"
                 and all(type(layer) is DynamicLayer for layer in layers)):

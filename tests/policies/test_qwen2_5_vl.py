@@ -222,3 +222,34 @@ def test_shared_images_are_encoded_once_with_the_same_result_and_gradient(tiny_q
     for x, y in zip(shared[2], copies[2]):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
     assert any(float(g.abs().sum()) > 0 for g in shared[2])
+
+
+def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(tiny_qwen_dir):
+    """``gradient_checkpointing=True`` (the 8-GPU leaf's switch) reruns each decoder layer's
+    forward in the backward pass instead of keeping its activations; log-probs and gradients
+    stay those of the plain policy."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (112, 112, 3), np.uint8))
+    text = "<think>the red circle</think><REF_POS>"
+
+    def run(checkpointing):
+        torch.manual_seed(0)
+        policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                                gradient_checkpointing=checkpointing)
+        policy.train()
+        calls = []
+        # a module inside the layer: the backward recomputes the layer's forward, attention first
+        layer = policy.model.model.language_model.layers[0]
+        layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+        fwd = policy.forward_responses([image], ["find it"], [_rollout(policy, text)])
+        logp, mask = policy.response_logprobs(fwd)
+        (-(logp * mask).sum() + fwd.last_hidden.pow(2).mean()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        return logp.detach(), grads, len(calls), layer.gradient_checkpointing
+
+    plain, ckpt = run(False), run(True)
+    assert (plain[2], plain[3]) == (1, False)
+    assert (ckpt[2], ckpt[3]) == (2, True)  # attention ran again in the backward pass
+    torch.testing.assert_close(ckpt[0], plain[0])
+    assert ckpt[1].keys() == plain[1].keys() and len(plain[1]) > 0
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(ckpt[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
