@@ -4,8 +4,8 @@
 #     --cfg-options model.policy.model_path=/models/Qwen2.5-VL-7B-Instruct \
 #                   model.vision_backbone.checkpoint=/models/sam_vit_h_4b8939.pth \
 #                   model.decoder.sam_checkpoint=/models/sam_vit_h_4b8939.pth
-# The FSDP path runs in the tests on 2 CPU ranks (gloo) and was run on one GPU with the tiny
-# assembly; vLLM and 8 GPUs are not run on the project's machines (docs/training.md).
+# The FSDP path runs with the tiny assembly in the tests on 2 CPU ranks (gloo) and on one GPU
+# (tests/gpu); vLLM and 8 GPUs are not run on the project's machines (docs/training.md).
 _base_ = ['./coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py']
 
 # fp32 weights, bf16 compute through autocast (AmpOptimWrapper below): one FSDP unit holds one
