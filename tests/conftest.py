@@ -10,6 +10,16 @@ from coprs.utils import using_coprs_home
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
+#: --cfg-options that shrink a TINY_CONFIG training run to seconds: small batches and groups,
+#: short rollouts, a log line and a checkpoint every iteration
+SMALL_RUN = [
+    "train_dataloader.batch_size=2",
+    "train_cfg.group_size=2",
+    "train_cfg.rollout_engine.max_new_tokens=6",
+    "default_hooks.logger.interval=1",
+    "default_hooks.checkpoint.interval=1",
+    "default_hooks.checkpoint.max_keep_ckpts=10",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,16 +11,8 @@ from mmengine.hooks import Hook
 from coprs.cli import main
 from coprs.registry import HOOKS
 
+from ..conftest import SMALL_RUN as SMALL  # noqa: TID252
 from ..conftest import TINY_CONFIG  # noqa: TID252
-
-SMALL = [
-    "train_dataloader.batch_size=2",
-    "train_cfg.group_size=2",
-    "train_cfg.rollout_engine.max_new_tokens=6",
-    "default_hooks.logger.interval=1",
-    "default_hooks.checkpoint.interval=1",
-    "default_hooks.checkpoint.max_keep_ckpts=10",
-]
 
 
 @HOOKS.register_module(force=True)

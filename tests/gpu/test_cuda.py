@@ -19,22 +19,13 @@ from mmengine.hooks import Hook
 
 from coprs.registry import HOOKS
 
+from ..conftest import SMALL_RUN as SMALL  # noqa: TID252
 from ..conftest import TINY_CONFIG  # noqa: TID252
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: run tests/gpu on a GPU machine")
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = [
-    "train_dataloader.batch_size=2",
-    "train_cfg.group_size=2",
-    "train_cfg.rollout_engine.max_new_tokens=6",
-    "default_hooks.logger.interval=1",
-    "default_hooks.checkpoint.interval=1",
-    "default_hooks.checkpoint.max_keep_ckpts=10",
-]
-
-
 @HOOKS.register_module(force=True)
 class _ComputeProbe(Hook):
     """Records where the policy's LM head runs and in which dtype it computes while training."""
