@@ -84,9 +84,9 @@ class PlainCheckpointStateHook(Hook):
     mmengine saves its message hub as ``HistoryBuffer`` objects and numpy scalars, which the
     safe unpickler of torch ≥ 2.6 rejects (allow-listing them would need ``builtins.getattr``,
     which reopens code execution). Before saving, this hook converts that state to plain lists
-    and numbers and adds the random states (torch, numpy, python, and every CUDA device's when
-    CUDA is in use); after loading, it restores both, whatever device the strategy loaded the
-    checkpoint onto. Loading therefore stays ``weights_only=True``.
+    and numbers and adds the random states (torch, numpy, python, and the current CUDA
+    device's when CUDA is in use); after loading, it restores both, whatever device the
+    strategy loaded the checkpoint onto. Loading therefore stays ``weights_only=True``.
     """
 
     priority = "VERY_LOW"
@@ -113,7 +113,8 @@ class PlainCheckpointStateHook(Hook):
             "python": to_plain(list(_tuple_to_list(random.getstate()))),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            # this process's device only: reading every device would open a context on each
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         hub = checkpoint.get("message_hub")
@@ -125,15 +126,8 @@ class PlainCheckpointStateHook(Hook):
         if rng is not None:
             # a strategy may load the checkpoint onto the GPU; the setters take CPU bytes
             torch.set_rng_state(rng["torch"].cpu())
-            cuda = rng.get("cuda")
-            if cuda is not None and torch.cuda.is_available():
-                if len(cuda) == torch.cuda.device_count():
-                    torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-                else:  # another machine: the loop reseeds each iteration's rollouts anyway
-                    runner.logger.warning(
-                        f"checkpoint holds CUDA random states of {len(cuda)} devices, this "
-                        f"machine has {torch.cuda.device_count()}: CUDA random states not "
-                        "restored")
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"].cpu())
             name, keys, pos, has_gauss, cached = rng["numpy"]
             np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss,
                                  cached))

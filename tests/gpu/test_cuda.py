@@ -84,8 +84,9 @@ def test_training_and_evaluation_on_cuda(tmp_path, amp):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
     assert any("reward/mask" in r for r in records)  # the GRPO iterations ran and scored
 
-    state = torch.load(work / "iter_4.pth", map_location="cpu", weights_only=True)["state_dict"]
-    assert state["policy.model.lm_head.weight"].dtype == torch.float32  # fp32 master weights
+    full = torch.load(work / "iter_4.pth", map_location="cpu", weights_only=True)
+    assert full["state_dict"]["policy.model.lm_head.weight"].dtype == torch.float32  # fp32 master
+    assert full["rng"]["cuda"].dtype == torch.uint8  # the GPU's random state is saved too
     out = tmp_path / "r.json"
     assert main(["test", str(tmp_path / "cfg.py"), str(work / "iter_4.pth"), "--out", str(out),
                  "--reasoning", "gold", "--cfg-options", "test_cfg.datasets.0.num_samples=4",
