@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: run tests/gpu on a GPU machine")
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 @HOOKS.register_module(force=True)
 class _ComputeProbe(Hook):
     """Records where the policy's LM head runs and in which dtype it computes while training."""
