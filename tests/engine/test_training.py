@@ -86,3 +86,26 @@ def test_missing_weight_path_fails_before_compute(capsys):
 def test_configs_chain_warmup_then_grpo():
     cfg = Config.fromfile(str(TINY_CONFIG))
     assert [s["kind"] for s in cfg.train_cfg.stages] == ["sft", "grpo"]
+
+
+def test_training_logs_to_tensorboard(tmp_path):
+    """With mmengine's TensorBoard backend in ``vis_backends`` (the ``tensorboard`` extra), the
+    losses of every iteration and the GRPO reward breakdown land in TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.visualizer.vis_backends = [dict(type="LocalVisBackend"),
+                                   dict(type="TensorboardVisBackend")]
+    cfg.visualizer.name = f"visualizer_{tmp_path.name}"
+    cfg.experiment_name = tmp_path.name
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
+                 *SMALL]) == 0
+    events = list((tmp_path / "w").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "loss_seg", "lr", "reward/mask", "reward/format", "kl_ref"} <= tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("reward/mask")] == [3, 4]  # the GRPO iterations
