@@ -112,7 +112,7 @@ class PlainCheckpointStateHook(Hook):
                       int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": to_plain(list(_tuple_to_list(random.getstate()))),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():
             # this process's device only: reading every device would open a context on each
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state()
 
