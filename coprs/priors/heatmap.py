@@ -43,6 +43,11 @@ class HeatmapPrior(BasePrior):
             key MLP, giving each key spatial context (an object's shape, not just its colour).
             0 (the paper): the per-pixel MLP alone, over a pretrained backbone's features. The
             tiny assembly's random frozen encoder needs them.
+        position_grid: side ``g`` of a coarse *position map* read from the query: a linear map
+            ``Q -> g x g`` logits, bilinearly resized to the key grid and given to ``F_fuse`` as
+            one more channel next to the ``n_head`` scores. It lets the query say *where* ("in
+            the lower left") directly, not only through keys that must learn to carry position;
+            the scores still say *what*. 0 (the paper and every shipped config): off.
     """
 
     special_token = "<REF_POS>"
@@ -50,10 +55,14 @@ class HeatmapPrior(BasePrior):
 
     def __init__(self, query_dim: int, key_in_dim: int, d_q: int = 256, d_k: int = 256,
                  attn_dim: int = 128, num_heads: int = 8, upsample: int = 4,
-                 coord_channels: bool = False, key_convs: int = 0) -> None:
+                 coord_channels: bool = False, key_convs: int = 0,
+                 position_grid: int = 0) -> None:
         super().__init__()
         if attn_dim % num_heads:
             raise ValueError(f"attn_dim {attn_dim} must be divisible by num_heads {num_heads}")
+        if position_grid < 0:
+            raise ValueError(f"position_grid must be >= 0 (0: no position map), got "
+                             f"{position_grid}")
         self.num_heads, self.head_dim, self.upsample = num_heads, attn_dim // num_heads, upsample
         self.query_head = _mlp(query_dim, d_q, d_q)  # F_head
         self.coord_channels = coord_channels
@@ -66,8 +75,11 @@ class HeatmapPrior(BasePrior):
         self.key_mlp = _mlp(in_dim, d_k, d_k)  # per-pixel MLP
         self.w_q = nn.Linear(d_q, attn_dim, bias=False)  # [W_1^Q … W_n^Q]
         self.w_k = nn.Linear(d_k, attn_dim, bias=False)  # [W_1^K … W_n^K]
+        self.position_grid = position_grid
+        # Q -> g x g position logits (absent when position_grid is 0: the paper's parameters)
+        self.position_head = nn.Linear(d_q, position_grid ** 2) if position_grid else None
         self.fuse = nn.Sequential(  # F_fuse
-            nn.Conv2d(num_heads, num_heads, 3, padding=1),
+            nn.Conv2d(num_heads + bool(position_grid), num_heads, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(num_heads, 1, 3, padding=1),
         )
@@ -96,11 +108,21 @@ class HeatmapPrior(BasePrior):
         s = torch.einsum("bnd,bpnd->bnp", q, k) / math.sqrt(self.head_dim)  # B x n x hw
         return s.view(b, self.num_heads, h, w)
 
+    def position_map(self, e_conc: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """B x 1 x h x w position logits read from the query (``position_grid`` > 0)."""
+        g = self.position_grid
+        pos = self.position_head(self.query_head(e_conc.to(self.position_head.weight.dtype)))
+        return F.interpolate(pos.view(-1, 1, g, g), size=size, mode="bilinear",
+                             align_corners=False)
+
     def forward(self, policy_out: PolicyOutput, image_keys: torch.Tensor) -> PriorOutput:
         if policy_out.hidden is None:
             raise ValueError("HeatmapPrior needs the special token's hidden state; configure the "
                              "policy with special_token='<REF_POS>'")
-        heatmap = self.fuse(self.scores(policy_out.hidden, image_keys))  # B x 1 x h x w
+        maps = self.scores(policy_out.hidden, image_keys)  # B x n_head x h x w
+        if self.position_head is not None:
+            maps = torch.cat([maps, self.position_map(policy_out.hidden, maps.shape[-2:])], 1)
+        heatmap = self.fuse(maps)  # B x 1 x h x w
         dense = F.interpolate(heatmap, scale_factor=self.upsample, mode="bilinear",
                               align_corners=False)  # B x 1 x 4h x 4w
         return PriorOutput(heatmap=heatmap, dense=dense, valid=list(policy_out.has_token))

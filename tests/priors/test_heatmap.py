@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from coprs.priors import HeatmapPrior
@@ -89,3 +90,43 @@ def test_key_convs_give_keys_spatial_context():
         assert d[3, 3] > 0
         assert bool(d[3, 4] > 1e-6) is reaches and bool(d[5, 3] > 1e-6) is reaches
         assert d[0, 0] < 1e-6  # beyond two 3x3 convs' reach
+
+
+def test_position_grid_lets_the_query_place_the_heatmap():
+    """With identical keys everywhere only the query's position map can say where: two queries
+    learn to light two opposite corners of the grid."""
+    torch.manual_seed(0)
+    prior = HeatmapPrior(query_dim=2, key_in_dim=4, d_q=8, d_k=8, attn_dim=8, num_heads=2,
+                         position_grid=4)
+    assert prior.position_head.out_features == 16 and prior.fuse[0].in_channels == 3
+    assert "position_head.weight" not in HeatmapPrior(2, 4, 8, 8, 8, 2).state_dict()
+    keys = torch.zeros(2, 4, 8, 8)
+    e = torch.eye(2)  # query 0: upper left, query 1: lower right
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, :3, :3] = 1
+    target[1, 0, 5:, 5:] = 1
+    opt = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    for _ in range(150):
+        heat = prior(PolicyOutput(e, ["a", "b"], [True, True]), keys).heatmap
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(heat, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def iou(heat):
+        pred, gt = heat.detach() > 0, target > 0
+        return (pred & gt).sum((1, 2, 3)) / (pred | gt).sum((1, 2, 3)).clamp(min=1)
+
+    assert (iou(heat) > 0.8).all(), iou(heat)
+    assert prior.position_map(e, (5, 7)).shape == (2, 1, 5, 7)  # resized to any key grid
+    # it is the position map that places them: silenced, the corners are lost
+    with torch.no_grad():
+        prior.position_head.weight.zero_()
+        prior.position_head.bias.zero_()
+        heat = prior(PolicyOutput(e, ["a", "b"], [True, True]), keys).heatmap
+    assert not (iou(heat) > 0.8).all(), iou(heat)
+
+
+def test_position_grid_must_not_be_negative():
+    with pytest.raises(ValueError, match="position_grid must be >= 0"):
+        HeatmapPrior(query_dim=8, key_in_dim=8, position_grid=-1)
