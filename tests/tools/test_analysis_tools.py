@@ -192,6 +192,14 @@ def test_prior_probe_reports_heatmap_iou(capsys):
     assert [h["iter"] for h in out["history"]] == [2, 3]
     assert 0.0 <= out["final_heatmap_iou"] <= 1.0 and 0.0 < out["target_fraction"] < 0.2
     assert out["keys"] == "backbone" and out["prior_dice"] == 1.0
+    assert out["prior"]["key_convs"] == 2  # the config's prior, as probed
+    # which object each of the 4 held-out heatmaps lands on
+    assert set(out["picked"]) == {"target", "same_colour", "same_shape", "other", "none"}
+    assert sum(out["picked"].values()) == 4
+    assert probe.main([cfg, "--iters", "1", "--train-scenes", "4", "--test-scenes", "2",
+                       "--batch-size", "2", "--cfg-options", "model.prior.position_grid=8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["prior"]["position_grid"] == 8 and sum(out["picked"].values()) == 2
     # a trainable conv stem over the pixels instead of the frozen features
     assert probe.main([cfg, "--keys", "stem", "--iters", "2", "--train-scenes", "8",
                        "--test-scenes", "4", "--batch-size", "4", "--eval-every", "2"]) == 0
@@ -242,6 +250,24 @@ def test_picked_objects_reports_json(capsys):
     answers = out["answers"]
     assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]
     assert answers["right"] + answers["absent"] <= 3 - answers["unparsed"]
+
+
+def test_picked_objects_applies_cfg_options(capsys, monkeypatch):
+    import coprs.apis.inference as inference
+
+    built = []
+    real = inference.init_segmentor
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(inference, "init_segmentor", spy)
+    tool = _load("picked_objects")
+    assert tool.main([TINY_CONFIG, "--reasoning", "gold", "--num-samples", "2",
+                      "--cfg-options", "model.prior.position_grid=8"]) == 0
+    assert built[0].prior.position_grid == 8  # the override reached the model
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 2
 
 
 def test_image_dependence_reports_three_losses_and_the_vision_output(capsys):

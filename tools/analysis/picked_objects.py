@@ -21,6 +21,7 @@ import re
 import sys
 
 import numpy as np
+from mmengine.config import DictAction
 
 from coprs.commands.common import exit_on_usage_error, resolve_checkpoint
 
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="synthetic split (default: test)")
     parser.add_argument("--num-samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+                        metavar="KEY=VALUE", help="override config entries (as for training), "
+                                                  "e.g. model.prior.position_grid=8")
     return parser.parse_args(argv)
 
 
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from coprs.apis.inference import init_segmentor
     from coprs.datasets.shapes import ShapesReasonDataset
 
-    model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint))
+    model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint),
+                           cfg_options=args.cfg_options)
     size = model.vision_backbone.img_size
     data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples, image_size=size)
     counts = dict.fromkeys(CLASSES, 0)

@@ -10,7 +10,10 @@ convolution over the pixels with the grid's stride (64 channels, GELU), trained 
 ``--stride`` sets another grid for those two (e.g. 2: a 56 × 56 grid for the tiny 112 px world;
 the prior then upsamples by the stride, so its output stays at the input size).
 It prints one JSON object with the held-out heatmap IoU (prior logits > 0 vs the target) every
-``--eval-every`` iterations.
+``--eval-every`` iterations and, for the final prior, which object each held-out heatmap lands
+on (``picked``: the target, an object of its colour or of its shape, another, none; classified
+as in ``picked_objects.py``). ``--cfg-options`` overrides the config (e.g.
+``model.prior.position_grid=8``).
 
 This separates "the prior cannot learn the task from these keys and this loss" from "the policy's
 ``e_conc`` does not carry the target" when the main job's masks ignore the instruction
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.config import DictAction
 
 from coprs.commands.common import UsageError, exit_on_usage_error
 
@@ -61,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --keys pixels/stem: pixels per grid cell (default: the "
                              "backbone's, 4 for the tiny SAM)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+                        metavar="KEY=VALUE", help="override config entries, e.g. "
+                                                  "model.prior.position_grid=8")
     return parser.parse_args(argv)
 
 
@@ -69,6 +76,18 @@ def _target_words(cot: str) -> list[str]:
     if m is None:
         raise ValueError(f"gold reasoning without a final 'So the target is …': {cot!r}")
     return m.group(1).split()
+
+
+def _load_sibling(name: str):
+    """A tool next to this one (tools/analysis is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @exit_on_usage_error
@@ -84,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     register_all_modules()
     torch.manual_seed(args.seed)
-    cfg = Config.fromfile(args.config).model
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg = cfg.model
     backbone = VISION_BACKBONES.build(cfg.vision_backbone).eval()
     world = ShapesWorld()
     stride = backbone.img_size // backbone.grid_size
@@ -112,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         keys = torch.cat(keys)
         gt = ResizePadVision(backbone.img_size)
         gt = np.stack([gt(dict(img=s.image, gt_mask=s.gt_mask))["vision_gt_mask"] for s in scenes])
-        return keys, torch.from_numpy(gt).float(), [_target_words(s.gold_cot) for s in scenes]
+        return (keys, torch.from_numpy(gt).float(), [_target_words(s.gold_cot) for s in scenes],
+                scenes)
 
     t0 = time.perf_counter()
-    k_tr, g_tr, w_tr = load("train", args.train_scenes)
-    k_te, g_te, w_te = load("test", args.test_scenes)
+    k_tr, g_tr, w_tr, _ = load("train", args.train_scenes)
+    k_te, g_te, w_te, test_scenes = load("test", args.test_scenes)
     vocab: dict[str, int] = {}
     for words in w_tr + w_te:
         for w in words:
@@ -162,10 +185,21 @@ def main(argv: list[str] | None = None) -> int:
                                 heatmap_iou=round(iou.item(), 4)))
             print(f"iter {it}: loss {loss.item():.4f}, test heatmap IoU {iou.item():.3f}",
                   file=sys.stderr, flush=True)
-    print(json.dumps(dict(config=args.config, keys=args.keys, stride=stride,
+    classify = _load_sibling("picked_objects").classify
+    picked = dict.fromkeys(("target", "same_colour", "same_shape", "other", "none"), 0)
+    with torch.no_grad():
+        pred = (forward(k_te, w_te) > 0).numpy()  # at the backbone's input size
+    for s, p in zip(test_scenes, pred):
+        scale = backbone.img_size / max(s.image.shape[:2])  # ResizePadVision: longest side
+        objects = [dict(o, bbox=[v * scale for v in o["bbox"]]) for o in s.objects]
+        t = s.objects[s.target_index]
+        picked[classify(p, objects, (t["colour"], t["shape"]))] += 1
+    print(json.dumps(dict(config=args.config, prior=cfg.prior.to_dict(), keys=args.keys,
+                          stride=stride,
                           prior_dice=args.prior_dice,
                           iters=args.iters, target_fraction=round(g_tr.mean().item(), 4),
-                          final_heatmap_iou=history[-1]["heatmap_iou"], history=history,
+                          final_heatmap_iou=history[-1]["heatmap_iou"], picked=picked,
+                          history=history,
                           seconds=round(time.perf_counter() - t0, 1))))
     return 0
 
