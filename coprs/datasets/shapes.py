@@ -179,6 +179,7 @@ _COT: dict[str, str] = {
 }
 _LISA_RESPONSE = "It is {answer} <SEG>."
 _ANSWER = "the {target}"
+_ANSWER_REGION = "the {target} in the {region}"  # the final clause of the gold reasoning
 _FILLER_WORDS = ("a", "an", "the", "and", ",")  # used to join inventories, groups and counts
 _TAGS = ("<think>", "</think>", "<REF_POS>", "<SEG>", "<answer>", "</answer>")
 _JSON_CHARS = ("{", "}", "[", "]", '"', ":", ",", "bbox", "points")
@@ -926,6 +927,9 @@ class ShapesSample:
         template_id: Key of :data:`TEMPLATES`.
         gold_cot: Reasoning that lists the objects left to right and derives the target.
         gold_answer: ``"the <colour> <shape>"`` of the target.
+        gold_answer_region: ``"the <colour> <shape> in the <region>"``, the gold reasoning's
+            final clause (what an answer-naming loss can ask the special token to say,
+            ``model.rl.answer_key``).
         gt_mask: H x W bool, exactly the target's pixels.
         bbox: ``[x1, y1, x2, y2]`` of the target in pixels, ``x2``/``y2`` exclusive
             (``gt_mask[y1:y2, x1:x2]`` holds every target pixel).
@@ -946,6 +950,7 @@ class ShapesSample:
     template_id: str
     gold_cot: str
     gold_answer: str
+    gold_answer_region: str
     gt_mask: np.ndarray
     bbox: list[int]
     points: list[list[int]]
@@ -1132,6 +1137,7 @@ class ShapesWorld:
             template_id=template.template_id,
             gold_cot=gold_cot,
             gold_answer=_ANSWER.format(target=target.name),
+            gold_answer_region=_ANSWER_REGION.format(target=target.name, region=scene.region(t)),
             gt_mask=scene.masks[t].copy(),
             bbox=bbox,
             points=_interior_points(scene.masks[t], bbox),
@@ -1314,6 +1320,7 @@ class ShapesReasonDataset(BaseDataset):
             template_id=s.template_id,
             gold_cot=s.gold_cot,
             gold_answer=s.gold_answer,
+            gold_answer_region=s.gold_answer_region,
             response_coprs=s.response_coprs,
             response_lisa=s.response_lisa,
             response_segzero=s.response_segzero,

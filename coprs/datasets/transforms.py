@@ -112,8 +112,8 @@ class PolicyView:
 DEFAULT_META_KEYS = (
     "instruction", "gt_mask", "ignore_mask", "img_path", "sample_id", "dataset_name", "split",
     "ori_shape", "load_error", "instruction_type", "template_id", "gold_cot", "gold_answer",
-    "response_coprs", "response_lisa", "response_segzero", "bbox", "points", "valid_hw",
-    "vision_gt_mask", "vision_ignore_mask", "policy_img", "vision_img",
+    "gold_answer_region", "response_coprs", "response_lisa", "response_segzero", "bbox", "points",
+    "valid_hw", "vision_gt_mask", "vision_ignore_mask", "policy_img", "vision_img",
 )
 
 

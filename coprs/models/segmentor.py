@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import torch
@@ -77,7 +78,9 @@ class ReasoningSegmentor(BaseModel):
             as in the paper), the weight of the answer-naming loss in supervised steps
             (:meth:`answer_loss`: the special token's state, read through the LM head, names
             the sample's ``gold_answer``), which gets a random-initialised policy's ``e_conc``
-            to carry the target early.
+            to carry the target early; ``answer_key`` ('gold_answer'), the sample field that
+            loss names (the synthetic world's ``gold_answer_region`` adds where the target is,
+            for a prior with a position map).
         data_preprocessor: mmengine data preprocessor config (identity by default).
         init_cfg: mmengine init config.
     """
@@ -90,7 +93,7 @@ class ReasoningSegmentor(BaseModel):
         self.seg_loss = MODELS.build(seg_loss if seg_loss is not None else
                                      dict(type="SegmentationLoss"))
         self.rl = dict(clip_eps=0.2, kl_coef=0.2, kl_kind="low_var_kl", agg="token-mean",
-                       lm_coef=1.0, answer_coef=0.0)
+                       lm_coef=1.0, answer_coef=0.0, answer_key="gold_answer")
         unknown = set(rl or {}) - set(self.rl)
         if unknown:
             raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
@@ -316,11 +319,12 @@ class ReasoningSegmentor(BaseModel):
     def answer_loss(self, hidden: torch.Tensor, lm_head: nn.Module, samples: list[dict]
                     ) -> torch.Tensor:
         """Answer naming: the special token's hidden state, read through the policy's LM head,
-        should give high probability to every word of the sample's ``gold_answer``.
+        should give high probability to every word of the sample's ``gold_answer`` (the field
+        ``rl.answer_key`` names).
 
         The cross-entropy of each content token of the answer ("the purple triangle" → the
         tokens of "purple" and "triangle"; articles are skipped) is averaged per sample, then
-        over the samples that have a ``gold_answer`` (0 with a gradient when none has). Not in
+        over the samples that have one (0 with a gradient when none has). Not in
         the paper: a pretrained policy's state already names what it reasons about, a
         random-initialised one's does not, and the heatmap prior cannot use a query that does
         not differ between targets.
@@ -331,10 +335,15 @@ class ReasoningSegmentor(BaseModel):
             samples: B data samples.
         """
         tok = self.policy.tokenizer
+        key = self.rl["answer_key"]
+        if samples and not any(key in sample for sample in samples):
+            warnings.warn(f"model.rl.answer_key={key!r}: no sample in the batch has this field, so "
+                          "the answer-naming loss is 0; name a field the dataset provides "
+                          "(e.g. 'gold_answer') or set model.rl.answer_coef=0", stacklevel=2)
         logp = torch.log_softmax(lm_head(hidden).float(), dim=-1)
         terms = []
         for b, sample in enumerate(samples):
-            ids = answer_token_ids(tok, sample.get("gold_answer"))
+            ids = answer_token_ids(tok, sample.get(key))
             if ids:
                 terms.append(-logp[b, ids].mean())
         return torch.stack(terms).mean() if terms else logp.sum() * 0.0

@@ -293,6 +293,9 @@ def test_cot_reasons_to_the_answer(train_samples):
         for o in s.objects:  # the inventory names every object
             assert f"{o['colour']} {o['shape']}" in s.gold_cot.split(".")[0]
         assert re.search(rf"So the target is {s.gold_answer} in the [a-z ]+\.$", s.gold_cot)
+        # the answer with its region is exactly the reasoning's final clause
+        assert s.gold_cot.endswith(f"So the target is {s.gold_answer_region}.")
+        assert s.gold_answer_region.startswith(s.gold_answer + " in the ")
 
 
 # --- responses and text --------------------------------------------------------------------------
@@ -359,6 +362,7 @@ def test_dataset_contract_through_basedataset_indexing():
         "template_id",
         "gold_cot",
         "gold_answer",
+        "gold_answer_region",
         "response_coprs",
         "response_lisa",
         "response_segzero",

@@ -65,9 +65,10 @@ def test_answer_token_ids_skip_articles_and_encode_words_in_sentence(tiny_segmen
     assert answer_token_ids(tok, None) == [] and answer_token_ids(tok, "  ") == []
 
 
-def test_answer_loss_matches_hand_computed_cross_entropy(tiny_segmentor):
+def test_answer_loss_matches_hand_computed_cross_entropy(tiny_segmentor, monkeypatch):
     from coprs.models.segmentor import answer_token_ids
 
+    monkeypatch.setitem(tiny_segmentor.rl, "answer_key", "gold_answer")  # the default
     tok = tiny_segmentor.policy.tokenizer
     torch.manual_seed(0)
     head = torch.nn.Linear(8, len(tok), bias=False)
@@ -84,6 +85,28 @@ def test_answer_loss_matches_hand_computed_cross_entropy(tiny_segmentor):
     assert none.item() == 0.0 and none.requires_grad
 
 
+def test_answer_key_chooses_the_field_the_answer_loss_names(tiny_segmentor, monkeypatch):
+    from coprs.models.segmentor import answer_token_ids
+
+    tok = tiny_segmentor.policy.tokenizer
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, len(tok), bias=False)
+    hidden = torch.randn(1, 8)
+    sample = {"gold_answer": "the red circle", "gold_answer_region": "the red circle in the centre"}
+    logp = torch.log_softmax(head(hidden), -1)[0]
+    by_key = {}
+    for key in ("gold_answer", "gold_answer_region"):
+        monkeypatch.setitem(tiny_segmentor.rl, "answer_key", key)
+        by_key[key] = tiny_segmentor.answer_loss(hidden, head, [sample])
+        torch.testing.assert_close(by_key[key], -logp[answer_token_ids(tok, sample[key])].mean())
+    assert len(answer_token_ids(tok, sample["gold_answer_region"])) > 2  # red circle in centre
+    assert not torch.isclose(by_key["gold_answer"], by_key["gold_answer_region"])
+    # a field no sample has (a typo, another dataset): a warning that names it, and no loss
+    monkeypatch.setitem(tiny_segmentor.rl, "answer_key", "gold_anwser")
+    with pytest.warns(UserWarning, match="answer_key='gold_anwser': no sample in the batch"):
+        assert tiny_segmentor.answer_loss(hidden, head, [sample]).item() == 0.0
+
+
 def test_answer_coef_adds_a_loss_that_trains_the_policy(tiny_segmentor):
     from PIL import Image
 
@@ -91,7 +114,8 @@ def test_answer_coef_adds_a_loss_that_trains_the_policy(tiny_segmentor):
 
     s = ShapesWorld().sample(0)
     sample = {"instruction": s.instruction, "response": s.response_coprs,
-              "gold_answer": s.gold_answer, "vision_gt_mask": s.gt_mask, "valid_hw": (112, 112)}
+              "gold_answer": s.gold_answer, "gold_answer_region": s.gold_answer_region,
+              "vision_gt_mask": s.gt_mask, "valid_hw": (112, 112)}
     model, rl = tiny_segmentor, dict(tiny_segmentor.rl)
     try:
         model.rl["answer_coef"] = 0.0
