@@ -12,12 +12,17 @@ model = dict(
     # answer_coef: the <REF_POS> state must name the target in warm-up (loss_answer); without it
     # the random-initialised policy's e_conc barely differs between targets and the mask ignores
     # the instruction (docs/benchmarks.md, calibrations 5-8)
-    rl=dict(kl_coef=0.02, answer_coef=1.0),
+    # answer_key: it names where, too ("the purple triangle in the lower left"), which the
+    # prior's position map turns into a place; with both the mask picks the named object among
+    # those of its colour (docs/benchmarks.md, calibration 20)
+    rl=dict(kl_coef=0.02, answer_coef=1.0, answer_key='gold_answer_region'),
     # trained from scratch, the tiny policy's vision tower collapses to an image-independent
     # output within ~200 warm-up steps; frozen, the language model learns to read it
     policy=dict(freeze_vision_tower=True),
     # a 64-wide random encoder keeps the 48 values of a 4x4 RGB patch (32 channels cannot)
     vision_backbone=dict(embed_dim=64, out_chans=64),
+    # an 8 x 8 position map read from the query (HeatmapPrior.position_grid)
+    prior=dict(position_grid=8),
     # the frozen SAM encoder is most of a CPU step: its features are cached on first use
     feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
     # targets cover ~2% of a synthetic image: BCE alone keeps the prior below 0 everywhere, a

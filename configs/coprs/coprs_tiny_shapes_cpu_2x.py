@@ -1,9 +1,12 @@
-# The CPU main job at twice its budget (about 15 minutes of training on 2 cores): 7,200 warm-up
-# steps at batch 4 + 20 GRPO iterations on the same 3,000 scenes, the λ_d/λ_f change halfway
-# through the warm-up. The gold-reasoning path reaches gIoU 0.848 on `test` here (target 0.85); the
-# generated reasoning does not move (docs/benchmarks.md, calibration 19).
+# The CPU main job's recipe before calibration 20 at twice its budget (about 15 minutes of
+# training on 2 cores): 7,200 warm-up steps at batch 4 + 20 GRPO iterations on the same 3,000
+# scenes, the λ_d/λ_f change halfway through the warm-up. The gold-reasoning path reaches gIoU
+# 0.848 on `test` here (target 0.85); the generated reasoning does not move (docs/benchmarks.md,
+# calibration 19).
 _base_ = ['./coprs_tiny_shapes_cpu.py']
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu_2x'
+# measured before calibration 20: no position map, the answer-naming loss names colour and shape
+model = dict(prior=dict(position_grid=0), rl=dict(answer_key='gold_answer'))
 sft_iters = 7200
 grpo_iters = 20
 train_cfg = dict(stages=[dict(kind='sft', iters=sft_iters),

@@ -47,7 +47,7 @@ class HeatmapPrior(BasePrior):
             ``Q -> g x g`` logits, bilinearly resized to the key grid and given to ``F_fuse`` as
             one more channel next to the ``n_head`` scores. It lets the query say *where* ("in
             the lower left") directly, not only through keys that must learn to carry position;
-            the scores still say *what*. 0 (the paper and every shipped config): off.
+            the scores still say *what*. 0 (the paper): off. The tiny CPU leaf uses 8.
     """
 
     special_token = "<REF_POS>"
