@@ -14,7 +14,7 @@ model = dict(
     # the instruction (docs/benchmarks.md, calibrations 5-8)
     # answer_key: it names where, too ("the purple triangle in the lower left"), which the
     # prior's position map turns into a place; with both the mask picks the named object among
-    # those of its colour (docs/benchmarks.md, calibration 20)
+    # those of its colour (docs/benchmarks.md, calibrations 20 and 20b)
     rl=dict(kl_coef=0.02, answer_coef=1.0, answer_key='gold_answer_region'),
     # trained from scratch, the tiny policy's vision tower collapses to an image-independent
     # output within ~200 warm-up steps; frozen, the language model learns to read it
