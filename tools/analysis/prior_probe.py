@@ -178,22 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         if it % args.eval_every == 0 or it == args.iters:
             with torch.no_grad():
-                logits = forward(k_te, w_te)
+                logits = forward(k_te, w_te)  # the last iteration's are kept for `picked`
                 pred, gt = logits > 0, fit(logits, g_te) > 0.5
                 iou = ((pred & gt).sum((1, 2)) / (pred | gt).sum((1, 2)).clamp(min=1)).mean()
             history.append(dict(iter=it, loss=round(loss.item(), 4),
                                 heatmap_iou=round(iou.item(), 4)))
             print(f"iter {it}: loss {loss.item():.4f}, test heatmap IoU {iou.item():.3f}",
                   file=sys.stderr, flush=True)
-    classify = _load_sibling("picked_objects").classify
-    picked = dict.fromkeys(("target", "same_colour", "same_shape", "other", "none"), 0)
-    with torch.no_grad():
-        pred = (forward(k_te, w_te) > 0).numpy()  # at the backbone's input size
-    for s, p in zip(test_scenes, pred):
+    picked_objects = _load_sibling("picked_objects")
+    picked = dict.fromkeys(picked_objects.CLASSES, 0)
+    for s, p in zip(test_scenes, (logits > 0).numpy()):  # at the backbone's input size
         scale = backbone.img_size / max(s.image.shape[:2])  # ResizePadVision: longest side
         objects = [dict(o, bbox=[v * scale for v in o["bbox"]]) for o in s.objects]
         t = s.objects[s.target_index]
-        picked[classify(p, objects, (t["colour"], t["shape"]))] += 1
+        picked[picked_objects.classify(p, objects, (t["colour"], t["shape"]))] += 1
     print(json.dumps(dict(config=args.config, prior=cfg.prior.to_dict(), keys=args.keys,
                           stride=stride,
                           prior_dice=args.prior_dice,
