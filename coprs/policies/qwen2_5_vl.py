@@ -79,6 +79,14 @@ def _image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def _is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds FSDP units (their parameters are gathered only inside their
+    forward, so the tower cache, which runs the tower outside it, is not used)."""
+    from ..engine.fsdp import is_fsdp
+
+    return is_fsdp(model)
+
+
 def _dist_rank() -> int:
     import torch.distributed as dist
 
@@ -145,6 +153,12 @@ class Qwen25VLPolicy(BasePolicy):
             A random-initialised tiny tower trained from scratch collapses to an
             image-independent output within a few hundred warm-up steps (docs/benchmarks.md);
             frozen, it stays a fixed random feature extractor the language model learns to read.
+        tower_cache: with ``freeze_vision_tower``, keep the tokenised prompt and the frozen
+            tower's output of up to this many (image, instruction) pairs in memory (least
+            recently used dropped first), so that a training forward over a sample seen before
+            skips the image processor and the tower; its result is the same. An entry holds the
+            tower's output (image tokens x hidden size): about 8 KB for the tiny CPU policy,
+            several MB for a 7B policy on a large image. 0 (default): off.
     """
 
     def __init__(
@@ -163,6 +177,7 @@ class Qwen25VLPolicy(BasePolicy):
         stop_at_special_token: bool = False,
         lora: dict | None = None,
         freeze_vision_tower: bool = False,
+        tower_cache: int = 0,
     ) -> None:
         super().__init__()
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -175,6 +190,13 @@ class Qwen25VLPolicy(BasePolicy):
         self.uses_adapters = False
         self.stop_at_special_token = stop_at_special_token
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        if tower_cache < 0 or (tower_cache and not freeze_vision_tower):
+            raise ValueError(
+                f"policy tower_cache={tower_cache}: it must be >= 0, and it needs "
+                "freeze_vision_tower=True (a trained tower's output changes every step); set "
+                "model.policy.freeze_vision_tower=True or model.policy.tower_cache=0")
+        self.tower_cache = tower_cache
+        self._tower_entries: OrderedDict = OrderedDict()
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
 
@@ -224,6 +246,9 @@ class Qwen25VLPolicy(BasePolicy):
         if freeze_vision_tower:
             self.model.model.visual.requires_grad_(False)
         self.model.eval()
+        # loading weights (a checkpoint, a resume) may change the tower: forget its outputs
+        self._register_load_state_dict_pre_hook(
+            lambda *args, **kwargs: self._tower_entries.clear())
 
     def _add_lora(self, lora: dict) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -476,7 +501,13 @@ class Qwen25VLPolicy(BasePolicy):
                 default: this policy's.
         """
         model = model if model is not None else self.model
-        prompt = self.encode_prompts(images, instructions)
+        base = model.model if hasattr(model, "lm_head") else model
+        cached = self.tower_cache and model is self.model and not _is_sharded(model)
+        if cached:
+            prompt, image_inputs = self._encode_from_tower_cache(images, instructions)
+        else:
+            prompt = self.encode_prompts(images, instructions)
+            image_inputs = self._image_inputs(base, images, prompt)
         ids_rows, positions, has_token, starts = [], [], [], []
         for row, mask, rollout in zip(prompt["input_ids"], prompt["attention_mask"], rollouts):
             prompt_ids = row[mask.bool()].tolist()
@@ -504,14 +535,13 @@ class Qwen25VLPolicy(BasePolicy):
             positions[b] += pad
             starts[b] += pad
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        base = model.model if hasattr(model, "lm_head") else model
         out = base(
             input_ids=input_ids,
             attention_mask=attention,
             image_grid_thw=prompt["image_grid_thw"],
             mm_token_type_ids=(input_ids == self.image_token_id).long(),
             use_cache=False,
-            **self._image_inputs(base, images, prompt),
+            **image_inputs,
         )
         return ResponseForward(
             last_hidden=out.last_hidden_state,  # B x W x D (after the final norm)
@@ -521,6 +551,47 @@ class Qwen25VLPolicy(BasePolicy):
             token_ids=[list(r.token_ids) for r in rollouts],
             lm_head=model.lm_head if hasattr(model, "lm_head") else self.model.lm_head,
         )
+
+    def _encode_from_tower_cache(self, images, instructions) -> tuple[dict, dict]:
+        """Prompts (as :meth:`encode_prompts` gives them, without pixels) and the frozen
+        tower's output for B (image, instruction) pairs, from the ``tower_cache`` entries; pairs
+        not there are encoded together, once each, and stored."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        entries = self._tower_entries
+        digests: dict[int, str] = {}
+        keys = []
+        for im, ins in zip(images, instructions):
+            if id(im) not in digests:
+                digests[id(im)] = _image_digest(im)
+            keys.append((self.prompt_template, self.special_token, digests[id(im)], ins))
+        missing = [k for k in dict.fromkeys(keys) if k not in entries]
+        if missing:
+            first = [keys.index(k) for k in missing]
+            batch = self.encode_prompts([images[i] for i in first],
+                                        [instructions[i] for i in first])
+            with torch.no_grad():
+                feats = self.model.model.get_image_features(
+                    batch["pixel_values"], batch["image_grid_thw"], return_dict=True).pooler_output
+            for j, k in enumerate(missing):
+                ids = batch["input_ids"][j][batch["attention_mask"][j].bool()]
+                entries[k] = (ids, batch["image_grid_thw"][j], feats[j].detach())
+        for k in keys:
+            entries.move_to_end(k)
+        rows = [entries[k] for k in keys]
+        while len(entries) > self.tower_cache:
+            entries.popitem(last=False)
+        width = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long,
+                               device=self.device)
+        attention = torch.zeros_like(input_ids)
+        for b, (ids, _, _) in enumerate(rows):
+            input_ids[b, width - len(ids):] = ids
+            attention[b, width - len(ids):] = 1
+        prompt = {"input_ids": input_ids, "attention_mask": attention,
+                  "image_grid_thw": torch.stack([grid for _, grid, _ in rows])}
+        encoded = BaseModelOutputWithPooling(pooler_output=tuple(f for _, _, f in rows))
+        return prompt, {"mm_encoder_outputs": {"image": encoded}}
 
     @staticmethod
     def _image_inputs(base, images, prompt) -> dict:

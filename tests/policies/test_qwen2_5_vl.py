@@ -253,3 +253,62 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(tiny_q
     assert ckpt[1].keys() == plain[1].keys() and len(plain[1]) > 0
     for name, grad in plain[1].items():
         torch.testing.assert_close(ckpt[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_tower_cache_gives_the_same_forward_and_skips_the_tower(tiny_qwen_dir):
+    """With a frozen tower, ``tower_cache`` keeps each (image, instruction)'s tokenised prompt
+    and tower output: the forward equals the uncached one (hidden states, log-probs, gradients
+    of the language model), a pair seen before runs neither the processor nor the tower, the
+    least recently used entry goes first, and loading weights empties the cache."""
+    kw = dict(model_path=str(tiny_qwen_dir), max_pixels=112 * 112, freeze_vision_tower=True)
+    plain, cached = Qwen25VLPolicy(**kw), Qwen25VLPolicy(**kw, tower_cache=3)
+    cached.load_state_dict(plain.state_dict())
+    rng = np.random.default_rng(0)
+    a, b, c = (Image.fromarray(rng.integers(0, 255, (112, 84 + 28 * i, 3), np.uint8))
+               for i in range(3))
+    texts = ["<think>x</think><REF_POS>", "<think>y y y</think><REF_POS>", "<think>z</think>"]
+    rollouts = [Rollout(text=t, token_ids=plain.tokenizer.encode(t, add_special_tokens=False))
+                for t in texts]
+    tower_calls = []
+    cached.model.model.visual.register_forward_hook(lambda *_: tower_calls.append(1))
+
+    def run(policy, images, instructions):
+        policy.zero_grad()
+        fwd = policy.forward_responses(images, instructions, rollouts)
+        logp, mask = policy.response_logprobs(fwd)
+        (-(logp * mask).sum()).backward()
+        grad = policy.model.lm_head.weight.grad.clone()
+        return fwd.policy_output(texts).hidden.detach(), logp.detach(), grad
+
+    # a GRPO-like batch: the same image object twice, with the same instruction
+    images, instructions = [a, a, b], ["find it", "find it", "the other one"]
+    want = run(plain, images, instructions)
+    got = run(cached, images, instructions)
+    assert len(cached._tower_entries) == 2 and tower_calls == [1]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    # fresh image objects with the same pixels: served from the cache, same result
+    copies = [Image.fromarray(np.asarray(im)) for im in images]
+    again = run(cached, copies, instructions)
+    assert tower_calls == [1]
+    for w, g in zip(want, again):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    # a new instruction on a cached image is a new entry; at 3 entries (a, b) is dropped first
+    run(cached, [a, b, c], ["find it", "find it", "find it"])
+    assert tower_calls == [1, 1] and len(cached._tower_entries) == 3
+    assert [k[3] for k in cached._tower_entries] == ["find it"] * 3
+    # another model (the frozen GRPO reference) runs its own tower, never this cache
+    plain_calls = []
+    plain.model.model.visual.register_forward_hook(lambda *_: plain_calls.append(1))
+    cached.forward_responses(images, instructions, rollouts, model=plain.model)
+    assert plain_calls == [1] and tower_calls == [1, 1]
+    cached.load_state_dict(plain.state_dict())
+    assert len(cached._tower_entries) == 0
+
+
+def test_tower_cache_needs_a_frozen_tower(tiny_qwen_dir):
+    with pytest.raises(ValueError, match="freeze_vision_tower=True"):
+        Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112, tower_cache=8)
+    with pytest.raises(ValueError, match="tower_cache=-1"):
+        Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                       freeze_vision_tower=True, tower_cache=-1)

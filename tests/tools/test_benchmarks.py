@@ -20,6 +20,7 @@ EXPECTED = {
     "feature_cache": {"speedup", "seconds", "cached_files", "feature_grid"},
     "eval_throughput": {"speedup", "same_predictions", "samples_per_second"},
     "warmup_batch": {"step_seconds", "sample_seconds", "step_over_smallest", "batch_sizes"},
+    "warmup_step": {"step_seconds", "step_over_committed", "variants"},
 }
 
 
@@ -43,6 +44,11 @@ def test_benchmark_quick_mode_prints_json(name, capsys, monkeypatch):
     if name == "warmup_batch":
         assert set(printed["step_over_smallest"]) == {"1", "2"}
         assert printed["step_over_smallest"]["1"] == 1.0
+        assert all(v > 0 for v in printed["step_seconds"].values())
+    if name == "warmup_step":
+        assert set(printed["step_over_committed"]) == {"committed", "no_fused",
+                                                       "no_tower_cache", "neither"}
+        assert printed["step_over_committed"]["committed"] == 1.0
         assert all(v > 0 for v in printed["step_seconds"].values())
     if name == "train_step":
         assert set(printed["phase_seconds"]) >= {"rollout", "reward", "reference", "actor",

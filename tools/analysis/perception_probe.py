@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     policy_cfg = dict(cfg.model.policy)
     policy_cfg.update(overrides)
     policy_cfg.pop("freeze_vision_tower", None)  # --vision-lr decides
+    policy_cfg.pop("tower_cache", None)  # it needs a tower frozen at build time
     torch.manual_seed(args.seed)
     policy = POLICIES.build(policy_cfg)
     size = int(cfg.get("shapes_image_size", 112))

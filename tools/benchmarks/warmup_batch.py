@@ -29,8 +29,9 @@ TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
 
 
 def warmup_step_seconds(work: Path, batch: int, iters: int, skip: int, scenes: int,
-                        tag: str) -> list[float]:
-    """Seconds of each of ``iters`` warm-up steps at ``batch`` after ``skip`` untimed ones."""
+                        tag: str, options: dict | None = None) -> list[float]:
+    """Seconds of each of ``iters`` warm-up steps at ``batch`` after ``skip`` untimed ones
+    (``options``: ``--cfg-options``-style overrides of the config)."""
     from mmengine.config import Config
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -49,6 +50,8 @@ def warmup_step_seconds(work: Path, batch: int, iters: int, skip: int, scenes: i
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10 ** 9)
     cfg.param_scheduler = []
     cfg.custom_hooks = []
+    if options:
+        cfg.merge_from_dict(options)
     runner = Runner.from_cfg(cfg)
     marks: list[float] = []
 
