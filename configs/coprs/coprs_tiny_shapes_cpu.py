@@ -17,8 +17,9 @@ model = dict(
     # those of its colour (docs/benchmarks.md, calibrations 20 and 20b)
     rl=dict(kl_coef=0.02, answer_coef=1.0, answer_key='gold_answer_region'),
     # trained from scratch, the tiny policy's vision tower collapses to an image-independent
-    # output within ~200 warm-up steps; frozen, the language model learns to read it
-    policy=dict(freeze_vision_tower=True),
+    # output within ~200 warm-up steps; frozen, the language model learns to read it, and its
+    # output (and each prompt's tokens) for the 3,000 training scenes is kept in memory
+    policy=dict(freeze_vision_tower=True, tower_cache=4096),
     # a 64-wide random encoder keeps the 48 values of a 4x4 RGB patch (32 channels cannot)
     vision_backbone=dict(embed_dim=64, out_chans=64),
     # an 8 x 8 position map read from the query (HeatmapPrior.position_grid)
