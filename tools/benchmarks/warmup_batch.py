@@ -28,13 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
 
 
-def warmup_step_seconds(work: Path, batch: int, iters: int, skip: int, scenes: int,
-                        tag: str, options: dict | None = None) -> list[float]:
-    """Seconds of each of ``iters`` warm-up steps at ``batch`` after ``skip`` untimed ones
-    (``options``: ``--cfg-options``-style overrides of the config)."""
+def tiny_config(work: Path, batch: int, scenes: int, tag: str):
+    """The tiny CPU config for a timing run named ``tag`` under ``work``: quiet, at ``batch``,
+    on ``scenes`` scenes, with the SAM feature cache shared by every run under ``work``."""
     from mmengine.config import Config
-    from mmengine.hooks import Hook
-    from mmengine.runner import Runner
 
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.work_dir = str(work / tag)
@@ -45,13 +42,21 @@ def warmup_step_seconds(work: Path, batch: int, iters: int, skip: int, scenes: i
     cfg.model.feature_cache = dict(root=str(work / "feature_cache"), dtype="float32")
     cfg.train_dataloader.batch_size = batch
     cfg.train_dataloader.dataset.num_samples = scenes
+    return cfg
+
+
+def warmup_step_seconds(work: Path, batch: int, iters: int, skip: int, scenes: int,
+                        tag: str) -> list[float]:
+    """Seconds of each of ``iters`` warm-up steps at ``batch`` after ``skip`` untimed ones."""
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    cfg = tiny_config(work, batch, scenes, tag)
     cfg.train_cfg.stages = [dict(kind="sft", iters=skip + iters)]
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=10 ** 9)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=10 ** 9)
     cfg.param_scheduler = []
     cfg.custom_hooks = []
-    if options:
-        cfg.merge_from_dict(options)
     runner = Runner.from_cfg(cfg)
     marks: list[float] = []
 

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from _common import base_parser, configured, emit, machine
-from warmup_batch import TINY_CONFIG, warmup_step_seconds
+from warmup_batch import tiny_config, warmup_step_seconds
 
 VARIANTS = {
     "committed": dict(fused=True, tower_cache=True),
@@ -61,7 +61,6 @@ def run(args) -> dict:
     import copy
     import time
 
-    from mmengine.config import Config
     from mmengine.runner import Runner
 
     from coprs.utils import register_all_modules
@@ -78,14 +77,7 @@ def run(args) -> dict:
     with scratch as work:
         work = Path(work)
         warmup_step_seconds(work, batch, scenes // batch, 0, scenes, "fill")  # SAM features
-        cfg = Config.fromfile(str(TINY_CONFIG))
-        cfg.work_dir = str(work / "steps")
-        cfg.log_level = "WARNING"
-        cfg.experiment_name = f"{work.name}_steps"
-        cfg.visualizer.name = f"visualizer_{work.name}_steps"
-        cfg.model.feature_cache = dict(root=str(work / "feature_cache"), dtype="float32")
-        cfg.train_dataloader.batch_size = batch
-        cfg.train_dataloader.dataset.num_samples = scenes
+        cfg = tiny_config(work, batch, scenes, "steps")
         runner = Runner.from_cfg(cfg)
         model = runner.model
         assert cfg.optim_wrapper.optimizer.get("fused") and model.policy.tower_cache > 0, \
