@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from _common import base_parser, configured, emit, machine
-from warmup_batch import tiny_config, warmup_step_seconds
+from warmup_batch import TINY_CONFIG, tiny_config, warmup_step_seconds
 
 VARIANTS = {
     "committed": dict(fused=True, tower_cache=True),
@@ -80,8 +80,9 @@ def run(args) -> dict:
         cfg = tiny_config(work, batch, scenes, "steps")
         runner = Runner.from_cfg(cfg)
         model = runner.model
-        assert cfg.optim_wrapper.optimizer.get("fused") and model.policy.tower_cache > 0, \
-            "the committed tiny config should have both settings on"
+        if not (cfg.optim_wrapper.optimizer.get("fused") and model.policy.tower_cache > 0):
+            raise RuntimeError(f"{TINY_CONFIG} should set optim_wrapper.optimizer.fused=True and "
+                               "model.policy.tower_cache > 0: this benchmark switches them off")
         wrappers = {True: runner.build_optim_wrapper(copy.deepcopy(cfg.optim_wrapper))}
         plain = copy.deepcopy(cfg.optim_wrapper)
         plain.optimizer.fused = False
@@ -91,7 +92,7 @@ def run(args) -> dict:
         for _ in range(scenes // batch):
             data = next(loader)
             for sample in data["data_samples"]:  # what the loop's supervised stage does
-                sample["response"] = sample["response_coprs"]
+                sample["response"] = sample[cfg.train_cfg.response_key]
             batches.append(data)
         cache_size = model.policy.tower_cache
         for data in batches:  # untimed: fills the tower cache, allocates optimiser state
