@@ -12,7 +12,7 @@ from ..image import load_image
 from ..structures import SegmentationResult
 from ..utils import register_all_modules
 
-__all__ = ["init_segmentor", "segment", "load_checkpoint"]
+__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file"]
 
 
 def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
@@ -23,7 +23,8 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
         config: a config file path, ``PLUGIN::path.py`` (a config a plugin ships) or an
             mmengine ``Config``.
         checkpoint: a coprs checkpoint (``.pth`` with a ``state_dict`` or a plain state dict),
-            read with ``weights_only=True``; None keeps the weights the parts loaded themselves.
+            read with ``weights_only=True``, or a training work dir (its newest checkpoint, as
+            ``last_checkpoint`` names it); None keeps the weights the parts loaded themselves.
         device: torch device.
         cfg_options: dotted-key overrides, as ``--cfg-options`` on the command line.
         seed: seed for parts that start from random initialisation (the same config and seed
@@ -56,15 +57,29 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
     return model.to(device).eval()
 
 
-def load_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load a coprs checkpoint into ``model`` (``weights_only=True``; strict on trainable parts).
+def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint file ``checkpoint`` names: the file itself, or for a training work dir the
+    newest checkpoint its ``last_checkpoint`` file points to."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        pointer = path / "last_checkpoint"
+        if not pointer.is_file():
+            raise FileNotFoundError(f"'{path}' is a folder without a last_checkpoint file; give "
+                                    "a checkpoint file or a training work dir")
+        path = Path(pointer.read_text().strip())
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    return path
+
+
+def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load a coprs checkpoint (a file or a training work dir, see :func:`checkpoint_file`) into
+    ``model`` (``weights_only=True``; strict on trainable parts).
 
     Keys missing from the file are allowed only for frozen parameters (the frozen vision
     backbone, whose weights come from its own checkpoint).
     """
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    path = checkpoint_file(checkpoint)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong

@@ -75,13 +75,9 @@ def resolve_checkpoint(path: str | None) -> str | None:
     """A checkpoint file, or a training work dir (its ``last_checkpoint``); None passes."""
     if path is None:
         return None
-    p = Path(path)
-    if p.is_dir():
-        pointer = p / "last_checkpoint"
-        if not pointer.is_file():
-            raise UsageError(f"'{path}' is a folder without a last_checkpoint file; give a "
-                             "checkpoint file or a training work dir")
-        p = Path(pointer.read_text().strip())
-    if not p.is_file():
-        raise UsageError(f"checkpoint '{p}' does not exist")
-    return str(p)
+    from ..apis.inference import checkpoint_file
+
+    try:
+        return str(checkpoint_file(path))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc

@@ -95,6 +95,15 @@ def test_checkpoint_round_trip_through_init_segmentor(tmp_path):
         init_segmentor(str(TINY_CONFIG), checkpoint=str(tmp_path / "bad.pth"))
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         init_segmentor(str(TINY_CONFIG), checkpoint=str(tmp_path / "absent.pth"))
+    # a training work dir stands for the checkpoint its last_checkpoint names, as on the CLI
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(FileNotFoundError, match="without a last_checkpoint"):
+        init_segmentor(str(TINY_CONFIG), checkpoint=str(work))
+    (work / "last_checkpoint").write_text(str(tmp_path / "ckpt.pth"))
+    from_dir = init_segmentor(str(TINY_CONFIG), checkpoint=work, seed=9)
+    for k, v in model.state_dict().items():
+        assert torch.equal(from_dir.state_dict()[k], v), k
 
 
 def test_init_segmentor_is_deterministic_given_seed():
