@@ -75,7 +75,7 @@ def resolve_checkpoint(path: str | None) -> str | None:
     """A checkpoint file, or a training work dir (its ``last_checkpoint``); None passes."""
     if path is None:
         return None
-    from ..apis.inference import checkpoint_file
+    from ..apis import checkpoint_file
 
     try:
         return str(checkpoint_file(path))
