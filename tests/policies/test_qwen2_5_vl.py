@@ -269,8 +269,10 @@ def test_tower_cache_gives_the_same_forward_and_skips_the_tower(tiny_qwen_dir):
     texts = ["<think>x</think><REF_POS>", "<think>y y y</think><REF_POS>", "<think>z</think>"]
     rollouts = [Rollout(text=t, token_ids=plain.tokenizer.encode(t, add_special_tokens=False))
                 for t in texts]
-    tower_calls = []
+    tower_calls, prompt_calls = [], []
     cached.model.model.visual.register_forward_hook(lambda *_: tower_calls.append(1))
+    encode = cached.encode_prompts
+    cached.encode_prompts = lambda *a, **k: prompt_calls.append(1) or encode(*a, **k)
 
     def run(policy, images, instructions):
         policy.zero_grad()
@@ -284,18 +286,19 @@ def test_tower_cache_gives_the_same_forward_and_skips_the_tower(tiny_qwen_dir):
     images, instructions = [a, a, b], ["find it", "find it", "the other one"]
     want = run(plain, images, instructions)
     got = run(cached, images, instructions)
-    assert len(cached._tower_entries) == 2 and tower_calls == [1]
+    assert len(cached._tower_entries) == 2 and tower_calls == [1] and prompt_calls == [1]
     for w, g in zip(want, got):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
     # fresh image objects with the same pixels: served from the cache, same result
     copies = [Image.fromarray(np.asarray(im)) for im in images]
     again = run(cached, copies, instructions)
-    assert tower_calls == [1]
+    assert tower_calls == [1] and prompt_calls == [1]
     for w, g in zip(want, again):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
-    # a new instruction on a cached image is a new entry; at 3 entries (a, b) is dropped first
+    # a new instruction on a cached image is a new entry; over 3 entries the least recently
+    # used, (b, "the other one"), is dropped
     run(cached, [a, b, c], ["find it", "find it", "find it"])
-    assert tower_calls == [1, 1] and len(cached._tower_entries) == 3
+    assert tower_calls == [1, 1] and prompt_calls == [1, 1] and len(cached._tower_entries) == 3
     assert [k[3] for k in cached._tower_entries] == ["find it"] * 3
     # another model (the frozen GRPO reference) runs its own tower, never this cache
     plain_calls = []
