@@ -6,8 +6,8 @@
 _base_ = ['./coprs_tiny_shapes_cpu.py']
 work_dir = 'work_dirs/coprs_tiny_shapes_cpu_6x'
 # measured before calibration 20: no position map, the answer-naming loss names colour and shape
-# (and before the fused AdamW of the tiny schedule: reruns differ within the seed spread); the
-# tower cache holds all 18,000 scenes
+# (and before the tiny schedule's fused AdamW: a rerun may differ as runs at another thread
+# count do, by ~0.03); the tower cache holds all 18,000 scenes
 model = dict(prior=dict(position_grid=0), rl=dict(answer_key='gold_answer'),
              policy=dict(tower_cache=18000))
 sft_iters = 5400
