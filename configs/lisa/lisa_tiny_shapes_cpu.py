@@ -11,11 +11,16 @@ _base_ = [
 work_dir = 'work_dirs/lisa_tiny_shapes_cpu'
 model = dict(
     rl=dict(kl_coef=0.02),
+    # the CPU settings of the CoPRS main job (configs/coprs/coprs_tiny_shapes_cpu.py), so that
+    # `coprs bench-paradigms` compares the interfaces on like terms: a frozen policy vision tower
+    # (trained, the tiny one collapses) with its output cached, and a 64-wide tiny SAM encoder
+    policy=dict(freeze_vision_tower=True, tower_cache=4096),
+    vision_backbone=dict(embed_dim=64, out_chans=64),
     feature_cache=dict(root='work_dirs/feature_cache', dtype='float32'),
     # no dense prior to supervise: the BCE goes on the mask instead (LISA's loss), same weight
     seg_loss=dict(type='SegmentationLoss', lambda_mask_bce=1.0),
 )
-train_dataloader = dict(dataset=dict(num_samples=6000))
+train_dataloader = dict(dataset=dict(num_samples=3000, cache_samples=True))
 train_cfg = dict(
     response_key='response_lisa',
     reward=dict(type='WeightedSumReward', rewards=[
