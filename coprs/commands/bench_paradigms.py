@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
         help="train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget",
         description="Train each config from scratch with the same seed, data and budget, "
                     "evaluate it on its test splits (generated reasoning), and write "
-                    "paradigms.json and paradigms.md: gIoU and cIoU per split, format-valid "
+                    "paradigms.json and paradigms.md: gIoU, cIoU and Pr@0.5 per split, format-valid "
                     "rate, parameters added on top of the policy, mean train-step seconds and "
                     "inference seconds per sample.",
         epilog="example: coprs bench-paradigms --budget-minutes 3.5 --iters 2000 "
@@ -163,7 +163,7 @@ def run_config(cfg) -> dict:
         paradigm=paradigm_name(cfg),
         prior=cfg.model.prior.get("type"),
         decoder=cfg.model.decoder.get("type"),
-        splits={k: {m: v[m] for m in ("gIoU", "cIoU", "format_rate", "n")}
+        splits={k: {m: v[m] for m in ("gIoU", "cIoU", "Pr@0.5", "format_rate", "n")}
                 for k, v in results.items()},
         format_rate=n_fmt / max(n_test, 1),
         added_params=count_parameters(model.prior) + count_parameters(model.decoder),
@@ -191,14 +191,15 @@ def format_paradigms_table(report: dict) -> str:
     splits = []
     for r in rows:
         splits += [s for s in r["splits"] if s not in splits]
-    head = ["paradigm"] + [f"{s} gIoU / cIoU" for s in splits] + [
+    head = ["paradigm"] + [f"{s} gIoU / cIoU / Pr@0.5" for s in splits] + [
         "format valid", "added params", "train iters (GRPO)", "train-step s", "infer s/sample"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         cells = [r["paradigm"]]
         for s in splits:
             m = r["splits"].get(s)
-            cells.append("–" if m is None else f"{m['gIoU']:.3f} / {m['cIoU']:.3f}")
+            cells.append("–" if m is None else
+                         f"{m['gIoU']:.3f} / {m['cIoU']:.3f} / {_fmt(m.get('Pr@0.5'), '.3f')}")
         cells += [f"{100 * r['format_rate']:.1f}%", f"{r['added_params']:,}",
                   f"{r['train_iters']} ({r['grpo_iters']})", _fmt(r["mean_step_s"], ".2f"),
                   _fmt(r["infer_s_per_sample"], ".3f")]

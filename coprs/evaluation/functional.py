@@ -36,6 +36,7 @@ import numpy as np
 __all__ = [
     "IGNORE_MODES",
     "EMPTY_EMPTY_CHOICES",
+    "PRECISION_THRESHOLDS",
     "COUNT_KEYS",
     "PER_SAMPLE_KEYS",
     "PER_SAMPLE_FILENAME",
@@ -55,6 +56,9 @@ IGNORE_MODES: tuple[str, ...] = ("exclude", "background", "foreground")
 
 EMPTY_EMPTY_CHOICES: tuple[float | str, ...] = (1.0, 0.0, "skip")
 """Score of a sample whose union is zero (LISA: 1.0; VisionReasoner/Seg-R1: 0.0; Seg-Zero: skip)."""
+
+PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.7, 0.9)
+"""IoU thresholds of ``Pr@t`` (share of samples with IoU ≥ t), as referring segmentation reports."""
 
 COUNT_KEYS: tuple[str, ...] = tuple(
     f"{kind}_{mode}" for mode in IGNORE_MODES for kind in ("inter", "union")
@@ -233,7 +237,9 @@ def reduce_counts(
 
     Returns:
         dict[str, float | int]: ``gIoU`` (mean per-sample IoU), ``cIoU`` (Σ inter / Σ union),
-        ``n`` (samples scored) and ``n_skipped``.
+        ``n`` (samples scored), ``n_skipped``, and ``Pr@0.5`` / ``Pr@0.7`` / ``Pr@0.9``: the share
+        of scored samples whose IoU is at least the threshold (the referring-segmentation
+        literature's precision, :data:`PRECISION_THRESHOLDS`; 0.0 when ``n == 0``).
 
     Raises:
         ValueError: on an unknown ``empty_empty`` or ``ignore_mode``, or a record without valid
@@ -242,8 +248,8 @@ def reduce_counts(
     _check_empty_empty(empty_empty)
     _check_ignore_mode(ignore_mode)
     total_inter = total_union = 0
-    iou_sum = 0.0
-    n = n_skipped = 0
+    ious: list[float] = []
+    n_skipped = 0
     for index, record in enumerate(records):
         inter, union = _record_counts(record, ignore_mode, f"record {index}")
         total_inter += inter
@@ -252,16 +258,19 @@ def reduce_counts(
             if empty_empty == "skip":
                 n_skipped += 1
                 continue
-            iou_sum += float(empty_empty)
+            ious.append(float(empty_empty))
         else:
-            iou_sum += inter / union
-        n += 1
-    return {
+            ious.append(inter / union)
+    n, iou_sum = len(ious), sum(ious)
+    out = {
         "gIoU": iou_sum / n if n else 0.0,
         "cIoU": total_inter / total_union if total_union else 0.0,
         "n": n,
         "n_skipped": n_skipped,
     }
+    for t in PRECISION_THRESHOLDS:
+        out[f"Pr@{t}"] = sum(i >= t for i in ious) / n if n else 0.0
+    return out
 
 
 def iou_metrics(

@@ -114,12 +114,27 @@ def test_empty_empty_depends_on_ignore_mode():
 
 
 def test_no_scored_samples_is_zero_not_nan():
-    assert reduce_counts([]) == {"gIoU": 0.0, "cIoU": 0.0, "n": 0, "n_skipped": 0}
+    no_pr = {"Pr@0.5": 0.0, "Pr@0.7": 0.0, "Pr@0.9": 0.0}
+    assert reduce_counts([]) == {"gIoU": 0.0, "cIoU": 0.0, "n": 0, "n_skipped": 0, **no_pr}
     out = reduce_counts([_record(0, 0)], empty_empty="skip")
-    assert out == {"gIoU": 0.0, "cIoU": 0.0, "n": 0, "n_skipped": 1}
+    assert out == {"gIoU": 0.0, "cIoU": 0.0, "n": 0, "n_skipped": 1, **no_pr}
     # All samples empty/empty and scored 1: gIoU 1, cIoU 0 (LISA: 0 / (0 + 1e-10)).
     out = reduce_counts([_record(0, 0)], empty_empty=1.0)
-    assert out == {"gIoU": 1.0, "cIoU": 0.0, "n": 1, "n_skipped": 0}
+    assert out == {"gIoU": 1.0, "cIoU": 0.0, "n": 1, "n_skipped": 0,
+                   "Pr@0.5": 1.0, "Pr@0.7": 1.0, "Pr@0.9": 1.0}
+
+
+def test_precision_at_thresholds():
+    # IoUs 0.3, 0.5 (counts at its own threshold), 0.8, 1.0 and an empty/empty sample
+    records = [_record(3, 10), _record(5, 10), _record(8, 10), _record(4, 4), _record(0, 0)]
+    out = reduce_counts(records)  # empty/empty scores 1.0
+    assert out["Pr@0.5"] == pytest.approx(4 / 5)
+    assert out["Pr@0.7"] == pytest.approx(3 / 5)
+    assert out["Pr@0.9"] == pytest.approx(2 / 5)
+    out = reduce_counts(records, empty_empty="skip")  # left out of n and of Pr
+    assert (out["n"], out["Pr@0.5"], out["Pr@0.9"]) == (4, pytest.approx(3 / 4), pytest.approx(1 / 4))
+    out = reduce_counts(records, empty_empty=0.0)
+    assert out["Pr@0.5"] == pytest.approx(3 / 5)
 
 
 @pytest.mark.parametrize(

@@ -80,8 +80,10 @@ def test_recompute_metrics_default_protocol(results_dir, tmp_path, capsys):
     assert metrics["refcoco_unc_testA"]["gIoU"] == pytest.approx(0.5)
     assert metrics["refcoco_unc_testA"]["cIoU"] == pytest.approx(2 / 4)
     stdout = capsys.readouterr().out
-    assert "| split | gIoU | cIoU | n |" in stdout
-    assert "| reason_seg_val | 83.33 | 66.67 | 3 |" in stdout
+    assert "| split | gIoU | cIoU | Pr@0.5 | Pr@0.7 | Pr@0.9 | n |" in stdout
+    # IoUs 0.5, 1, 1: all three reach 0.5, two reach 0.7 and 0.9
+    assert "| reason_seg_val | 83.33 | 66.67 | 100.00 | 66.67 | 66.67 | 3 |" in stdout
+    assert reason["Pr@0.7"] == pytest.approx(2 / 3)
 
 
 def test_recompute_metrics_other_protocols(results_dir, tmp_path):

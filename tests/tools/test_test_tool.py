@@ -40,7 +40,13 @@ def test_shapes_generated_gold_and_empty_modes(tmp_path, capsys):
     assert "| shapes |" in table and "test gIoU / cIoU" in table
     assert len(list((tmp_path / "show" / "shapes_test").glob("*.png"))) == 6
     per_sample = tmp_path / "work" / "per_sample_gold" / "shapes_test" / "per_sample.jsonl"
-    assert len(per_sample.read_text().splitlines()) == 6
+    records = [json.loads(x) for x in per_sample.read_text().splitlines()]
+    assert len(records) == 6
+    # Pr@X is the share of these samples with IoU >= X, and the summary line prints Pr@0.5
+    for t in (0.5, 0.7, 0.9):
+        assert results["gold"][f"Pr@{t}"] == pytest.approx(
+            sum(r["iou"] >= t for r in records) / 6)
+    assert "shapes/test: n=6, Pr@0.5 " in table
 
 
 def test_corrupt_image_is_reported_and_skipped(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Recompute gIoU / cIoU from saved per-sample counts under any evaluation protocol.
+"""Recompute gIoU / cIoU / Pr@X from saved per-sample counts under any evaluation protocol.
 
 Reads every ``per_sample.jsonl`` (written by ``tools/test.py``) under RESULTS_DIR and reduces its
 counts with :func:`coprs.evaluation.functional.reduce_counts`; no model is loaded.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from coprs.evaluation.functional import (
+    PRECISION_THRESHOLDS,
     read_per_sample,
     reduce_counts,
     require_per_sample,
@@ -70,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: {err}", file=sys.stderr)
             return 2
 
-    print(f"protocol: empty/empty={args.empty_empty}, ignore={args.ignore} (gIoU, cIoU in %)")
+    print(f"protocol: empty/empty={args.empty_empty}, ignore={args.ignore} (all in %)")
     print()
-    print("| split | gIoU | cIoU | n |")
-    print("|---|---:|---:|---:|")
+    pr = [f"Pr@{t}" for t in PRECISION_THRESHOLDS]
+    print("| split | gIoU | cIoU | " + " | ".join(pr) + " | n |")
+    print("|---|" + "---:|" * (len(pr) + 3))
     for name, m in metrics.items():
-        print(f"| {name} | {100 * m['gIoU']:.2f} | {100 * m['cIoU']:.2f} | {m['n']} |")
+        cells = [f"{100 * m[k]:.2f}" for k in ("gIoU", "cIoU", *pr)]
+        print(f"| {name} | " + " | ".join(cells) + f" | {m['n']} |")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
