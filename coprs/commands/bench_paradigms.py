@@ -199,7 +199,7 @@ def format_paradigms_table(report: dict) -> str:
         for s in splits:
             m = r["splits"].get(s)
             cells.append("–" if m is None else
-                         f"{m['gIoU']:.3f} / {m['cIoU']:.3f} / {_fmt(m.get('Pr@0.5'), '.3f')}")
+                         f"{m['gIoU']:.3f} / {m['cIoU']:.3f} / {m['Pr@0.5']:.3f}")
         cells += [f"{100 * r['format_rate']:.1f}%", f"{r['added_params']:,}",
                   f"{r['train_iters']} ({r['grpo_iters']})", _fmt(r["mean_step_s"], ".2f"),
                   _fmt(r["infer_s_per_sample"], ".3f")]

@@ -56,7 +56,7 @@ def format_results_table(results: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for key, m in results.items():
-        lines.append(f"{key}: n={m['n']}, Pr@0.5 {100 * m.get('Pr@0.5', 0.0):.1f}%, "
+        lines.append(f"{key}: n={m['n']}, Pr@0.5 {100 * m['Pr@0.5']:.1f}%, "
                      f"heatmap IoU {100 * m['heatmap_IoU']:.2f}, "
                      f"format rate {100 * m['format_rate']:.1f}%, "
                      f"skipped (unreadable) {m['n_unreadable']}")

@@ -76,8 +76,7 @@ class ReasonSegMetric(BaseMetric):
     def compute_metrics(self, results: list) -> dict:
         scored = [r for r in results if not r.get("skipped")]
         skipped = [r for r in results if r.get("skipped")]
-        out = reduce_counts(scored, self.empty_empty, self.ignore_mode) if scored else \
-            {"gIoU": 0.0, "cIoU": 0.0, "n": 0, "n_skipped": 0}
+        out = reduce_counts(scored, self.empty_empty, self.ignore_mode)  # zeros when empty
         heat = [r["heatmap_iou"] for r in scored if r["heatmap_iou"] is not None]
         out["heatmap_IoU"] = float(np.mean(heat)) if heat else 0.0
         out["format_rate"] = float(np.mean([r["format_ok"] for r in scored])) if scored else 0.0

@@ -34,6 +34,7 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     assert res["heatmap_IoU"] == pytest.approx(0.75)
     assert res["n_unreadable"] == 1 and "x.jpg" in res["unreadable"][0]
     assert res["by_type"]["relation"]["n"] == 2
+    assert (res["Pr@0.5"], res["Pr@0.7"]) == (1.0, pytest.approx(0.5))  # IoUs 0.5 and 1
     lines = (tmp_path / "refcoco_val" / "per_sample.jsonl").read_text().splitlines()
     assert [json.loads(x)["sample_id"] for x in lines] == ["a", "b"]
 
@@ -56,3 +57,11 @@ def test_metric_protocol_switches():
     assert res["foreground"]["gIoU"] == pytest.approx(0.5)  # (1 + 0) / 2
     with pytest.raises(ValueError):
         ReasonSegMetric(ignore_mode="nope")
+
+
+def test_metric_with_every_sample_unreadable_is_zero():
+    m = ReasonSegMetric()
+    m.process({}, [dict(pred=None, load_error="x.jpg unreadable", sample_id="c", img_path="x.jpg")])
+    res = m.compute_metrics(m.results)
+    assert res["n"] == 0 and res["n_unreadable"] == 1
+    assert res["gIoU"] == res["cIoU"] == res["Pr@0.5"] == res["heatmap_IoU"] == 0.0
