@@ -51,9 +51,10 @@ def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys):
     assert "reward/mask" in log and "time/rollout" in log and "pg/clip_frac" in log
     out = tmp_path / "r.json"
     assert main(["test", str(TINY_CONFIG), str(ckpt), "--out", str(out), "--max-new-tokens", "4",
-                 "--cfg-options", "test_cfg.datasets.0.num_samples=2",
-                 "test_cfg.datasets.1.num_samples=2"]) == 0
+                 "--work-dir", str(tmp_path / "t"), "--cfg-options",
+                 "test_cfg.datasets.0.num_samples=2", "test_cfg.datasets.1.num_samples=2"]) == 0
     assert json.loads(out.read_text())["shapes/test"]["n"] == 2
+    assert (tmp_path / "t" / "per_sample_generated" / "shapes_test" / "per_sample.jsonl").is_file()
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
