@@ -53,7 +53,9 @@ class ReasonSegMetric(BaseMetric):
 
     def process(self, data_batch, data_samples) -> None:
         """``data_samples``: dicts with ``pred`` (a SegmentationResult, or None when skipped),
-        ``gt_mask``, ``ignore_mask``, ``sample_id``, ``instruction`` and ``load_error``."""
+        ``gt_mask``, ``ignore_mask``, ``sample_id``, ``instruction`` and ``load_error``; the
+        synthetic world's ``instruction_type`` and ``template_id`` are kept in the per-sample
+        records (None elsewhere) for breakdowns (``recompute_metrics.py --by``)."""
         for s in data_samples:
             if s.get("load_error") or s.get("pred") is None:
                 self.results.append({"skipped": True, "sample_id": s.get("sample_id"),
@@ -70,6 +72,7 @@ class ReasonSegMetric(BaseMetric):
                 heatmap_iou=mask_iou(pred.heatmap > 0.5, gt),
                 format_ok=bool(pred.format_ok),
                 instruction_type=s.get("instruction_type"),
+                template_id=s.get("template_id"),
             )
             self.results.append(record)
 

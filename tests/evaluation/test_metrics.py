@@ -23,7 +23,8 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     pred_a[:2, :] = True  # inter 4, union 8 -> 0.5
     empty = np.zeros((4, 4), bool)
     m = ReasonSegMetric(out_dir=str(tmp_path), dataset_name="refcoco", split="val")
-    m.process({}, [_sample(_pred(pred_a, ok=False), gt, sid="a", instruction_type="relation"),
+    m.process({}, [_sample(_pred(pred_a, ok=False), gt, sid="a", instruction_type="relation",
+                           template_id="relation.relation.0"),
                    _sample(_pred(empty), empty, sid="b", instruction_type="relation"),
                    dict(pred=None, load_error="x.jpg unreadable", sample_id="c",
                         img_path="x.jpg")])
@@ -37,6 +38,7 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     assert (res["Pr@0.5"], res["Pr@0.7"]) == (1.0, pytest.approx(0.5))  # IoUs 0.5 and 1
     lines = (tmp_path / "refcoco_val" / "per_sample.jsonl").read_text().splitlines()
     assert [json.loads(x)["sample_id"] for x in lines] == ["a", "b"]
+    assert [json.loads(x)["template_id"] for x in lines] == ["relation.relation.0", None]
 
 
 def test_metric_protocol_switches():

@@ -100,6 +100,28 @@ def test_recompute_metrics_other_protocols(results_dir, tmp_path):
     assert json.loads(out.read_text())["reason_seg_val"]["gIoU"] == pytest.approx(0.5)
 
 
+def test_recompute_metrics_breakdown_by_a_record_key(tmp_path, capsys):
+    records = [
+        {**_record("a", _mask([(0, 0)]), _mask([(0, 0)])), "template_id": "attribute.name.0"},
+        {**_record("b", _mask([(0, 0), (0, 1)]), _mask([(0, 0)])), "template_id": "relation.0"},
+        {**_record("c", _mask([(2, 2)]), _mask([(0, 0)])), "template_id": "relation.0"},
+    ]  # IoUs 1, 1/2, 0
+    write_per_sample(tmp_path / results_subdir("shapes", "test") / "per_sample.jsonl", records)
+    out = tmp_path / "metrics.json"
+    assert recompute_metrics.main([str(tmp_path), "--by", "template_id", "--json", str(out)]) == 0
+    by = json.loads(out.read_text())["shapes_test"]["by"]["template_id"]
+    assert list(by) == ["attribute.name.0", "relation.0"]
+    assert by["attribute.name.0"]["gIoU"] == pytest.approx(1.0) and by["attribute.name.0"]["n"] == 1
+    assert by["relation.0"]["gIoU"] == pytest.approx(0.25) and by["relation.0"]["n"] == 2
+    assert by["relation.0"]["Pr@0.5"] == pytest.approx(0.5)
+    assert "| shapes_test | relation.0 | 25.00 | 25.00 | 50.00 | 0.00 | 0.00 | 2 |" in (
+        capsys.readouterr().out)
+    # a key no record carries is a clear error naming the keys that are there
+    assert recompute_metrics.main([str(tmp_path), "--by", "instruction_type"]) == 2
+    err = capsys.readouterr().err
+    assert "no record has a value for --by 'instruction_type'" in err and "template_id" in err
+
+
 def test_recompute_metrics_errors(tmp_path, capsys):
     assert recompute_metrics.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
@@ -240,6 +262,23 @@ def test_picked_objects_classifies_by_the_object_holding_the_mask():
     assert tool.classify(mask, objects, ("blue", "circle")) == "other"
 
 
+def test_picked_objects_classifies_the_final_answer():
+    tool = _load("picked_objects")
+    objects = [dict(colour="red", shape="circle"), dict(colour="blue", shape="star")]
+    target, region = ("red", "circle"), "lower left"
+
+    def kind(answer):
+        return tool.answer_class(f"<think>I see a red circle. So {answer}</think><REF_POS>",
+                                 target, region, objects)
+
+    assert kind("the target is the red circle in the lower left.") == "in_place"
+    assert kind("the target is the red circle in the centre.") == "elsewhere"
+    assert kind("the target is the red circle.") == "elsewhere"  # no place named
+    assert kind("the target is the blue star in the lower left.") == "other_present"
+    assert kind("the target is the blue circle in the lower left.") == "absent"
+    assert kind("it is somewhere.") == "unparsed"
+
+
 def test_picked_objects_reports_json(capsys):
     tool = _load("picked_objects")
     for mode in ("gold", "generated"):
@@ -249,7 +288,10 @@ def test_picked_objects_reports_json(capsys):
         assert out["n"] == 3 and sum(out["picked"].values()) == 3
         assert set(out["picked"]) == set(tool.CLASSES) and 0.0 <= out["giou"] <= 1.0
         assert ("answers" in out) == (mode == "generated")
-    answers = out["answers"]
+    answers, by_answer = out["answers"], out["by_answer"]
+    assert set(by_answer) == set(tool.ANSWER_CLASSES)
+    assert sum(v["n"] for v in by_answer.values()) == 3
+    assert answers["right"] == by_answer["in_place"]["n"] + by_answer["elsewhere"]["n"]
     assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]
     assert answers["right"] + answers["absent"] <= 3 - answers["unparsed"]
 

@@ -6,7 +6,9 @@ object holding most of its pixels (inside the objects' boxes): the **target**, a
 target's **colour** but another shape, of its **shape** but another colour, an **other** object,
 or **none** (no mask pixel inside any object's box). With generated reasoning it also counts how
 often the response's final answer ("So the target is the red circle …") names the target, its
-colour, or an object that is not in the image (``absent``).
+colour, or an object that is not in the image (``absent``), and gives the gIoU of each kind of
+answer (``by_answer``, :data:`ANSWER_CLASSES`): the target in its place, the target in another
+place, another object of the image, an object that is not there, or no parsable answer.
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
@@ -31,7 +33,10 @@ EXAMPLE = """example:
 """
 
 CLASSES = ("target", "same_colour", "same_shape", "other", "none")
-_ANSWER = re.compile(r"target is the (\w+) (\w+)")
+#: what a generated final answer names: the target and its region ("in the lower left"), the
+#: target with another region, another object of the image, an object not in it, or nothing
+ANSWER_CLASSES = ("in_place", "elsewhere", "other_present", "absent", "unparsed")
+_ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the ([a-z ]+?))?\s*\.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +71,18 @@ def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> 
             else "same_shape" if shape else "other")
 
 
+def answer_class(response: str, target: tuple[str, str], region: str,
+                 objects: list[dict]) -> str:
+    """The class (one of :data:`ANSWER_CLASSES`) of a response's final answer."""
+    m = _ANSWER.search(response)
+    if m is None:
+        return "unparsed"
+    if m.group(1, 2) == target:
+        return "in_place" if m.group(3) == region else "elsewhere"
+    present = m.group(1, 2) in {(o["colour"], o["shape"]) for o in objects}
+    return "other_present" if present else "absent"
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -77,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     size = model.vision_backbone.img_size
     data = ShapesReasonDataset(split=args.split, num_samples=args.num_samples, image_size=size)
     counts = dict.fromkeys(CLASSES, 0)
-    answers = dict(right=0, right_colour=0, absent=0, unparsed=0)
+    right_colour = 0
+    by_answer: dict[str, list[float]] = {c: [] for c in ANSWER_CLASSES}
     ious = []
     for start in range(0, len(data), args.batch_size):
         items = [data.get_data_info(i)
@@ -91,20 +109,21 @@ def main(argv: list[str] | None = None) -> int:
             gt = d["gt_mask"].astype(bool)
             ious.append(float((r.mask & gt).sum() / max((r.mask | gt).sum(), 1)))
             if args.reasoning == "generated":
+                region = d["gold_answer_region"].partition(" in the ")[2]
+                kind = answer_class(r.response, target, region, d["objects"])
+                by_answer[kind].append(ious[-1])
                 m = _ANSWER.search(r.response)
-                if m is None:
-                    answers["unparsed"] += 1
-                else:
-                    answers["right"] += m.groups() == target
-                    answers["right_colour"] += m.group(1) == target[0]
-                    answers["absent"] += m.groups() not in {(o["colour"], o["shape"])
-                                                            for o in d["objects"]}
+                right_colour += m is not None and m.group(1) == target[0]
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
     out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
                split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
                picked=counts)
     if args.reasoning == "generated":
-        out["answers"] = answers
+        n = {c: len(v) for c, v in by_answer.items()}
+        out["answers"] = dict(right=n["in_place"] + n["elsewhere"], right_colour=right_colour,
+                              absent=n["absent"], unparsed=n["unparsed"])
+        out["by_answer"] = {c: dict(n=len(v), giou=round(float(np.mean(v)), 4) if v else None)
+                            for c, v in by_answer.items()}
     print(json.dumps(out))
     return 0
 

@@ -1,7 +1,9 @@
 """Recompute gIoU / cIoU / Pr@X from saved per-sample counts under any evaluation protocol.
 
 Reads every ``per_sample.jsonl`` (written by ``tools/test.py``) under RESULTS_DIR and reduces its
-counts with :func:`coprs.evaluation.functional.reduce_counts`; no model is loaded.
+counts with :func:`coprs.evaluation.functional.reduce_counts`; no model is loaded. ``--by KEY``
+adds a breakdown by any key the records carry, e.g. the synthetic world's ``instruction_type``
+or ``template_id``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ EXAMPLE = """example:
   python tools/analysis/recompute_metrics.py work_dirs/coprs_7b/test
   python tools/analysis/recompute_metrics.py work_dirs/coprs_7b/test --empty-empty skip \\
       --ignore exclude --json work_dirs/coprs_7b/test/metrics_segzero.json
+  # the synthetic world per template (program and phrasing)
+  python tools/analysis/recompute_metrics.py work_dirs/coprs_tiny_shapes_cpu/test --by template_id
 """
 
 
@@ -49,8 +53,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="exclude",
         help="how ignore pixels are scored (default: exclude, as LISA)",
     )
+    parser.add_argument(
+        "--by",
+        metavar="KEY",
+        help="also break each split down by this per-sample key (e.g. instruction_type, "
+        "template_id); JSON: under 'by' -> KEY -> value",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file")
     return parser.parse_args(argv)
+
+
+def breakdown(records: list[dict], key: str, empty_empty, ignore_mode: str) -> dict[str, dict]:
+    """``reduce_counts`` over the records grouped by ``record[key]``, in sorted key order.
+
+    Raises:
+        ValueError: no record has ``key`` (names the keys the records do have).
+    """
+    if not any(r.get(key) is not None for r in records):
+        have = sorted({k for r in records for k, v in r.items() if v is not None})
+        raise ValueError(f"no record has a value for --by {key!r}; the records have: "
+                         f"{', '.join(have)}")
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(str(r.get(key)), []).append(r)
+    return {v: reduce_counts(groups[v], empty_empty, ignore_mode) for v in sorted(groups)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             records = read_per_sample(path)
             metrics[name] = reduce_counts(records, empty_empty, args.ignore)
+            if args.by:
+                metrics[name]["by"] = {args.by: breakdown(records, args.by, empty_empty,
+                                                          args.ignore)}
         except ValueError as err:
             print(f"error: {path}: {err}", file=sys.stderr)
             return 2
@@ -79,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in metrics.items():
         cells = [f"{100 * m[k]:.2f}" for k in ("gIoU", "cIoU", *pr)]
         print(f"| {name} | " + " | ".join(cells) + f" | {m['n']} |")
+    if args.by:
+        print()
+        print(f"| split | {args.by} | gIoU | cIoU | " + " | ".join(pr) + " | n |")
+        print("|---|---|" + "---:|" * (len(pr) + 3))
+        for name, m in metrics.items():
+            for value, g in m["by"][args.by].items():
+                cells = [f"{100 * g[k]:.2f}" for k in ("gIoU", "cIoU", *pr)]
+                print(f"| {name} | {value} | " + " | ".join(cells) + f" | {g['n']} |")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
