@@ -51,7 +51,7 @@ import numpy as np
 from mmengine.dataset import BaseDataset
 from PIL import Image, ImageDraw
 
-from coprs.registry import DATASETS
+from coprs.registry import DATASETS, TRANSFORMS
 
 __all__ = [
     "COLOURS",
@@ -65,6 +65,8 @@ __all__ = [
     "ShapesSample",
     "ShapesWorld",
     "ShapesReasonDataset",
+    "PerturbAnswerPlace",
+    "PLACES",
     "sample_seed",
     "templates_for_split",
     "split_words",
@@ -105,6 +107,8 @@ _REGIONS = (
     ("middle left", "centre", "middle right"),
     ("lower left", "lower middle", "lower right"),
 )
+#: the nine places an answer can name ("… in the lower left")
+PLACES: tuple[str, ...] = tuple(p for row in _REGIONS for p in row)
 _RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 _SUPERLATIVES = ("largest", "smallest")
 _MIN_AREA_FRAC, _MAX_AREA_FRAC = 0.006, 0.04
@@ -1329,3 +1333,65 @@ class ShapesReasonDataset(BaseDataset):
             objects=s.objects,
         )
         return info
+
+
+@TRANSFORMS.register_module()
+class PerturbAnswerPlace:
+    """Warm-up augmentation for the synthetic world: sometimes the gold answer names a wrong place.
+
+    With probability ``prob`` the final sentence of the gold reasoning names another of the nine
+    :data:`PLACES` ("So the target is the red diamond in the upper right." for a red diamond in
+    the lower left) in ``response_coprs``, ``gold_cot`` and ``gold_answer_region`` alike; the
+    target mask stays the same. A tiny policy copies the object from the instruction far more
+    often than it reads where the object is, and a prior that trusts the named place then masks
+    an empty spot; trained with a share of wrong places, it falls back on the named object's
+    colour and shape (docs/benchmarks.md, calibration 21). Use it on training pipelines only.
+
+    The draws come from the transform's own generator (``seed``, and the dataloader worker's id
+    when there are workers), one per call, so a resumed run, which replays the batches it skips,
+    perturbs the same samples as an uninterrupted one.
+
+    Args:
+        prob: Probability of a wrong place per sample, in [0, 1].
+        seed: Seed of the generator.
+
+    Raises:
+        ValueError: ``prob`` outside [0, 1]; a sample whose ``response_coprs`` does not end its
+            reasoning with the ``gold_answer_region`` sentence (not a synthetic-world sample).
+    """
+
+    def __init__(self, prob: float = 0.25, seed: int = 0) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"PerturbAnswerPlace: prob must be in [0, 1], got {prob}")
+        self.prob, self.seed = float(prob), int(seed)
+        self._rng: np.random.Generator | None = None
+
+    def _generator(self) -> np.random.Generator:
+        if self._rng is None:
+            import torch.utils.data
+
+            worker = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id + 1])
+        return self._rng
+
+    def __call__(self, results: dict) -> dict:
+        rng = self._generator()
+        wrong, pick = rng.random() < self.prob, int(rng.integers(len(PLACES) - 1))
+        if not wrong:
+            return results
+        target, _, place = results["gold_answer_region"].partition(" in the ")
+        old = _COT["final"].format(target=target.removeprefix("the "), region=place)
+        if place not in PLACES or not results["response_coprs"].endswith(f"{old}</think><REF_POS>"):
+            raise ValueError(
+                f"PerturbAnswerPlace: sample {results.get('sample_id')!r} does not end its "
+                f"reasoning with {old!r}; use this transform on the synthetic world only")
+        new_place = [p for p in PLACES if p != place][pick]
+        new = _COT["final"].format(target=target.removeprefix("the "), region=new_place)
+        cut = len(old) + len("</think><REF_POS>")
+        results["response_coprs"] = results["response_coprs"][:-cut] + new + "</think><REF_POS>"
+        results["gold_cot"] = results["gold_cot"].removesuffix(old) + new
+        results["gold_answer_region"] = _ANSWER_REGION.format(
+            target=target.removeprefix("the "), region=new_place)
+        return results
+
+    transform = __call__

@@ -419,3 +419,61 @@ def test_bad_arguments_list_the_valid_values():
         ShapesWorld(min_shapes=4, max_shapes=3)
     with pytest.raises(ValueError, match="attribute.name.0"):
         ShapesWorld(templates=["nope"])
+
+
+# --- PerturbAnswerPlace ------------------------------------------------------------------------------
+def _place(info: dict) -> str:
+    return info["gold_answer_region"].partition(" in the ")[2]
+
+
+def test_perturb_answer_place_names_another_place_everywhere_and_keeps_the_rest():
+    from coprs.datasets.shapes import PLACES
+    from coprs.registry import TRANSFORMS
+
+    t = TRANSFORMS.build(dict(type="PerturbAnswerPlace", prob=1.0))
+    ds = ShapesReasonDataset(split="train", num_samples=30, cache_samples=True, pipeline=[t])
+    for i in range(30):
+        info = ds.get_data_info(i)
+        old = {k: info[k] for k in ("response_coprs", "gold_cot", "gold_answer_region")}
+        out = t(dict(info))
+        place = _place(out)
+        assert place in PLACES and place != _place(old)
+        head, _, _ = old["gold_cot"].rpartition(" So the target is ")
+        assert out["gold_cot"] == f"{head} So the target is {out['gold_answer_region']}."
+        assert out["response_coprs"] == f"<think>{out['gold_cot']}</think><REF_POS>"
+        assert np.array_equal(out["gt_mask"], info["gt_mask"])
+        assert out["response_lisa"] == info["response_lisa"]
+    # the dataset's pipeline perturbs what it returns, never the samples it keeps
+    first = ds[0]
+    assert _place(first) != _place(ds.get_data_info(0))
+    assert ds.get_data_info(0)["response_coprs"] == ds.world.sample(
+        sample_seed("train", 0)).response_coprs
+
+
+def test_perturb_answer_place_rate_and_replayable_draws():
+    from coprs.datasets.shapes import PerturbAnswerPlace
+
+    ds = ShapesReasonDataset(split="train", num_samples=40)
+    infos = [ds.get_data_info(i) for i in range(40)] * 10
+    runs = []
+    for _ in range(2):  # a fresh transform with the same seed replays the same draws
+        t = PerturbAnswerPlace(prob=0.25, seed=3)
+        runs.append([_place(t(dict(info))) for info in infos])
+    assert runs[0] == runs[1]
+    changed = sum(p != _place(info) for p, info in zip(runs[0], infos))
+    assert 0.15 * len(infos) < changed < 0.35 * len(infos)
+    other = PerturbAnswerPlace(prob=0.25, seed=4)
+    assert [_place(other(dict(info))) for info in infos] != runs[0]
+    never = PerturbAnswerPlace(prob=0.0)
+    assert all(never(dict(info)) == info for info in infos[:40])
+
+
+def test_perturb_answer_place_rejects_bad_input():
+    from coprs.datasets.shapes import PerturbAnswerPlace
+
+    with pytest.raises(ValueError, match="prob must be in"):
+        PerturbAnswerPlace(prob=1.5)
+    foreign = dict(sample_id="refcoco_7", gold_answer_region="the man in the left",
+                   response_coprs="<think>a man</think><REF_POS>", gold_cot="a man")
+    with pytest.raises(ValueError, match="refcoco_7.*synthetic world only"):
+        PerturbAnswerPlace(prob=1.0)(foreign)

@@ -57,20 +57,29 @@ def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys):
     assert (tmp_path / "t" / "per_sample_generated" / "shapes_test" / "per_sample.jsonl").is_file()
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
-    assert _train(tmp_path / "a", sft=2, grpo=3) == 0
+#: half of the gold answers name a wrong place (PerturbAnswerPlace, the tiny config's third
+#: transform): a run resumed in the warm-up must perturb the same samples
+PERTURB = "train_dataloader.dataset.pipeline.2.prob=0.5"
+
+
+@pytest.mark.parametrize("sft,grpo,crash_at,extra", [(2, 3, 4, ()), (4, 1, 2, (PERTURB,))],
+                         ids=["mid-grpo", "mid-warm-up-perturbed"])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_at, extra):
+    assert Config.fromfile(str(TINY_CONFIG)).train_dataloader.dataset.pipeline[2].type == (
+        "PerturbAnswerPlace")
+    stages = [f"train_cfg.stages.0.iters={sft}", f"train_cfg.stages.1.iters={grpo}", *extra]
+    last = f"iter_{sft + grpo}.pth"
+    assert _train(tmp_path / "a", *extra, sft=sft, grpo=grpo) == 0
     crashing = Config.fromfile(str(TINY_CONFIG))
-    crashing.custom_hooks.append(dict(type="_StopAt", at=4))
+    crashing.custom_hooks.append(dict(type="_StopAt", at=crash_at))
     crashing.dump(str(tmp_path / "crashing.py"))
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(tmp_path / "crashing.py"), "--work-dir", str(tmp_path / "b"),
-              "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=3",
-              *SMALL])
-    assert not (tmp_path / "b" / "iter_5.pth").exists()
+              "--cfg-options", *stages, *SMALL])
+    assert not (tmp_path / "b" / last).exists()
     assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "b"), "--resume",
-                 "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=3",
-                 *SMALL]) == 0
-    a, b = _state(tmp_path / "a" / "iter_5.pth"), _state(tmp_path / "b" / "iter_5.pth")
+                 "--cfg-options", *stages, *SMALL]) == 0
+    a, b = _state(tmp_path / "a" / last), _state(tmp_path / "b" / last)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
