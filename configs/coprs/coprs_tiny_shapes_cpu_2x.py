@@ -9,6 +9,8 @@ work_dir = 'work_dirs/coprs_tiny_shapes_cpu_2x'
 # (and before the tiny schedule's fused AdamW: a rerun may differ as runs at another thread
 # count do, by ~0.03)
 model = dict(prior=dict(position_grid=0), rl=dict(answer_key='gold_answer'))
+# and its gold answers always name the right place (no PerturbAnswerPlace, calibration 21)
+train_dataloader = dict(dataset=dict(pipeline={{_base_.shapes_train_pipeline}}))
 sft_iters = 7200
 grpo_iters = 20
 train_cfg = dict(stages=[dict(kind='sft', iters=sft_iters),

@@ -24,5 +24,7 @@ custom_hooks = [
                      dict(iter=sft_iters, lambda_seg=0.0)]),
     dict(type='PlainCheckpointStateHook'),
 ]
-train_dataloader = dict(batch_size=16, dataset=dict(num_samples=18000))
+# (and gold answers that always name the right place: no PerturbAnswerPlace, calibration 21)
+train_dataloader = dict(batch_size=16, dataset=dict(num_samples=18000,
+                                                 pipeline={{_base_.shapes_train_pipeline}}))
 default_hooks = dict(checkpoint=dict(interval=1800, max_keep_ckpts=5))
