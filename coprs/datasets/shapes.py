@@ -1379,19 +1379,19 @@ class PerturbAnswerPlace:
         wrong, pick = rng.random() < self.prob, int(rng.integers(len(PLACES) - 1))
         if not wrong:
             return results
-        target, _, place = results["gold_answer_region"].partition(" in the ")
-        old = _COT["final"].format(target=target.removeprefix("the "), region=place)
-        if place not in PLACES or not results["response_coprs"].endswith(f"{old}</think><REF_POS>"):
+        name, _, place = results["gold_answer_region"].removeprefix("the ").partition(" in the ")
+        tail = _COT["final"].format(target=name, region=place) + "</think><REF_POS>"
+        if place not in PLACES or not results["response_coprs"].endswith(tail):
             raise ValueError(
                 f"PerturbAnswerPlace: sample {results.get('sample_id')!r} does not end its "
-                f"reasoning with {old!r}; use this transform on the synthetic world only")
+                f"reasoning with {tail!r}; use this transform on the synthetic world only")
         new_place = [p for p in PLACES if p != place][pick]
-        new = _COT["final"].format(target=target.removeprefix("the "), region=new_place)
-        cut = len(old) + len("</think><REF_POS>")
-        results["response_coprs"] = results["response_coprs"][:-cut] + new + "</think><REF_POS>"
-        results["gold_cot"] = results["gold_cot"].removesuffix(old) + new
-        results["gold_answer_region"] = _ANSWER_REGION.format(
-            target=target.removeprefix("the "), region=new_place)
+        old_final, new_final = (_COT["final"].format(target=name, region=p)
+                                for p in (place, new_place))
+        results["response_coprs"] = (results["response_coprs"].removesuffix(tail)
+                                     + new_final + "</think><REF_POS>")
+        results["gold_cot"] = results["gold_cot"].removesuffix(old_final) + new_final
+        results["gold_answer_region"] = _ANSWER_REGION.format(target=name, region=new_place)
         return results
 
     transform = __call__

@@ -28,7 +28,8 @@ EXAMPLE = """example:
   python tools/analysis/recompute_metrics.py work_dirs/coprs_7b/test --empty-empty skip \\
       --ignore exclude --json work_dirs/coprs_7b/test/metrics_segzero.json
   # the synthetic world per template (program and phrasing)
-  python tools/analysis/recompute_metrics.py work_dirs/coprs_tiny_shapes_cpu/test --by template_id
+  python tools/analysis/recompute_metrics.py \\
+      work_dirs/coprs_tiny_shapes_cpu/per_sample_generated --by template_id
 """
 
 
