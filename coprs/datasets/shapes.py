@@ -1353,7 +1353,9 @@ class PerturbAnswerPlace:
 
     Args:
         prob: Probability of a wrong place per sample, in [0, 1].
-        seed: Seed of the generator.
+        seed: Seed of the generator, independent of the runner's ``randomness.seed`` (another
+            runner seed perturbs other samples, since the data order changes, with the same
+            stream of draws).
 
     Raises:
         ValueError: ``prob`` outside [0, 1]; a sample whose ``response_coprs`` does not end its
