@@ -10,6 +10,7 @@ from mmengine.evaluator import BaseMetric
 from ..registry import METRICS
 from .functional import (
     PER_SAMPLE_FILENAME,
+    PRECISION_THRESHOLDS,
     mask_iou,
     reduce_counts,
     results_subdir,
@@ -19,6 +20,9 @@ from .functional import (
 )
 
 __all__ = ["ReasonSegMetric"]
+
+#: what ``by_type`` keeps per instruction type
+BY_TYPE_KEYS = ("gIoU", "cIoU", *(f"Pr@{t}" for t in PRECISION_THRESHOLDS), "n")
 
 
 @METRICS.register_module()
@@ -91,7 +95,7 @@ class ReasonSegMetric(BaseMetric):
             out["by_type"] = {
                 t: {k: v for k, v in reduce_counts(
                     [r for r in scored if r.get("instruction_type") == t],
-                    self.empty_empty, self.ignore_mode).items() if k in ("gIoU", "cIoU", "n")}
+                    self.empty_empty, self.ignore_mode).items() if k in BY_TYPE_KEYS}
                 for t in types
             }
         if self.out_dir is not None:

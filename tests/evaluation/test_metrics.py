@@ -35,6 +35,7 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     assert res["heatmap_IoU"] == pytest.approx(0.75)
     assert res["n_unreadable"] == 1 and "x.jpg" in res["unreadable"][0]
     assert res["by_type"]["relation"]["n"] == 2
+    assert res["by_type"]["relation"]["Pr@0.7"] == pytest.approx(0.5)
     assert (res["Pr@0.5"], res["Pr@0.7"]) == (1.0, pytest.approx(0.5))  # IoUs 0.5 and 1
     lines = (tmp_path / "refcoco_val" / "per_sample.jsonl").read_text().splitlines()
     assert [json.loads(x)["sample_id"] for x in lines] == ["a", "b"]
