@@ -91,8 +91,8 @@ def test_training_and_evaluation_on_cuda(tmp_path, amp):
     assert full["rng"]["cuda"].dtype == torch.uint8  # the GPU's random state is saved too
     out = tmp_path / "r.json"
     assert main(["test", str(tmp_path / "cfg.py"), str(work / "iter_4.pth"), "--out", str(out),
-                 "--reasoning", "gold", "--work-dir", str(tmp_path / "t"), "--cfg-options", "test_cfg.datasets.0.num_samples=4",
-                 "test_cfg.datasets.1.num_samples=2"]) == 0
+                 "--reasoning", "gold", "--work-dir", str(tmp_path / "t"), "--cfg-options",
+                 "test_cfg.datasets.0.num_samples=4", "test_cfg.datasets.1.num_samples=2"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["shapes/test"]["n"] == 4 and 0.0 <= metrics["shapes/test"]["gIoU"] <= 1.0
 
