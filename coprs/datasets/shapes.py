@@ -204,6 +204,11 @@ class _Obj:
         return f"{self.colour} {self.shape}"
 
 
+def _coprs_response(cot: str) -> str:
+    """The CoPRS gold response around a chain of thought."""
+    return f"<think>{cot}</think><REF_POS>"
+
+
 @dataclass
 class _Scene:
     size: int
@@ -967,7 +972,7 @@ class ShapesSample:
     response_segzero: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.response_coprs = f"<think>{self.gold_cot}</think><REF_POS>"
+        self.response_coprs = _coprs_response(self.gold_cot)
         self.response_lisa = _LISA_RESPONSE.format(answer=self.gold_answer)
         answer = json.dumps({"bbox": self.bbox, "points": self.points}, separators=(",", ":"))
         self.response_segzero = f"<think>{self.gold_cot}</think><answer>{answer}</answer>"
@@ -1382,17 +1387,17 @@ class PerturbAnswerPlace:
         if not wrong:
             return results
         name, _, place = results["gold_answer_region"].removeprefix("the ").partition(" in the ")
-        tail = _COT["final"].format(target=name, region=place) + "</think><REF_POS>"
-        if place not in PLACES or not results["response_coprs"].endswith(tail):
+        old_final = _COT["final"].format(target=name, region=place)
+        cot = results["gold_cot"]
+        if (place not in PLACES or not cot.endswith(old_final)
+                or results["response_coprs"] != _coprs_response(cot)):
             raise ValueError(
                 f"PerturbAnswerPlace: sample {results.get('sample_id')!r} does not end its "
-                f"reasoning with {tail!r}; use this transform on the synthetic world only")
+                f"reasoning with {old_final!r}; use this transform on the synthetic world only")
         new_place = [p for p in PLACES if p != place][pick]
-        old_final, new_final = (_COT["final"].format(target=name, region=p)
-                                for p in (place, new_place))
-        results["response_coprs"] = (results["response_coprs"].removesuffix(tail)
-                                     + new_final + "</think><REF_POS>")
-        results["gold_cot"] = results["gold_cot"].removesuffix(old_final) + new_final
+        results["gold_cot"] = (cot.removesuffix(old_final)
+                               + _COT["final"].format(target=name, region=new_place))
+        results["response_coprs"] = _coprs_response(results["gold_cot"])
         results["gold_answer_region"] = _ANSWER_REGION.format(target=name, region=new_place)
         return results
 
