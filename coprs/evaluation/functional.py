@@ -43,6 +43,7 @@ __all__ = [
     "sample_counts",
     "sample_iou",
     "reduce_counts",
+    "reduce_by",
     "iou_metrics",
     "mask_iou",
     "results_subdir",
@@ -272,6 +273,24 @@ def reduce_counts(
         out[f"Pr@{t}"] = sum(i >= t for i in ious) / n if n else 0.0
     return out
 
+
+
+def reduce_by(
+    records: Sequence[Mapping[str, Any]],
+    key: str,
+    empty_empty: float | str = 1.0,
+    ignore_mode: str = "exclude",
+) -> dict[str, dict[str, float | int]]:
+    """:func:`reduce_counts` per value of ``record[key]`` (e.g. ``instruction_type``).
+
+    Records without a value for ``key`` are left out; the groups come in sorted order of
+    ``str(value)``, an empty dict when no record has the key.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get(key) is not None:
+            groups.setdefault(str(r[key]), []).append(r)
+    return {v: reduce_counts(groups[v], empty_empty, ignore_mode) for v in sorted(groups)}
 
 def iou_metrics(
     preds: Iterable[np.ndarray],

@@ -12,6 +12,7 @@ from .functional import (
     PER_SAMPLE_FILENAME,
     PRECISION_THRESHOLDS,
     mask_iou,
+    reduce_by,
     reduce_counts,
     results_subdir,
     sample_counts,
@@ -90,14 +91,9 @@ class ReasonSegMetric(BaseMetric):
         out["n_unreadable"] = len(skipped)
         out["unreadable"] = [f"{r['img_path']} ({r['sample_id']}): {r['reason']}"
                              for r in skipped]
-        types = sorted({r["instruction_type"] for r in scored if r.get("instruction_type")})
-        if types:
-            out["by_type"] = {
-                t: {k: v for k, v in reduce_counts(
-                    [r for r in scored if r.get("instruction_type") == t],
-                    self.empty_empty, self.ignore_mode).items() if k in BY_TYPE_KEYS}
-                for t in types
-            }
+        by_type = reduce_by(scored, "instruction_type", self.empty_empty, self.ignore_mode)
+        if by_type:
+            out["by_type"] = {t: {k: m[k] for k in BY_TYPE_KEYS} for t, m in by_type.items()}
         if self.out_dir is not None:
             path = Path(self.out_dir) / results_subdir(self.dataset_name, self.split)
             write_per_sample(path / PER_SAMPLE_FILENAME, scored)

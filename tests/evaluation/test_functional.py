@@ -14,6 +14,7 @@ from coprs.evaluation.functional import (
     iou_metrics,
     mask_iou,
     read_per_sample,
+    reduce_by,
     reduce_counts,
     results_subdir,
     sample_counts,
@@ -242,3 +243,14 @@ def test_read_per_sample_errors_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"per_sample.jsonl:1: missing keys \['union_exclude'"):
         read_per_sample(path)
     assert set(COUNT_KEYS) < set(PER_SAMPLE_KEYS)
+
+
+def test_reduce_by_groups_records_by_a_key_and_leaves_out_those_without_it():
+    records = [{**_record(1, 1), "kind": "b"}, {**_record(1, 2), "kind": "a"},
+               {**_record(0, 2), "kind": "a"}, {**_record(1, 1), "kind": None}, _record(1, 1)]
+    out = reduce_by(records, "kind")
+    assert list(out) == ["a", "b"]
+    assert out["a"]["n"] == 2 and out["a"]["gIoU"] == pytest.approx(0.25)  # IoUs 1/2 and 0
+    assert out["a"]["cIoU"] == pytest.approx(1 / 4) and out["a"]["Pr@0.5"] == pytest.approx(0.5)
+    assert out["b"]["n"] == 1 and out["b"]["gIoU"] == pytest.approx(1.0)
+    assert reduce_by(records, "missing") == {}

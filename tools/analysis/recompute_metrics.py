@@ -16,6 +16,7 @@ from pathlib import Path
 from coprs.evaluation.functional import (
     PRECISION_THRESHOLDS,
     read_per_sample,
+    reduce_by,
     reduce_counts,
     require_per_sample,
 )
@@ -65,19 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def breakdown(records: list[dict], key: str, empty_empty, ignore_mode: str) -> dict[str, dict]:
-    """``reduce_counts`` over the records grouped by ``record[key]``, in sorted key order.
-
-    Raises:
-        ValueError: no record has ``key`` (names the keys the records do have).
-    """
-    if not any(r.get(key) is not None for r in records):
+    """:func:`~coprs.evaluation.functional.reduce_by`, or a ValueError naming the keys the
+    records do have when none has ``key``."""
+    groups = reduce_by(records, key, empty_empty, ignore_mode)
+    if not groups:
         have = sorted({k for r in records for k, v in r.items() if v is not None})
         raise ValueError(f"no record has a value for --by {key!r}; the records have: "
                          f"{', '.join(have)}")
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(str(r.get(key)), []).append(r)
-    return {v: reduce_counts(groups[v], empty_empty, ignore_mode) for v in sorted(groups)}
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
