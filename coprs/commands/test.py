@@ -7,7 +7,11 @@ from pathlib import Path
 
 from .common import UsageError, add_cfg_options, config_stem, load_config, resolve_checkpoint
 
-__all__ = ["add_parser", "run", "format_results_table"]
+__all__ = ["add_parser", "run", "format_results_table", "format_mode_comparison"]
+
+#: the test loop's reasoning modes (``coprs.engine.test_loop.REASONING_MODES``), spelt here so
+#: that ``--help`` needs no torch import
+REASONING_MODES = ("generated", "gold", "empty")
 
 
 def add_parser(sub) -> None:
@@ -28,9 +32,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--show-dir", help="write a panel PNG per sample under this folder")
     p.add_argument("--work-dir", help="folder for logs and per-sample records")
-    p.add_argument("--reasoning", choices=["generated", "gold", "empty"], default="generated",
+    p.add_argument("--reasoning", nargs="+", choices=[*REASONING_MODES, "all"],
+                   default=["generated"], metavar="MODE",
                    help="generated: greedy responses (default); gold: teacher-force the gold "
-                        "response (synthetic world); empty: every instruction replaced by ''")
+                        "response (synthetic world); empty: every instruction replaced by ''. "
+                        "Several modes (or 'all') are evaluated in turn with one model, then "
+                        "compared side by side with generated − empty")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
                    help="distributed launcher (use with torchrun)")
@@ -73,6 +80,48 @@ def format_results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_mode_comparison(by_mode: dict) -> str:
+    """Side-by-side gIoU of several reasoning modes (``{mode: {"<dataset>/<split>": metrics}}``):
+    one row per split, with ``generated − empty`` when both were run, then a per-instruction-type
+    table per split whose cells are the modes' gIoU ×100 separated by ``/``."""
+    modes = list(by_mode)
+    keys = list(dict.fromkeys(k for res in by_mode.values() for k in res))
+    gap = "generated" in by_mode and "empty" in by_mode
+    lines = ["| split | " + " | ".join(f"{m} gIoU" for m in modes)
+             + (" | generated − empty |" if gap else " |"),
+             "|---|" + "---:|" * (len(modes) + gap)]
+
+    def giou(mode, key):
+        m = by_mode[mode].get(key)
+        return None if m is None else m["gIoU"]
+
+    for key in keys:
+        cells = ["–" if giou(m, key) is None else f"{giou(m, key):.3f}" for m in modes]
+        if gap:
+            g, e = giou("generated", key), giou("empty", key)
+            cells.append("–" if g is None or e is None else f"{g - e:+.3f}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    for key in keys:
+        by_type = {m: (by_mode[m].get(key) or {}).get("by_type") or {} for m in modes}
+        types = sorted({t for bt in by_type.values() for t in bt})
+        if not types:
+            continue
+        lines += ["", f"{key}, gIoU ×100 ({' / '.join(modes)}):", "",
+                  "| instruction type | " + " / ".join(modes) + " | n |", "|---|---|---:|"]
+        for t in types:
+            vals = [f"{100 * by_type[m][t]['gIoU']:.1f}" if t in by_type[m] else "–"
+                    for m in modes]
+            n = next(by_type[m][t]["n"] for m in modes if t in by_type[m])
+            lines.append(f"| {t} | " + " / ".join(vals) + f" | {n} |")
+    return "\n".join(lines)
+
+
+def _modes(requested: list[str]) -> list[str]:
+    """``--reasoning`` values in order, without repeats; 'all' stands for every mode."""
+    expanded = [m for r in requested for m in (REASONING_MODES if r == "all" else (r,))]
+    return list(dict.fromkeys(expanded))
+
+
 def run(args) -> int:
     from mmengine.runner import Runner
 
@@ -86,19 +135,36 @@ def run(args) -> int:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
-    cfg.test_cfg.update(reasoning=args.reasoning, show_dir=args.show_dir,
-                        max_new_tokens=args.max_new_tokens,
-                        out_dir=str(Path(cfg.work_dir) / f"per_sample_{args.reasoning}"))
+    modes = _modes(args.reasoning)
+    several = len(modes) > 1
+
+    def dirs(mode: str) -> dict:
+        # panels of several modes go to one subfolder each, so they do not overwrite each other
+        show = args.show_dir and str(Path(args.show_dir) / mode) if several else args.show_dir
+        return dict(reasoning=mode, show_dir=show,
+                    out_dir=str(Path(cfg.work_dir) / f"per_sample_{mode}"))
+
+    cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, **dirs(modes[0]))
     cfg.load_from = None
     register_all_modules()
     runner = Runner.from_cfg(cfg)
     if args.checkpoint is not None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         load_checkpoint(model, args.checkpoint)
-    results = runner.test()
-    print(format_results_table(results))
-    print(f"per-sample records: {cfg.test_cfg.out_dir}")
+    by_mode = {}
+    for mode in modes:
+        for attr, value in dirs(mode).items():
+            setattr(runner.test_loop, attr, value)
+        by_mode[mode] = runner.test()
+        if several:
+            print(f"\n## reasoning: {mode}\n")
+        print(format_results_table(by_mode[mode]))
+        print(f"per-sample records: {runner.test_loop.out_dir}")
+    if several:
+        print("\n## reasoning modes compared\n")
+        print(format_mode_comparison(by_mode))
     if args.out:
+        results = by_mode if several else by_mode[modes[0]]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")

@@ -19,6 +19,11 @@ __all__ = ["ReasonSegTestLoop", "REASONING_MODES"]
 REASONING_MODES = ("generated", "gold", "empty")
 
 
+def _check_reasoning(reasoning: str) -> None:
+    if reasoning not in REASONING_MODES:
+        raise ValueError(f"reasoning={reasoning!r}; choose one of {REASONING_MODES}")
+
+
 @LOOPS.register_module()
 class ReasonSegTestLoop(BaseLoop):
     """Evaluate each dataset in ``datasets`` with a copy of the test dataloader and evaluator.
@@ -43,8 +48,7 @@ class ReasonSegTestLoop(BaseLoop):
                  out_dir: str | None = None, show_dir: str | None = None,
                  max_new_tokens: int | None = None) -> None:
         self._runner = runner
-        if reasoning not in REASONING_MODES:
-            raise ValueError(f"reasoning={reasoning!r}; choose one of {REASONING_MODES}")
+        _check_reasoning(reasoning)
         if not datasets:
             raise ValueError("test_cfg.datasets is empty: name at least one dataset to evaluate")
         self.dataloader_cfg, self.evaluator_cfg = dataloader, evaluator
@@ -54,7 +58,11 @@ class ReasonSegTestLoop(BaseLoop):
         self.max_new_tokens = max_new_tokens
 
     def run(self) -> dict:
-        """Returns ``{"<dataset>/<split>": metrics}``."""
+        """Returns ``{"<dataset>/<split>": metrics}``.
+
+        ``reasoning``, ``out_dir`` and ``show_dir`` may be changed between runs (``coprs test
+        --reasoning generated gold empty`` evaluates each mode with one model)."""
+        _check_reasoning(self.reasoning)
         self.runner.call_hook("before_test")
         model = self.runner.model.module if is_model_wrapper(self.runner.model) else \
             self.runner.model
@@ -69,12 +77,13 @@ class ReasonSegTestLoop(BaseLoop):
             ev_cfg.update(dataset_name=name, split=split, out_dir=self.out_dir)
             evaluator = self.runner.build_evaluator(ev_cfg)
             evaluator.dataset_meta = meta
-            for batch in tqdm(loader, desc=f"{name}/{split}", disable=not is_main_process()):
+            for batch in tqdm(loader, desc=f"{name}/{split} ({self.reasoning})",
+                              disable=not is_main_process()):
                 self._predict(model, batch, name, split)
                 evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
             results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
             self.runner.logger.info(
-                f"{name}/{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(f"{k}={v:.4f}" for k, v in
                                                 results[f"{name}/{split}"].items()
                                                 if isinstance(v, float)))
         # (no after_test_epoch: LoggerHook expects one dataloader and flat scalar metrics)

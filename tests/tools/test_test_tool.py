@@ -4,6 +4,9 @@ import pytest
 from mmengine.config import Config
 
 from coprs.cli import main
+from coprs.commands import test as test_command
+from coprs.commands.test import format_mode_comparison
+from coprs.engine.test_loop import REASONING_MODES
 from coprs.testing.data_fixtures import make_reasonseg_fixture, make_refcoco_fixture
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
@@ -26,19 +29,23 @@ def test_shapes_generated_gold_and_empty_modes(tmp_path, capsys):
     cfg = _config(tmp_path, [dict(type="ShapesReasonDataset", split="test", num_samples=6,
                                   pipeline=[dict(type="LoadImage"),
                                             dict(type="PackReasonSegInputs")])])
-    results = {}
-    for mode in ("generated", "gold", "empty"):
-        out = tmp_path / f"{mode}.json"
-        rc = main(["test", cfg, "--out", str(out), "--reasoning", mode, "--max-new-tokens", "4",
-                   "--show-dir", str(tmp_path / "show")])
-        assert rc == 0
-        results[mode] = json.loads(out.read_text())["shapes/test"]
+    out = tmp_path / "all.json"
+    # several modes run one after another on one model; 'all' repeats gold and is deduplicated
+    rc = main(["test", cfg, "--out", str(out), "--reasoning", "generated", "all",
+               "--max-new-tokens", "4", "--show-dir", str(tmp_path / "show")])
+    assert rc == 0
+    by_mode = json.loads(out.read_text())
+    assert list(by_mode) == ["generated", "gold", "empty"]
+    results = {mode: res["shapes/test"] for mode, res in by_mode.items()}
     assert results["gold"]["format_rate"] == 1.0  # gold responses are well formed
     assert results["generated"]["format_rate"] == 0.0  # the untrained tiny policy is not
     assert all(r["n"] == 6 for r in results.values())
     table = capsys.readouterr().out
     assert "| shapes |" in table and "test gIoU / cIoU" in table
-    assert len(list((tmp_path / "show" / "shapes_test").glob("*.png"))) == 6
+    for mode in results:  # one panel folder and one record folder per mode
+        assert len(list((tmp_path / "show" / mode / "shapes_test").glob("*.png"))) == 6
+        assert (tmp_path / "work" / f"per_sample_{mode}" / "shapes_test" /
+                "per_sample.jsonl").is_file()
     per_sample = tmp_path / "work" / "per_sample_gold" / "shapes_test" / "per_sample.jsonl"
     records = [json.loads(x) for x in per_sample.read_text().splitlines()]
     assert len(records) == 6
@@ -47,6 +54,30 @@ def test_shapes_generated_gold_and_empty_modes(tmp_path, capsys):
         assert results["gold"][f"Pr@{t}"] == pytest.approx(
             sum(r["iou"] >= t for r in records) / 6)
     assert "shapes/test: n=6, Pr@0.5 " in table
+    gap = results["generated"]["gIoU"] - results["empty"]["gIoU"]
+    assert "| generated gIoU | gold gIoU | empty gIoU | generated − empty |" in table
+    assert (f"| shapes/test | {results['generated']['gIoU']:.3f} | "
+            f"{results['gold']['gIoU']:.3f} | {results['empty']['gIoU']:.3f} | {gap:+.3f} |"
+            in table)
+
+
+def test_mode_comparison_table():
+    def res(giou, by_type):
+        return {"s/test": {"gIoU": giou, "by_type": {t: {"gIoU": g, "n": 2}
+                                                     for t, g in by_type.items()}}}
+
+    table = format_mode_comparison({"gold": res(0.9, {"a": 0.8, "b": 1.0}),
+                                    "empty": res(0.25, {"a": 0.5})})
+    lines = table.splitlines()
+    assert lines[0] == "| split | gold gIoU | empty gIoU |"  # no gap without generated
+    assert lines[2] == "| s/test | 0.900 | 0.250 |"
+    assert "| a | 80.0 / 50.0 | 2 |" in lines and "| b | 100.0 / – | 2 |" in lines
+    with_gap = format_mode_comparison({"generated": res(0.4, {}), "empty": res(0.25, {})})
+    assert with_gap.splitlines()[2] == "| s/test | 0.400 | 0.250 | +0.150 |"
+
+
+def test_reasoning_modes_match_the_test_loop():
+    assert REASONING_MODES == test_command.REASONING_MODES
 
 
 def test_corrupt_image_is_reported_and_skipped(tmp_path, capsys):
