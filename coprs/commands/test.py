@@ -140,7 +140,7 @@ def run(args) -> int:
 
     def dirs(mode: str) -> dict:
         # panels of several modes go to one subfolder each, so they do not overwrite each other
-        show = args.show_dir and str(Path(args.show_dir) / mode) if several else args.show_dir
+        show = str(Path(args.show_dir) / mode) if several and args.show_dir else args.show_dir
         return dict(reasoning=mode, show_dir=show,
                     out_dir=str(Path(cfg.work_dir) / f"per_sample_{mode}"))
 

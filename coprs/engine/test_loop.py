@@ -81,11 +81,9 @@ class ReasonSegTestLoop(BaseLoop):
                               disable=not is_main_process()):
                 self._predict(model, batch, name, split)
                 evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
-            results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
-            self.runner.logger.info(
-                f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(f"{k}={v:.4f}" for k, v in
-                                                results[f"{name}/{split}"].items()
-                                                if isinstance(v, float)))
+            metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
+            self.runner.logger.info(f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(
+                f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         # (no after_test_epoch: LoggerHook expects one dataloader and flat scalar metrics)
         self.runner.call_hook("after_test")
         return results
