@@ -182,7 +182,8 @@ class ReasoningSegmentor(BaseModel):
     # -------------------------------------------------------------- inference
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], instructions: list[str],
-                       responses: list[str] | None = None, max_new_tokens: int | None = None
+                       responses: list[str] | None = None, max_new_tokens: int | None = None,
+                       response_prefixes: list[str] | None = None
                        ) -> list[SegmentationResult]:
         """Segment B (image, instruction) pairs.
 
@@ -192,14 +193,22 @@ class ReasoningSegmentor(BaseModel):
             responses: optional B responses to teacher-force instead of generating (the
                 "gold reasoning" evaluation mode).
             max_new_tokens: response budget for greedy generation.
+            response_prefixes: optional B texts each generated response must begin with (the
+                policy writes the rest; e.g. part of a gold reasoning, to see where the policy's
+                own reasoning goes wrong).
 
         Returns:
             B :class:`SegmentationResult` at the original image sizes.
         """
         pil = [Image.fromarray(im) for im in images]
+        if responses is not None and response_prefixes is not None:
+            raise ValueError("predict_images: pass responses (teacher-forced) or "
+                             "response_prefixes (generated after a forced start), not both")
         if responses is None:
+            extra = {} if response_prefixes is None else {"prefixes": response_prefixes}
             rollouts = [g[0] for g in self.policy.generate(pil, instructions,
-                                                           max_new_tokens=max_new_tokens)]
+                                                           max_new_tokens=max_new_tokens,
+                                                           **extra)]
         else:
             rollouts = self.rollouts_from_text(responses)
         policy_out = self.policy.readout(pil, instructions, rollouts)

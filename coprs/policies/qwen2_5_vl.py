@@ -393,20 +393,54 @@ class Qwen25VLPolicy(BasePolicy):
         top_p: float = 1.0,
         top_k: int | None = None,
         max_new_tokens: int | None = None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Rollout]]:
         """Write responses; greedy by default (inference), sampled for rollouts.
 
         Returns B lists of ``num_samples`` rollouts. With sampling, each rollout carries its
         per-token log-probabilities under the sampling distribution.
+
+        ``prefixes`` (greedy only): B texts each response must begin with, e.g. the first part of
+        a gold reasoning (``tools/analysis/picked_objects.py --gold-prefix``); the policy writes
+        the rest. They are tokenised as teacher-forced responses are, and the returned rollouts
+        hold prefix and continuation (``max_new_tokens`` counts the continuation only).
         """
         batch = self.encode_prompts(images, instructions)
+        if prefixes is not None:
+            if do_sample:
+                raise ValueError("generate(prefixes=...) is greedy only: sampled rollouts carry "
+                                 "log-probs of sampled tokens, and a forced prefix has none")
+            if len(prefixes) != len(instructions):
+                raise ValueError(f"got {len(prefixes)} prefixes for {len(instructions)} prompts")
+            prefix_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prefixes]
+            rows = [row[mask.bool()].tolist() + ids for row, mask, ids in
+                    zip(batch["input_ids"], batch["attention_mask"], prefix_ids)]
+            input_ids, attention, _ = self._left_pad(rows)
+            batch.update(input_ids=input_ids, attention_mask=attention,
+                         mm_token_type_ids=(input_ids == self.image_token_id).long())
         out = self.model.generate(
             **batch,
             **self.generation_kwargs(do_sample, temperature, top_p, top_k, max_new_tokens),
             num_return_sequences=num_samples,
         )
-        return self.rollouts_from_generate(out, batch["input_ids"].shape[1], num_samples,
-                                           with_logprobs=do_sample)
+        groups = self.rollouts_from_generate(out, batch["input_ids"].shape[1], num_samples,
+                                             with_logprobs=do_sample)
+        if prefixes is None:
+            return groups
+        return [[Rollout(text=text + r.text, token_ids=ids + r.token_ids) for r in group]
+                for text, ids, group in zip(prefixes, prefix_ids, groups)]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """B token-id lists as left-padded ``input_ids`` and ``attention_mask`` on the policy's
+        device, and the padding added to each row."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for b, r in enumerate(rows):
+            input_ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            attention[b, width - len(r):] = 1
+        return (input_ids.to(self.device), attention.to(self.device),
+                [width - len(r) for r in rows])
 
     def generation_kwargs(self, do_sample: bool = False, temperature: float = 1.0,
                           top_p: float = 1.0, top_k: int | None = None,
@@ -525,16 +559,9 @@ class Qwen25VLPolicy(BasePolicy):
             starts.append(len(prompt_ids))
             positions.append(len(prompt_ids) + max(pos, 0))
             has_token.append(found)
-        width = max(len(r) for r in ids_rows)
-        input_ids = torch.full((len(ids_rows), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for b, r in enumerate(ids_rows):
-            pad = width - len(r)
-            input_ids[b, pad:] = torch.tensor(r)
-            attention[b, pad:] = 1
-            positions[b] += pad
-            starts[b] += pad
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        input_ids, attention, pads = self._left_pad(ids_rows)
+        positions = [p + pad for p, pad in zip(positions, pads)]
+        starts = [s + pad for s, pad in zip(starts, pads)]
         out = base(
             input_ids=input_ids,
             attention_mask=attention,

@@ -315,3 +315,37 @@ def test_tower_cache_needs_a_frozen_tower(tiny_qwen_dir):
     with pytest.raises(ValueError, match="tower_cache=-1"):
         Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
                        freeze_vision_tower=True, tower_cache=-1)
+
+
+def test_generation_after_a_forced_prefix(tiny_policy, monkeypatch):
+    imgs, instructions = _images(), ["find it", "find the other one"]
+    prefixes = ["<think>I see a red circle.", "<think>I"]  # different lengths: left padding
+    seen, generate = [], tiny_policy.model.generate
+    monkeypatch.setattr(tiny_policy.model, "generate",
+                        lambda **kw: seen.append(kw) or generate(**kw))
+    groups = tiny_policy.generate(imgs, instructions, max_new_tokens=4, prefixes=prefixes)
+    monkeypatch.undo()
+    prompts = tiny_policy.encode_prompts(imgs, instructions)
+    for b, (prefix, (rollout,)) in enumerate(zip(prefixes, groups)):
+        prefix_ids = tiny_policy.tokenizer.encode(prefix, add_special_tokens=False)
+        assert rollout.text.startswith(prefix) and rollout.token_ids[:len(prefix_ids)] == prefix_ids
+        # what generation saw: exactly the unpadded prompt, then the prefix
+        attended = seen[0]["input_ids"][b][seen[0]["attention_mask"][b].bool()].tolist()
+        prompt = prompts["input_ids"][b][prompts["attention_mask"][b].bool()].tolist()
+        assert attended == prompt + prefix_ids
+    for img, ins, prefix, (rollout,) in zip(imgs, instructions, prefixes, groups):
+        prefix_ids = tiny_policy.tokenizer.encode(prefix, add_special_tokens=False)
+        # reference: the same row alone, prompt and prefix ids concatenated (no padding)
+        batch = tiny_policy.encode_prompts([img], [ins])
+        ids = torch.cat([batch["input_ids"], torch.tensor([prefix_ids])], dim=1)
+        ref = tiny_policy.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids),
+            pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+            mm_token_type_ids=(ids == tiny_policy.image_token_id).long(),
+            **tiny_policy.generation_kwargs(max_new_tokens=4)).sequences[0, ids.shape[1]:]
+        new = rollout.token_ids[len(prefix_ids):]
+        assert 0 < len(new) <= 4 and new == ref.tolist()[:len(new)]
+    with pytest.raises(ValueError, match="greedy only"):
+        tiny_policy.generate(imgs, instructions, do_sample=True, prefixes=prefixes)
+    with pytest.raises(ValueError, match="2 prompts"):
+        tiny_policy.generate(imgs, instructions, prefixes=prefixes[:1])

@@ -296,6 +296,39 @@ def test_picked_objects_reports_json(capsys):
     assert answers["right"] + answers["absent"] <= 3 - answers["unparsed"]
 
 
+def test_picked_objects_forces_a_gold_prefix(capsys, monkeypatch):
+    from coprs.datasets.shapes import ShapesReasonDataset
+    from coprs.models.segmentor import ReasoningSegmentor
+
+    tool = _load("picked_objects")
+    gold = ShapesReasonDataset(split="test", num_samples=1).get_data_info(0)["response_coprs"]
+    inventory = tool.gold_prefix(gold, "inventory")
+    assert inventory.startswith("<think>I see ") and inventory.endswith(".")
+    assert inventory.count(".") == 1 and gold.startswith(inventory)
+    reasoning = tool.gold_prefix(gold, "reasoning")
+    assert reasoning.endswith("So the target is the") and gold.startswith(reasoning)
+    with pytest.raises(ValueError, match="no reasoning"):
+        tool.gold_prefix("<think>nothing</think><REF_POS>", "reasoning")
+
+    results, real = [], ReasoningSegmentor.predict_images
+
+    def spy(self, images, instructions, **kwargs):
+        results.append((kwargs.get("response_prefixes"), real(self, images, instructions,
+                                                              **kwargs)))
+        return results[-1][1]
+
+    monkeypatch.setattr(ReasoningSegmentor, "predict_images", spy)
+    assert tool.main([TINY_CONFIG, "--gold-prefix", "reasoning", "--num-samples", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["gold_prefix"] == "reasoning" and out["n"] == 2
+    (prefixes, preds), = results
+    assert [p.endswith("So the target is the") for p in prefixes] == [True, True]
+    assert all(r.response.startswith(p) and len(r.response) > len(p)  # the policy wrote on
+               for p, r in zip(prefixes, preds))
+    assert tool.main([TINY_CONFIG, "--reasoning", "gold", "--gold-prefix", "inventory"]) == 2
+    assert "--reasoning generated" in capsys.readouterr().err
+
+
 def test_picked_objects_applies_cfg_options(capsys, monkeypatch):
     import coprs.apis.inference as inference
 

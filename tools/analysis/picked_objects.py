@@ -12,7 +12,9 @@ place, another object of the image, an object that is not there, or no parsable 
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
-Prints one JSON object.
+``--gold-prefix`` tells where the policy's own reasoning goes wrong: the gold response is forced
+up to a point (``inventory``: its first sentence, the objects in the image; ``reasoning``: all
+but the answer's object and place) and the policy writes the rest. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import numpy as np
 from mmengine.config import DictAction
 
-from coprs.commands.common import exit_on_usage_error, resolve_checkpoint
+from coprs.commands.common import UsageError, exit_on_usage_error, resolve_checkpoint
 
 EXAMPLE = """example:
   python tools/analysis/picked_objects.py configs/coprs/coprs_tiny_shapes_cpu.py \\
@@ -37,6 +39,11 @@ CLASSES = ("target", "same_colour", "same_shape", "other", "none")
 #: target with another region, another object of the image, an object not in it, or nothing
 ANSWER_CLASSES = ("in_place", "elsewhere", "other_present", "absent", "unparsed")
 _ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the ([a-z ]+?))?\s*\.")
+#: how much of the gold response ``--gold-prefix`` forces: its first sentence ("<think>I see a
+#: red square and a blue star."), or everything up to the answer's object ("… So the target is
+#: the")
+PREFIX_CUTS = ("inventory", "reasoning")
+_ANSWER_LEAD = "So the target is the"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint or training work dir (omitted: the parts' own weights)")
     parser.add_argument("--reasoning", choices=("generated", "gold"), default="generated")
+    parser.add_argument("--gold-prefix", choices=PREFIX_CUTS, default=None,
+                        help="with --reasoning generated: force the gold response up to the end "
+                             "of its inventory sentence or up to its answer, and let the policy "
+                             "write the rest")
     parser.add_argument("--split", default="test", help="synthetic split (default: test)")
     parser.add_argument("--num-samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -83,9 +94,24 @@ def answer_class(response: str, target: tuple[str, str], region: str,
     return "other_present" if present else "absent"
 
 
+def gold_prefix(response: str, cut: str) -> str:
+    """The start of a gold CoPRS response that ``--gold-prefix cut`` forces (:data:`PREFIX_CUTS`)."""
+    if cut == "inventory":
+        end = response.find(".") + 1
+    else:
+        end = response.find(_ANSWER_LEAD) + len(_ANSWER_LEAD)
+        end = end if end >= len(_ANSWER_LEAD) else 0
+    if end <= 0:
+        raise ValueError(f"gold response {response!r} has no {cut} to cut at")
+    return response[:end]
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gold_prefix and args.reasoning != "generated":
+        raise UsageError("--gold-prefix forces the start of a generated response: use it with "
+                         "--reasoning generated")
     from coprs.apis.inference import init_segmentor
     from coprs.datasets.shapes import ShapesReasonDataset
 
@@ -101,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         items = [data.get_data_info(i)
                  for i in range(start, min(start + args.batch_size, len(data)))]
         responses = ([d["response_coprs"] for d in items] if args.reasoning == "gold" else None)
+        prefixes = ([gold_prefix(d["response_coprs"], args.gold_prefix) for d in items]
+                    if args.gold_prefix else None)
         results = model.predict_images([d["img"] for d in items],
-                                       [d["instruction"] for d in items], responses=responses)
+                                       [d["instruction"] for d in items], responses=responses,
+                                       response_prefixes=prefixes)
         for d, r in zip(items, results):
             target = tuple(d["gold_answer"].split()[-2:])
             counts[classify(r.mask, d["objects"], target)] += 1
@@ -116,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 right_colour += m is not None and m.group(1) == target[0]
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
     out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
-               split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
+               gold_prefix=args.gold_prefix, split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
                picked=counts)
     if args.reasoning == "generated":
         n = {c: len(v) for c, v in by_answer.items()}
