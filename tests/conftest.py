@@ -22,6 +22,13 @@ SMALL_RUN = [
 ]
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """:data:`SMALL_RUN`, with the frozen-feature cache in the session's temp folder instead of
+    the repository's ``work_dirs/feature_cache`` (a user's main-job cache stays as it was)."""
+    return [*SMALL_RUN, f"model.feature_cache.root={tmp_path_factory.mktemp('feature_cache')}"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _coprs_home(tmp_path_factory):
     """Tiny models are built into a per-session folder, never into the user's cache."""

@@ -11,7 +11,6 @@ from mmengine.hooks import Hook
 from coprs.cli import main
 from coprs.registry import HOOKS
 
-from ..conftest import SMALL_RUN as SMALL  # noqa: TID252
 from ..conftest import TINY_CONFIG  # noqa: TID252
 
 
@@ -29,18 +28,22 @@ class _StopAt(Hook):
             raise KeyboardInterrupt("simulated crash")
 
 
-def _train(work_dir, *extra, sft=2, grpo=2):
-    return main(["train", str(TINY_CONFIG), "--work-dir", str(work_dir), "--cfg-options",
-                 f"train_cfg.stages.0.iters={sft}", f"train_cfg.stages.1.iters={grpo}",
-                 *SMALL, *extra])
+@pytest.fixture
+def train(small_run):
+    def run(work_dir, *extra, sft=2, grpo=2):
+        return main(["train", str(TINY_CONFIG), "--work-dir", str(work_dir), "--cfg-options",
+                     f"train_cfg.stages.0.iters={sft}", f"train_cfg.stages.1.iters={grpo}",
+                     *small_run, *extra])
+
+    return run
 
 
 def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys):
-    assert _train(tmp_path / "w") == 0
+def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, train, small_run):
+    assert train(tmp_path / "w") == 0
     ckpt = tmp_path / "w" / "iter_4.pth"
     full = torch.load(ckpt, map_location="cpu", weights_only=True)  # no unsafe globals
     assert {"state_dict", "optimizer", "message_hub", "rng", "meta"} <= set(full)
@@ -64,21 +67,22 @@ PERTURB = "train_dataloader.dataset.pipeline.2.prob=0.5"
 
 @pytest.mark.parametrize("sft,grpo,crash_at,extra", [(2, 3, 4, ()), (4, 1, 2, (PERTURB,))],
                          ids=["mid-grpo", "mid-warm-up-perturbed"])
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_at, extra):
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_at, extra, train,
+                                                    small_run):
     assert Config.fromfile(str(TINY_CONFIG)).train_dataloader.dataset.pipeline[2].type == (
         "PerturbAnswerPlace")
     stages = [f"train_cfg.stages.0.iters={sft}", f"train_cfg.stages.1.iters={grpo}", *extra]
     last = f"iter_{sft + grpo}.pth"
-    assert _train(tmp_path / "a", *extra, sft=sft, grpo=grpo) == 0
+    assert train(tmp_path / "a", *extra, sft=sft, grpo=grpo) == 0
     crashing = Config.fromfile(str(TINY_CONFIG))
     crashing.custom_hooks.append(dict(type="_StopAt", at=crash_at))
     crashing.dump(str(tmp_path / "crashing.py"))
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(tmp_path / "crashing.py"), "--work-dir", str(tmp_path / "b"),
-              "--cfg-options", *stages, *SMALL])
+              "--cfg-options", *stages, *small_run])
     assert not (tmp_path / "b" / last).exists()
     assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "b"), "--resume",
-                 "--cfg-options", *stages, *SMALL]) == 0
+                 "--cfg-options", *stages, *small_run]) == 0
     a, b = _state(tmp_path / "a" / last), _state(tmp_path / "b" / last)
     assert a.keys() == b.keys()
     for k in a:
@@ -98,7 +102,7 @@ def test_configs_chain_warmup_then_grpo():
     assert [s["kind"] for s in cfg.train_cfg.stages] == ["sft", "grpo"]
 
 
-def test_training_logs_to_tensorboard(tmp_path):
+def test_training_logs_to_tensorboard(tmp_path, small_run):
     """With mmengine's TensorBoard backend in ``vis_backends`` (the ``tensorboard`` extra), the
     losses of every iteration and the GRPO reward breakdown land in TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -111,7 +115,7 @@ def test_training_logs_to_tensorboard(tmp_path):
     cfg.dump(str(tmp_path / "cfg.py"))
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
                  "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
-                 *SMALL]) == 0
+                 *small_run]) == 0
     events = list((tmp_path / "w").rglob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(events[0].parent)).Reload()
