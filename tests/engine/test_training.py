@@ -42,7 +42,7 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, train, small_run):
+def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, train):
     assert train(tmp_path / "w") == 0
     ckpt = tmp_path / "w" / "iter_4.pth"
     full = torch.load(ckpt, map_location="cpu", weights_only=True)  # no unsafe globals

@@ -96,14 +96,11 @@ def answer_class(response: str, target: tuple[str, str], region: str,
 
 def gold_prefix(response: str, cut: str) -> str:
     """The start of a gold CoPRS response that ``--gold-prefix cut`` forces (:data:`PREFIX_CUTS`)."""
-    if cut == "inventory":
-        end = response.find(".") + 1
-    else:
-        end = response.find(_ANSWER_LEAD) + len(_ANSWER_LEAD)
-        end = end if end >= len(_ANSWER_LEAD) else 0
-    if end <= 0:
+    mark = "." if cut == "inventory" else _ANSWER_LEAD
+    start = response.find(mark)
+    if start < 0:
         raise ValueError(f"gold response {response!r} has no {cut} to cut at")
-    return response[:end]
+    return response[:start + len(mark)]
 
 
 @exit_on_usage_error
