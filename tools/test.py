@@ -2,7 +2,7 @@
 
 Example:
     python tools/test.py configs/coprs/coprs_tiny_shapes_cpu.py CHECKPOINT --out results.json \
-        --show-dir work_dirs/panels [--reasoning gold|empty] [--cfg-options key=value ...]
+        --show-dir work_dirs/panels [--reasoning gold|empty|all ...] [--cfg-options key=value ...]
 """
 
 import sys

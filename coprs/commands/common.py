@@ -8,7 +8,7 @@ from pathlib import Path
 
 __all__ = [
     "UsageError", "add_cfg_options", "config_path", "config_stem", "exit_on_usage_error",
-    "load_config", "resolve_checkpoint",
+    "init_cpu_process_group", "load_config", "resolve_checkpoint",
 ]
 
 
@@ -81,3 +81,19 @@ def resolve_checkpoint(path: str | None) -> str | None:
         return str(checkpoint_file(path))
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def init_cpu_process_group() -> None:
+    """For ``--launcher pytorch``: mmengine's pytorch launcher assumes CUDA (it calls
+    ``torch.cuda.set_device``); on CPU, start gloo ourselves, and the Runner then skips its own
+    init (SPEC §7). Needs torchrun's RANK / WORLD_SIZE."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available() or dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        raise UsageError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE not set)")
+    dist.init_process_group(backend="gloo")

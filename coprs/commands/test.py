@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, config_stem, load_config, resolve_checkpoint
+from .common import (
+    UsageError,
+    add_cfg_options,
+    config_stem,
+    init_cpu_process_group,
+    load_config,
+    resolve_checkpoint,
+)
 
 __all__ = ["add_parser", "run", "format_results_table", "format_mode_comparison"]
 
@@ -123,6 +130,7 @@ def _modes(requested: list[str]) -> list[str]:
 
 
 def run(args) -> int:
+    from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
     from coprs.apis import load_checkpoint
@@ -146,6 +154,8 @@ def run(args) -> int:
 
     cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, **dirs(modes[0]))
     cfg.load_from = None
+    if args.launcher == "pytorch":
+        init_cpu_process_group()
     register_all_modules()
     runner = Runner.from_cfg(cfg)
     if args.checkpoint is not None:
@@ -155,11 +165,15 @@ def run(args) -> int:
     for mode in modes:
         for attr, value in dirs(mode).items():
             setattr(runner.test_loop, attr, value)
-        by_mode[mode] = runner.test()
+        by_mode[mode] = runner.test()  # every rank gets the collected metrics
+        if not is_main_process():
+            continue
         if several:
             print(f"\n## reasoning: {mode}\n")
         print(format_results_table(by_mode[mode]))
         print(f"per-sample records: {runner.test_loop.out_dir}")
+    if not is_main_process():
+        return 0
     if several:
         print("\n## reasoning modes compared\n")
         print(format_mode_comparison(by_mode))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, config_stem, load_config
+from .common import (
+    UsageError,
+    add_cfg_options,
+    config_stem,
+    init_cpu_process_group,
+    load_config,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -63,7 +68,7 @@ def run(args) -> int:
             raise UsageError(f"checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume
     if args.launcher == "pytorch":
-        _init_cpu_process_group()
+        init_cpu_process_group()
     register_all_modules()
     if "runner_type" in cfg:  # e.g. FlexibleRunner with an FSDP strategy (GPU configs)
         from mmengine.registry import RUNNERS
@@ -74,15 +79,3 @@ def run(args) -> int:
     runner.train()
     return 0
 
-
-def _init_cpu_process_group() -> None:
-    """mmengine's pytorch launcher assumes CUDA; on CPU, start gloo ourselves (the Runner then
-    skips its own init) and wrap the model with the CPU-friendly DDP wrapper (SPEC §7)."""
-    import torch
-    import torch.distributed as dist
-
-    if torch.cuda.is_available() or dist.is_initialized():
-        return
-    if "RANK" not in os.environ:
-        raise UsageError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE not set)")
-    dist.init_process_group(backend="gloo")

@@ -144,3 +144,40 @@ def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_togethe
     for k, v in single.state_dict().items():
         assert not torch.equal(v, before[k])  # the clipped step moved every tensor
         torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
+    """``coprs test --launcher pytorch`` with several reasoning modes: 5 samples on 2 ranks (the
+    sampler pads one), each counted once, with the metrics of a single-process run."""
+    import json
+
+    from coprs.cli import main
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    cfg.test_cfg.datasets = [dict(cfg.test_cfg.datasets[0], num_samples=5)]
+    cfg.test_dataloader.batch_size = 2
+    cfg.dump(str(tmp_path / "cfg.py"))
+    args = [str(tmp_path / "cfg.py"), "--reasoning", "gold", "empty", "--max-new-tokens", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29537", str(Path(__file__).parents[2] / "tools" / "test.py"), *args,
+           "--launcher", "pytorch", "--work-dir", str(tmp_path / "ddp"),
+           "--out", str(tmp_path / "ddp.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stdout.count("## reasoning modes compared") == 1  # printed by rank 0 only
+    assert main(["test", *args, "--work-dir", str(tmp_path / "one"),
+                 "--out", str(tmp_path / "one.json")]) == 0
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert list(ddp) == ["gold", "empty"]
+    for mode in ddp:
+        a, b = ddp[mode]["shapes/test"], one[mode]["shapes/test"]
+        assert a["n"] == b["n"] == 5
+        for key in ("gIoU", "cIoU", "heatmap_IoU", "format_rate"):
+            assert abs(a[key] - b[key]) < 1e-5, (mode, key, a[key], b[key])
+        path = tmp_path / "ddp" / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
+        ids = [json.loads(x)["sample_id"] for x in path.read_text().splitlines()]
+        assert len(ids) == len(set(ids)) == 5
