@@ -274,7 +274,6 @@ def reduce_counts(
     return out
 
 
-
 def reduce_by(
     records: Sequence[Mapping[str, Any]],
     key: str,
@@ -291,6 +290,7 @@ def reduce_by(
         if r.get(key) is not None:
             groups.setdefault(str(r[key]), []).append(r)
     return {v: reduce_counts(groups[v], empty_empty, ignore_mode) for v in sorted(groups)}
+
 
 def iou_metrics(
     preds: Iterable[np.ndarray],

@@ -1,5 +1,6 @@
 """Two processes with the gloo backend on CPU train a few iterations; ranks end identical."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -149,8 +150,6 @@ def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_togethe
 def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
     """``coprs test --launcher pytorch`` with several reasoning modes: 5 samples on 2 ranks (the
     sampler pads one), each counted once, with the metrics of a single-process run."""
-    import json
-
     from coprs.cli import main
 
     cfg = Config.fromfile(str(TINY_CONFIG))

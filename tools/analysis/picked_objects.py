@@ -82,15 +82,22 @@ def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> 
             else "same_shape" if shape else "other")
 
 
-def answer_class(response: str, target: tuple[str, str], region: str,
-                 objects: list[dict]) -> str:
-    """The class (one of :data:`ANSWER_CLASSES`) of a response's final answer."""
+def parse_answer(response: str) -> tuple[str, str, str | None] | None:
+    """(colour, shape, region or None) of a response's final answer, or None if it has none."""
     m = _ANSWER.search(response)
-    if m is None:
+    return None if m is None else m.group(1, 2, 3)
+
+
+def answer_class(response: str | tuple | None, target: tuple[str, str], region: str,
+                 objects: list[dict]) -> str:
+    """The class (one of :data:`ANSWER_CLASSES`) of a response's final answer (the response, or
+    what :func:`parse_answer` made of it)."""
+    parsed = parse_answer(response) if isinstance(response, str) else response
+    if parsed is None:
         return "unparsed"
-    if m.group(1, 2) == target:
-        return "in_place" if m.group(3) == region else "elsewhere"
-    present = m.group(1, 2) in {(o["colour"], o["shape"]) for o in objects}
+    if parsed[:2] == target:
+        return "in_place" if parsed[2] == region else "elsewhere"
+    present = parsed[:2] in {(o["colour"], o["shape"]) for o in objects}
     return "other_present" if present else "absent"
 
 
@@ -136,14 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             ious.append(float((r.mask & gt).sum() / max((r.mask | gt).sum(), 1)))
             if args.reasoning == "generated":
                 region = d["gold_answer_region"].partition(" in the ")[2]
-                kind = answer_class(r.response, target, region, d["objects"])
-                by_answer[kind].append(ious[-1])
-                m = _ANSWER.search(r.response)
-                right_colour += m is not None and m.group(1) == target[0]
+                parsed = parse_answer(r.response)
+                by_answer[answer_class(parsed, target, region, d["objects"])].append(ious[-1])
+                right_colour += parsed is not None and parsed[0] == target[0]
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
     out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
-               gold_prefix=args.gold_prefix, split=args.split, n=len(ious), giou=round(float(np.mean(ious)), 4),
-               picked=counts)
+               gold_prefix=args.gold_prefix, split=args.split, n=len(ious),
+               giou=round(float(np.mean(ious)), 4), picked=counts)
     if args.reasoning == "generated":
         n = {c: len(v) for c, v in by_answer.items()}
         out["answers"] = dict(right=n["in_place"] + n["elsewhere"], right_colour=right_colour,

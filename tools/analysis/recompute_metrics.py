@@ -99,20 +99,23 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"protocol: empty/empty={args.empty_empty}, ignore={args.ignore} (all in %)")
     print()
-    pr = [f"Pr@{t}" for t in PRECISION_THRESHOLDS]
-    print("| split | gIoU | cIoU | " + " | ".join(pr) + " | n |")
-    print("|---|" + "---:|" * (len(pr) + 3))
+    keys = ("gIoU", "cIoU", *(f"Pr@{t}" for t in PRECISION_THRESHOLDS))
+
+    def row(labels: list[str], m: dict) -> str:
+        return "| " + " | ".join([*labels, *(f"{100 * m[k]:.2f}" for k in keys), str(m["n"])]) \
+            + " |"
+
+    print("| split | " + " | ".join(keys) + " | n |")
+    print("|---|" + "---:|" * (len(keys) + 1))
     for name, m in metrics.items():
-        cells = [f"{100 * m[k]:.2f}" for k in ("gIoU", "cIoU", *pr)]
-        print(f"| {name} | " + " | ".join(cells) + f" | {m['n']} |")
+        print(row([name], m))
     if args.by:
         print()
-        print(f"| split | {args.by} | gIoU | cIoU | " + " | ".join(pr) + " | n |")
-        print("|---|---|" + "---:|" * (len(pr) + 3))
+        print(f"| split | {args.by} | " + " | ".join(keys) + " | n |")
+        print("|---|---|" + "---:|" * (len(keys) + 1))
         for name, m in metrics.items():
             for value, g in m["by"][args.by].items():
-                cells = [f"{100 * g[k]:.2f}" for k in ("gIoU", "cIoU", *pr)]
-                print(f"| {name} | {value} | " + " | ".join(cells) + f" | {g['n']} |")
+                print(row([name, value], g))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
