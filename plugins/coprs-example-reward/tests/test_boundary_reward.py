@@ -106,8 +106,39 @@ def test_grpo_smoke_run_with_the_plugin_config(tmp_path, capsys):
                "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=2",
                "train_cfg.stages.1.batch_size=2", "train_dataloader.batch_size=2",
                "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=6",
-               "train_dataloader.dataset.num_samples=8", "default_hooks.logger.interval=1"])
+               "train_dataloader.dataset.num_samples=8", "default_hooks.logger.interval=1",
+               f"model.feature_cache.root={tmp_path / 'feature_cache'}"])
     assert rc == 0
     log = capsys.readouterr().out + "".join(p.read_text() for p in work.rglob("*.log"))
     assert "reward/boundary" in log and "reward/mask" in log
     assert (work / "iter_3.pth").is_file()
+
+
+def _flat(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items()
+                for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+    if isinstance(node, (list, tuple)):
+        return {k: v for i, value in enumerate(node) for k, v in _flat(value, f"{prefix}[{i}]").items()}
+    return {prefix: node}
+
+
+def test_plugin_config_is_the_main_job_with_another_reward():
+    """The config spells out coprs' CPU main job (a plugin config cannot inherit from coprs'
+    configs); everything but the reward and the work dir must stay the main job's."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    from coprs.plugins import resolve_config
+
+    repo = Path(__file__).resolve().parents[3]
+    main_job = Config.fromfile(repo / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py")
+    ours = Config.fromfile(resolve_config("coprs-example-reward::"
+                                          "coprs_tiny_boundary-reward_shapes_cpu.py"))
+    a, b = _flat(main_job.to_dict()), _flat(ours.to_dict())
+    differ = {k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>")}
+    allowed = ("work_dir", "reward.", "train_cfg.reward.")
+    assert differ and all(k.startswith(allowed) for k in differ), sorted(
+        k for k in differ if not k.startswith(allowed))
+    assert b["train_cfg.reward.rewards[1].reward.type"] == "BoundaryFScoreReward"
