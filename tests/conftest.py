@@ -24,9 +24,26 @@ SMALL_RUN = [
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    """:data:`SMALL_RUN`, with the frozen-feature cache in the session's temp folder instead of
-    the repository's ``work_dirs/feature_cache`` (a user's main-job cache stays as it was)."""
+    """:data:`SMALL_RUN`, with the frozen-feature cache in the session's temp folder."""
     return [*SMALL_RUN, f"model.feature_cache.root={tmp_path_factory.mktemp('feature_cache')}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _relative_feature_caches_in_tmp(tmp_path_factory):
+    """A relative feature-cache root (the tiny configs' ``work_dirs/feature_cache``) resolves under
+    the session's temp folder, so tests never write into the repository's ``work_dirs`` (a user's
+    main-job cache stays as it was). Subprocess runs pass an absolute root themselves."""
+    from coprs.backbones.feature_cache import FeatureCache
+
+    base = tmp_path_factory.mktemp("cwd")
+    original = FeatureCache.__init__
+
+    def init(self, root, *args, **kwargs):
+        original(self, root if Path(root).is_absolute() else base / root, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FeatureCache, "__init__", init)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

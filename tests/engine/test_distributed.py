@@ -156,6 +156,7 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.test_cfg.datasets = [dict(cfg.test_cfg.datasets[0], num_samples=5)]
     cfg.test_dataloader.batch_size = 2
+    cfg.model.feature_cache.root = str(tmp_path / "cache")
     cfg.dump(str(tmp_path / "cfg.py"))
     args = [str(tmp_path / "cfg.py"), "--reasoning", "gold", "empty", "--max-new-tokens", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
