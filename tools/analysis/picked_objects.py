@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--reasoning generated")
     from coprs.apis.inference import init_segmentor
     from coprs.datasets.shapes import ShapesReasonDataset
+    from coprs.evaluation.functional import mask_iou
 
     model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint),
                            cfg_options=args.cfg_options)
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for d, r in zip(items, results):
             target = tuple(d["gold_answer"].split()[-2:])
             counts[classify(r.mask, d["objects"], target)] += 1
-            gt = d["gt_mask"].astype(bool)
-            ious.append(float((r.mask & gt).sum() / max((r.mask | gt).sum(), 1)))
+            ious.append(mask_iou(r.mask, d["gt_mask"].astype(bool)))
             if args.reasoning == "generated":
                 region = d["gold_answer_region"].partition(" in the ")[2]
                 parsed = parse_answer(r.response)
