@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from coprs.evaluation.functional import (
     results_subdir,
@@ -372,6 +374,51 @@ def test_perception_probe_trains_the_policy_alone_and_reports_the_image_gap(caps
         assert np.isfinite(e["loss"]) and e["loss"] > 0
         assert abs(e["gap"] - (e["loss_shifted"] - e["loss"])) <= 2e-4  # both rounded
         assert 0 <= e["answer_right"] <= e["answer_colour"] <= e["n"] == 2
+        assert 0 <= e["place_right"] <= e["answer_right"]
     assert summary["vision_lr"] == 0 and summary["final"] == evals[-1]
+    assert summary["cell_loss"] == 0
     assert tool.main([TINY_CONFIG, "--policy", "tiny"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    assert tool.main([TINY_CONFIG, "--cell-loss", "-1"]) == 2
+    assert "--cell-loss" in capsys.readouterr().err
+
+
+def test_perception_probe_cell_loss_targets_and_training(capsys):
+    tool = _load("perception_probe")
+    assert tool.ANSWER.search("So the target is the red star in the lower left.").groups() == (
+        "red", "star", "lower left")
+    assert tool.ANSWER.search("the target is the red star.").group(3) is None
+
+    class Policy:  # what CellLoss reads of a policy
+        image_token_id = 7
+        model = SimpleNamespace(config=SimpleNamespace(text_config=SimpleNamespace(hidden_size=4)),
+                                model=torch.nn.Identity())
+
+    loss = tool.CellLoss(Policy(), ["red star", "blue circle"], size=112)
+    objects = [dict(colour="red", shape="star", centre=[10.0, 100.0]),  # row 3, column 0
+               dict(colour="blue", shape="circle", centre=[111.9, 0.0]),  # row 0, column 3
+               dict(colour="red", shape="star", centre=[60.0, 60.0])]  # row 2, column 2
+    t = loss.targets(objects, 16)
+    assert t.sum() == 3 and t[12, 0] == t[3, 1] == t[10, 0] == 1
+    with pytest.raises(ValueError, match="square"):
+        loss.targets(objects, 15)
+    # the hook's last forward: 2 rows of 6 tokens, 4 image tokens (a 2 x 2 grid) in each
+    ids = torch.tensor([[0, 7, 7, 7, 7, 0], [7, 7, 0, 0, 7, 7]])
+    hidden = torch.randn(2, 6, 4, requires_grad=True)
+    loss.seen = dict(ids=ids, hidden=hidden)
+    with torch.no_grad():
+        loss.head.weight.zero_()
+        loss.head.bias.fill_(2.0)
+    value = loss([dict(objects=objects[:1]), dict(objects=objects[1:])])
+    # logits 2 everywhere; 3 positive labels among 2 rows x 4 cells x 2 classes
+    expected = (3 * np.log1p(np.exp(-2.0)) + 13 * np.log1p(np.exp(2.0))) / 16
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    loss.head.weight.data.normal_()
+    loss([dict(objects=objects[:1]), dict(objects=objects[1:])]).backward()
+    assert (hidden.grad.abs().sum(-1) > 0).tolist() == (ids == 7).tolist()  # image tokens only
+
+    argv = [TINY_CONFIG, "--iters", "2", "--eval-every", "2", "--batch-size", "2",
+            "--train-scenes", "4", "--eval-scenes", "2", "--vision-lr", "0", "--cell-loss", "1"]
+    assert tool.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["cell_loss"] == 1 and np.isfinite(summary["final"]["loss"])

@@ -9,8 +9,12 @@ rate, gradient clipping at 1.0) and, every ``--eval-every`` iterations, reports 
   shifted by one scene; ``gap`` = shifted − right. A policy that reads the image has a growing gap;
   0 means the image tokens carry nothing the language model uses.
 * ``answer_right`` / ``answer_colour``: greedy responses whose final "the target is the COLOUR
-  SHAPE" names the target (or at least its colour), out of ``n``.
+  SHAPE" names the target (or at least its colour), out of ``n``; ``place_right``: of the
+  ``answer_right`` ones, those that also name the target's place ("… in the lower left").
 
+``--cell-loss W`` adds W × an auxiliary loss on the image tokens: a linear head reads each image
+token's last hidden state and predicts which colour-shape objects have their centre in that
+token's cell of the image (multi-label BCE), a direct perception signal next to the token loss.
 ``--vision-lr 0`` freezes the policy's vision tower (as ``policy.freeze_vision_tower``); the
 default trains it at the same learning rate. ``--policy KEY=VALUE`` overrides keys of the
 config's ``model.policy`` (values parsed as Python literals), e.g.
@@ -34,7 +38,7 @@ EXAMPLE = """example:
   python tools/analysis/perception_probe.py configs/coprs/coprs_tiny_shapes_cpu.py \\
       --iters 1500 --eval-every 250 --vision-lr 0
 """
-ANSWER = re.compile(r"target is the (\w+) (\w+)")
+ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the (\w+(?: \w+)?))?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-scenes", type=int, default=3000)
     parser.add_argument("--eval-scenes", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--cell-loss", type=float, default=0.0, metavar="W",
+                        help="weight of the auxiliary per-cell object loss on the image tokens "
+                             "(default: 0, off)")
     parser.add_argument("--policy", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model.policy keys (Python literals)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,15 +80,16 @@ def _overrides(pairs: list[str]) -> dict:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.eval_scenes < 2 or args.iters < 1 or args.eval_every < 1:
-        raise UsageError("--eval-scenes must be at least 2, --iters and --eval-every at least 1")
+    if args.eval_scenes < 2 or args.iters < 1 or args.eval_every < 1 or args.cell_loss < 0:
+        raise UsageError("--eval-scenes must be at least 2, --iters and --eval-every at least 1, "
+                         "--cell-loss at least 0")
     overrides = _overrides(args.policy)
     import numpy as np
     import torch
     from mmengine.config import Config
     from PIL import Image
 
-    from coprs.datasets.shapes import ShapesReasonDataset
+    from coprs.datasets.shapes import COLOURS, SHAPES, ShapesReasonDataset
     from coprs.registry import POLICIES
     from coprs.structures import Rollout
     from coprs.utils import register_all_modules
@@ -111,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for p in visual:
             p.requires_grad_(False)
+    cell_loss = None
+    if args.cell_loss > 0:
+        cell_loss = CellLoss(policy, [f"{c} {s}" for c in COLOURS for s in SHAPES], size)
+        groups.append(dict(params=list(cell_loss.head.parameters()), lr=args.lr))
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
 
     def token_loss(items: list[dict], shift: int = 0) -> torch.Tensor:
@@ -130,16 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             groups_ = policy.generate([Image.fromarray(d["img"]) for d in test],
                                       [d["instruction"] for d in test])
         policy.train()
-        good = colour = 0
+        good = colour = place = 0
         for d, group in zip(test, groups_):
             found = ANSWER.search(group[0].text)
             gold = d["gold_answer"].split()[-2:]
             if found:
-                good += list(found.groups()) == gold
+                right = list(found.groups()[:2]) == gold
+                good += right
+                place += right and d["gold_answer_region"].endswith(f" in the {found.group(3)}")
                 colour += found.group(1) == gold[0]
         return dict(iter=it, loss=round(right, 4), loss_shifted=round(shifted, 4),
                     gap=round(shifted - right, 4), answer_right=good, answer_colour=colour,
-                    n=len(test))
+                    place_right=place, n=len(test))
 
     from tqdm import tqdm
 
@@ -149,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     for it in tqdm(range(1, args.iters + 1), desc="perception probe", file=sys.stderr):
         batch = [train[i] for i in rng.integers(0, len(train), args.batch_size)]
         loss = token_loss(batch)
+        if cell_loss is not None:
+            loss = loss + args.cell_loss * cell_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -158,8 +174,56 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(history[-1]), flush=True)
     best = max(history, key=lambda h: h["gap"])
     print(json.dumps(dict(config=args.config, vision_lr=vision_lr, lr=args.lr,
+                          cell_loss=args.cell_loss,
                           iters=args.iters, final=history[-1], best_gap=best)))
     return 0
+
+
+class CellLoss:
+    """Which objects lie in each image token's cell, read from the token's last hidden state.
+
+    A forward hook on the policy's language model keeps the last forward's input ids and last
+    hidden states; calling the object with that forward's samples gives the multi-label BCE of a
+    linear head over ``classes`` ("red circle", …) against the objects whose centre falls in each
+    token's cell of the ``size`` × ``size`` image (image tokens in row-major order).
+    """
+
+    def __init__(self, policy, classes: list[str], size: int):
+        import torch
+
+        self.policy, self.classes, self.size = policy, classes, size
+        self.head = torch.nn.Linear(policy.model.config.text_config.hidden_size, len(classes))
+        self.seen: dict = {}
+        policy.model.model.register_forward_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, module, args, kwargs, out) -> None:
+        self.seen = dict(ids=kwargs["input_ids"], hidden=out.last_hidden_state)
+
+    def targets(self, objects: list[dict], tokens: int):
+        import torch
+
+        grid = round(tokens ** 0.5)
+        if grid * grid != tokens:
+            raise ValueError(f"{tokens} image tokens are not a square grid")
+        cell = self.size / grid
+        out = torch.zeros(tokens, len(self.classes))
+        for o in objects:
+            x, y = o["centre"]
+            k = min(int(y / cell), grid - 1) * grid + min(int(x / cell), grid - 1)
+            out[k, self.classes.index(f"{o['colour']} {o['shape']}")] = 1
+        return out
+
+    def __call__(self, items: list[dict]):
+        import torch
+
+        image = self.seen["ids"] == self.policy.image_token_id
+        feats, targets = [], []
+        for row, d in enumerate(items):
+            where = image[row].nonzero().squeeze(1)
+            feats.append(self.seen["hidden"][row, where])
+            targets.append(self.targets(d["objects"], where.numel()))
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            self.head(torch.cat(feats)), torch.cat(targets).to(feats[0].device))
 
 
 if __name__ == "__main__":
