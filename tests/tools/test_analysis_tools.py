@@ -388,6 +388,14 @@ def test_perception_probe_cell_loss_targets_and_training(capsys):
     assert tool.ANSWER.search("So the target is the red star in the lower left.").groups() == (
         "red", "star", "lower left")
     assert tool.ANSWER.search("the target is the red star.").group(3) is None
+    gold = dict(gold_answer="the red star", gold_answer_region="the red star in the lower left")
+    texts = ["So the target is the red star in the lower left.",  # all right
+             "So the target is the red star in the upper left.",  # wrong place
+             "So the target is the red circle in the lower left.",  # wrong shape
+             "So the target is the blue star.",  # wrong colour, no place
+             "<think>I see"]  # no answer
+    assert tool.score_answers([gold] * 5, texts) == dict(
+        answer_right=2, answer_colour=3, place_right=1, n=5)
 
     class Policy:  # what CellLoss reads of a policy
         image_token_id = 7

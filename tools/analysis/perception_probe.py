@@ -142,18 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             groups_ = policy.generate([Image.fromarray(d["img"]) for d in test],
                                       [d["instruction"] for d in test])
         policy.train()
-        good = colour = place = 0
-        for d, group in zip(test, groups_):
-            found = ANSWER.search(group[0].text)
-            gold = d["gold_answer"].split()[-2:]
-            if found:
-                right = list(found.groups()[:2]) == gold
-                good += right
-                place += right and d["gold_answer_region"].endswith(f" in the {found.group(3)}")
-                colour += found.group(1) == gold[0]
         return dict(iter=it, loss=round(right, 4), loss_shifted=round(shifted, 4),
-                    gap=round(shifted - right, 4), answer_right=good, answer_colour=colour,
-                    place_right=place, n=len(test))
+                    gap=round(shifted - right, 4),
+                    **score_answers(test, [group[0].text for group in groups_]))
 
     from tqdm import tqdm
 
@@ -177,6 +168,21 @@ def main(argv: list[str] | None = None) -> int:
                           cell_loss=args.cell_loss,
                           iters=args.iters, final=history[-1], best_gap=best)))
     return 0
+
+
+def score_answers(samples: list[dict], texts: list[str]) -> dict:
+    """How many responses name the target (``answer_right``), its colour (``answer_colour``),
+    the target in its place (``place_right``), of ``n``."""
+    right = colour = place = 0
+    for d, text in zip(samples, texts, strict=True):
+        found = ANSWER.search(text)
+        gold = d["gold_answer"].split()[-2:]
+        if found:
+            named = list(found.groups()[:2]) == gold
+            right += named
+            place += named and d["gold_answer_region"].endswith(f" in the {found.group(3)}")
+            colour += found.group(1) == gold[0]
+    return dict(answer_right=right, answer_colour=colour, place_right=place, n=len(samples))
 
 
 class CellLoss:
