@@ -11,8 +11,9 @@ from coprs.utils import using_coprs_home
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "coprs" / "coprs_tiny_shapes_cpu.py"
 #: --cfg-options that shrink a TINY_CONFIG training run to seconds: small batches and groups,
-#: short rollouts, a log line and a checkpoint every iteration
+#: short rollouts, a log line and a checkpoint every iteration, 2 validation samples
 SMALL_RUN = [
+    "val_cfg.datasets.0.num_samples=2",
     "train_dataloader.batch_size=2",
     "train_cfg.group_size=2",
     "train_cfg.rollout_engine.max_new_tokens=6",

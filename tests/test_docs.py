@@ -302,3 +302,23 @@ def test_mkdocs_nav_lists_every_page_once():
     pages = [next(iter(item.values())) for item in cfg["nav"]]
     assert len(pages) == len(set(pages))
     assert sorted(pages) == sorted(p.name for p in (ROOT / cfg["docs_dir"]).glob("*.md"))
+
+
+#: a quoted config: a line naming `configs/….py` (optionally after "Leaves. "), an explanation
+#: line or none, then a python block holding that file
+QUOTED_CONFIG = re.compile(r"^(?:Leaves\. )?`(configs/[^`]+\.py)`[^\n]*\n\n```python\n(.*?)\n```",
+                           re.M | re.S)
+
+
+def quoted_configs(text: str) -> list[tuple[str, str]]:
+    return QUOTED_CONFIG.findall(text)
+
+
+def test_quoted_configs_are_the_files():
+    """docs/configs.md quotes config files whole: each quote is the file as it is now."""
+    quotes = quoted_configs((ROOT / "docs" / "configs.md").read_text())
+    assert len(quotes) >= 8
+    for path, body in quotes:
+        assert body == (ROOT / path).read_text().rstrip("\n"), f"docs/configs.md quotes an old {path}"
+    text = "`configs/_base_/default_runtime.py`:\n\n```python\nlog_level = 'DEBUG'\n```\n"
+    assert quoted_configs(text) == [("configs/_base_/default_runtime.py", "log_level = 'DEBUG'")]

@@ -10,11 +10,12 @@ from .hooks import (
 )
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
-from .test_loop import REASONING_MODES, ReasonSegTestLoop
+from .test_loop import REASONING_MODES, ReasonSegTestLoop, ReasonSegValLoop, flat_metrics
 from .wrappers import CoprsDistributedDataParallel, CoprsFSDPStrategy, CoprsFullyShardedDataParallel
 
 __all__ = [
-    "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "REASONING_MODES",
+    "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES",
+    "flat_metrics",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "TrainTimeBudgetHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",

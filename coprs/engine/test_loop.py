@@ -1,4 +1,4 @@
-"""Evaluation over every split a config names (LOOPS registry)."""
+"""Evaluation over every split a config names, at test time and during training (LOOPS registry)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import copy
 import re
 from pathlib import Path
 
+import torch
 from mmengine.dist import is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 from tqdm import tqdm
 
 from ..registry import LOOPS
+from .fsdp import full_params
 
-__all__ = ["ReasonSegTestLoop", "REASONING_MODES"]
+__all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "flat_metrics"]
 
 #: what the policy reasons with at test time
 REASONING_MODES = ("generated", "gold", "empty")
@@ -64,6 +66,12 @@ class ReasonSegTestLoop(BaseLoop):
         --reasoning generated gold empty`` evaluates each mode with one model)."""
         _check_reasoning(self.reasoning)
         self.runner.call_hook("before_test")
+        results = self._evaluate()
+        # (no after_test_epoch: LoggerHook expects one dataloader and flat scalar metrics)
+        self.runner.call_hook("after_test")
+        return results
+
+    def _evaluate(self) -> dict:
         model = self.runner.model.module if is_model_wrapper(self.runner.model) else \
             self.runner.model
         model.eval()
@@ -71,6 +79,7 @@ class ReasonSegTestLoop(BaseLoop):
         for ds_cfg in self.datasets:
             loader = self.runner.build_dataloader(dict(copy.deepcopy(self.dataloader_cfg),
                                                        dataset=copy.deepcopy(ds_cfg)))
+            self.dataloader = loader  # the runner's test/val_dataloader: the split being run
             meta = loader.dataset.metainfo
             name, split = str(meta.get("dataset_name", "dataset")), str(meta.get("split", "test"))
             ev_cfg = copy.deepcopy(self.evaluator_cfg)
@@ -84,8 +93,6 @@ class ReasonSegTestLoop(BaseLoop):
             metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
             self.runner.logger.info(f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        # (no after_test_epoch: LoggerHook expects one dataloader and flat scalar metrics)
-        self.runner.call_hook("after_test")
         return results
 
     def _predict(self, model, batch: dict, name: str, split: str) -> None:
@@ -120,3 +127,42 @@ class ReasonSegTestLoop(BaseLoop):
         pred = sample["pred"]
         make_panel(image, instruction, pred.heatmap, pred.mask, pred.response,
                    folder / f"{stem}.png", format_ok=pred.format_ok)
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """``{"shapes/val": {"gIoU": 0.5, "by_type": {…}, …}}`` → ``{"shapes/val/gIoU": 0.5, …}``:
+    the scalar metrics of every split, under ``<dataset>/<split>/<metric>``."""
+    return {f"{split}/{k}": float(v) for split, metrics in results.items()
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@LOOPS.register_module()
+class ReasonSegValLoop(ReasonSegTestLoop):
+    """Validation during training: :class:`ReasonSegTestLoop`'s evaluation of every dataset in
+    ``datasets``, run by the train loop every ``train_cfg.val_interval`` iterations and at its
+    end (``val_cfg``, with ``val_dataloader`` and ``val_evaluator`` set like their ``test_``
+    counterparts).
+
+    The scalar metrics go to ``after_val_epoch`` as ``<dataset>/<split>/<metric>`` (e.g.
+    ``shapes/val/gIoU``), so the logger prints them, the visualizer backends (TensorBoard) plot
+    them against the iteration (with ``LoggerHook(log_metric_by_epoch=False)``, as the shipped
+    schedules set), and ``default_hooks.checkpoint`` with ``save_best='shapes/val/gIoU',
+    rule='greater'`` keeps the best checkpoint. Arguments as :class:`ReasonSegTestLoop`; the metric's per-sample
+    records are written only when ``out_dir`` is given. The global random state is restored
+    after each validation, so a run with validation trains exactly as one without; under FSDP
+    the weights are gathered for it.
+    """
+
+    def run(self) -> dict[str, float]:
+        _check_reasoning(self.reasoning)
+        self.runner.call_hook("before_val")
+        self.runner.call_hook("before_val_epoch")
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        # loaders draw their base seed from the random state; FSDP-sharded weights are gathered
+        # for the evaluation as for GRPO rollouts
+        with torch.random.fork_rng(devices=cuda), full_params(self.runner.model):
+            metrics = flat_metrics(self._evaluate())
+        self.runner.call_hook("after_val_epoch", metrics=metrics)
+        self.runner.call_hook("after_val")
+        return metrics

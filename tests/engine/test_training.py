@@ -11,7 +11,7 @@ from mmengine.hooks import Hook
 from coprs.cli import main
 from coprs.registry import HOOKS
 
-from ..conftest import TINY_CONFIG  # noqa: TID252
+from ..conftest import SMALL_RUN, TINY_CONFIG  # noqa: TID252
 
 
 @HOOKS.register_module(force=True)
@@ -115,7 +115,7 @@ def test_training_logs_to_tensorboard(tmp_path, small_run):
     cfg.dump(str(tmp_path / "cfg.py"))
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
                  "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
-                 *small_run]) == 0
+                 "train_cfg.val_interval=2", *small_run]) == 0
     events = list((tmp_path / "w").rglob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(events[0].parent)).Reload()
@@ -123,3 +123,39 @@ def test_training_logs_to_tensorboard(tmp_path, small_run):
     assert {"loss", "loss_seg", "lr", "reward/mask", "reward/format", "kl_ref"} <= tags
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("reward/mask")] == [3, 4]  # the GRPO iterations
+    assert [e.step for e in acc.Scalars("shapes/val/gIoU")] == [2, 4]  # every val_interval
+
+
+def test_validation_during_training_logs_keeps_best_and_changes_nothing(tmp_path, train, capsys):
+    """``val_cfg`` (ReasonSegValLoop, gold reasoning on `val` in the tiny config) runs every
+    ``val_interval`` iterations and at the end; its gIoU is logged, ``save_best`` keeps the best
+    checkpoint, and the trained weights equal those of a run without validation."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    assert cfg.val_cfg.type == "ReasonSegValLoop" and cfg.val_cfg.datasets[0].split == "val"
+    # (a visualizer of its own: mmengine reuses an instance of the same name, and its folder)
+    assert train(tmp_path / "v", "train_cfg.val_interval=1", f"visualizer.name=vis_{tmp_path.name}",
+                 "default_hooks.checkpoint.save_best=shapes/val/gIoU",
+                 "default_hooks.checkpoint.rule=greater", sft=2, grpo=1) == 0
+    log = capsys.readouterr().out
+    assert log.count("shapes/val (gold reasoning): gIoU=") == 3  # iterations 1, 2 and 3
+    scalars = [json.loads(x) for x in next((tmp_path / "v").rglob("scalars.json")).open()]
+    val = [x for x in scalars if "shapes/val/gIoU" in x]
+    assert [x["step"] for x in val] == [1, 2, 3]
+    assert all(0 <= x["shapes/val/gIoU"] <= 1 and x["shapes/val/n"] == 2 for x in val)
+    best = list((tmp_path / "v").glob("best_shapes_val_gIoU_iter_*.pth"))
+    assert len(best) == 1
+    step = int(best[0].stem.rsplit("_", 1)[1])
+    assert val[step - 1]["shapes/val/gIoU"] == max(x["shapes/val/gIoU"] for x in val)
+
+    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
+        cfg.pop(key)
+    cfg.dump(str(tmp_path / "no_val.py"))
+    assert main(["train", str(tmp_path / "no_val.py"), "--work-dir", str(tmp_path / "n"),
+                 "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=1",
+                 *[o for o in SMALL_RUN if not o.startswith("val_cfg")],
+                 f"model.feature_cache.root={tmp_path / 'cache'}"]) == 0
+    assert "gIoU=" not in capsys.readouterr().out
+    a, b = _state(tmp_path / "v" / "iter_3.pth"), _state(tmp_path / "n" / "iter_3.pth")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

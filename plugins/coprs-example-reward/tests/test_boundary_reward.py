@@ -107,6 +107,7 @@ def test_grpo_smoke_run_with_the_plugin_config(tmp_path, capsys):
                "train_cfg.stages.1.batch_size=2", "train_dataloader.batch_size=2",
                "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=6",
                "train_dataloader.dataset.num_samples=8", "default_hooks.logger.interval=1",
+               "val_cfg.datasets.0.num_samples=2",
                f"model.feature_cache.root={tmp_path / 'feature_cache'}"])
     assert rc == 0
     log = capsys.readouterr().out + "".join(p.read_text() for p in work.rglob("*.log"))

@@ -61,6 +61,7 @@ train_cfg = dict(
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, max_new_tokens=96),
     reward=reward,
     response_key='response_coprs',
+    val_interval=1500,
 )
 optim_wrapper = dict(
     type='OptimWrapper', constructor='GroupedOptimWrapperConstructor',
@@ -82,7 +83,7 @@ custom_hooks = [
 ]
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=20),
+    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1500, max_keep_ckpts=2,
                     save_last=True, backend_args=dict(backend='atomic_local')),
@@ -97,6 +98,11 @@ test_cfg = dict(type='ReasonSegTestLoop', datasets=[
          image_size=shapes_image_size, pipeline=shapes_test_pipeline)
     for split in ('test', 'test_novel')])
 test_evaluator = dict(type='ReasonSegMetric', empty_empty=1.0, ignore_mode='exclude')
+val_dataloader = test_dataloader
+val_evaluator = test_evaluator
+val_cfg = dict(type='ReasonSegValLoop', reasoning='gold', datasets=[
+    dict(type='ShapesReasonDataset', split='val', num_samples=64, seed=0,
+         image_size=shapes_image_size, pipeline=shapes_test_pipeline)])
 
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
