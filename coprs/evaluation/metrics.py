@@ -44,7 +44,9 @@ class ReasonSegMetric(BaseMetric):
         dataset_name / split: names used for the output folder and the result keys.
     """
 
-    default_prefix = None
+    # no prefix on the metric names: the loops key them by <dataset>/<split> (an empty string,
+    # not None, so that mmengine does not warn about a missing prefix at every evaluation)
+    default_prefix = ""
 
     def __init__(self, empty_empty: float | str = 1.0, ignore_mode: str = "exclude",
                  out_dir: str | None = None, dataset_name: str = "dataset", split: str = "test",

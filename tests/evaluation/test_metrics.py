@@ -68,3 +68,25 @@ def test_metric_with_every_sample_unreadable_is_zero():
     res = m.compute_metrics(m.results)
     assert res["n"] == 0 and res["n_unreadable"] == 1
     assert res["gIoU"] == res["cIoU"] == res["Pr@0.5"] == res["heatmap_IoU"] == 0.0
+
+
+def test_metric_names_are_unprefixed_and_mmengine_does_not_warn():
+    """The loops key results by <dataset>/<split>; mmengine's BaseMetric warns about a missing
+    prefix unless one is set (it used to, at every validation), and ``evaluate`` adds none."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        m = ReasonSegMetric()
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "prefix" in r.getMessage()]
+    gt = np.ones((2, 2), bool)
+    m.process({}, [_sample(_pred(gt), gt)])
+    assert m.evaluate(1)["gIoU"] == 1.0
