@@ -26,7 +26,8 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
            "--work-dir", str(tmp_path / "w"), "--launcher", "pytorch", "--debug", "--cfg-options",
            "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
            "train_dataloader.batch_size=2", "train_cfg.group_size=2",
-           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100"]
+           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
+           "val_cfg.datasets.0.num_samples=2", f"model.feature_cache.root={tmp_path / 'cache'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
     errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
@@ -76,7 +77,7 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
                "train_dataloader.batch_size=2", "train_cfg.group_size=2",
                "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
                "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
-               "train_cfg.reference_dtype=bfloat16",
+               "train_cfg.reference_dtype=bfloat16", "val_cfg.datasets.0.num_samples=2",
                f"model.feature_cache.root={tmp_path / 'cache'}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         (work_dir.parent / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)
