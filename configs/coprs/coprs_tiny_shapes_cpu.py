@@ -46,7 +46,7 @@ train_dataloader = dict(dataset=dict(
     ]))
 # validation during training: gIoU of 64 `val` scenes with the gold reasoning teacher-forced (the
 # heatmap/mask path the warm-up trains; the policy's own reasoning barely moves, see
-# docs/benchmarks.md) at the λ_d/λ_f change, the end of the warm-up and the end, a few seconds
+# docs/benchmarks.md) at the λ_d/λ_f change, the end of the warm-up and the end, about a second
 # each. Logged as shapes/val/gIoU; `--cfg-options default_hooks.checkpoint.save_best=shapes/val/gIoU
 # default_hooks.checkpoint.rule=greater` keeps the best checkpoint.
 val_dataloader = {{_base_.test_dataloader}}

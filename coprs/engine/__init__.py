@@ -14,8 +14,8 @@ from .test_loop import REASONING_MODES, ReasonSegTestLoop, ReasonSegValLoop, fla
 from .wrappers import CoprsDistributedDataParallel, CoprsFSDPStrategy, CoprsFullyShardedDataParallel
 
 __all__ = [
-    "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES",
-    "flat_metrics",
+    "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop",
+    "REASONING_MODES", "flat_metrics",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "TrainTimeBudgetHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",

@@ -148,10 +148,10 @@ class ReasonSegValLoop(ReasonSegTestLoop):
     ``shapes/val/gIoU``), so the logger prints them, the visualizer backends (TensorBoard) plot
     them against the iteration (with ``LoggerHook(log_metric_by_epoch=False)``, as the shipped
     schedules set), and ``default_hooks.checkpoint`` with ``save_best='shapes/val/gIoU',
-    rule='greater'`` keeps the best checkpoint. Arguments as :class:`ReasonSegTestLoop`; the metric's per-sample
-    records are written only when ``out_dir`` is given. The global random state is restored
-    after each validation, so a run with validation trains exactly as one without; under FSDP
-    the weights are gathered for it.
+    rule='greater'`` keeps the best checkpoint. Arguments as :class:`ReasonSegTestLoop`; the
+    metric's per-sample records are written only when ``out_dir`` is given. The global random
+    state is restored after each validation, so a run with validation trains exactly as one
+    without; under FSDP the weights are gathered for it.
     """
 
     def run(self) -> dict[str, float]:

@@ -36,3 +36,13 @@ def test_predictions_after_a_forced_prefix(tiny_segmentor):
     with pytest.raises(ValueError, match="not both"):
         tiny_segmentor.predict_images(images, instructions, responses=prefixes,
                                       response_prefixes=prefixes)
+
+
+def test_flat_metrics_keeps_the_scalars_of_every_split():
+    from coprs.engine import flat_metrics
+
+    results = {"shapes/val": {"gIoU": 0.5, "n": 64, "by_type": {"relation": {"gIoU": 0.1}},
+                              "unreadable": [], "flag": True},
+               "refcoco/val": {"cIoU": 0.25}}
+    assert flat_metrics(results) == {"shapes/val/gIoU": 0.5, "shapes/val/n": 64.0,
+                                     "refcoco/val/cIoU": 0.25}
