@@ -304,8 +304,8 @@ def test_mkdocs_nav_lists_every_page_once():
     assert sorted(pages) == sorted(p.name for p in (ROOT / cfg["docs_dir"]).glob("*.md"))
 
 
-#: a quoted config: a line naming `configs/….py` (optionally after "Leaves. "), an explanation
-#: line or none, then a python block holding that file
+#: a quoted config: a line that starts by naming `configs/….py` (optionally after "Leaves. "),
+#: a blank line, then a python block holding that file
 QUOTED_CONFIG = re.compile(r"^(?:Leaves\. )?`(configs/[^`]+\.py)`[^\n]*\n\n```python\n(.*?)\n```",
                            re.M | re.S)
 

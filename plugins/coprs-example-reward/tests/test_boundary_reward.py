@@ -120,7 +120,8 @@ def _flat(node, prefix=""):
         return {k: v for key, value in node.items()
                 for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
     if isinstance(node, (list, tuple)):
-        return {k: v for i, value in enumerate(node) for k, v in _flat(value, f"{prefix}[{i}]").items()}
+        return {k: v for i, value in enumerate(node)
+                for k, v in _flat(value, f"{prefix}[{i}]").items()}
     return {prefix: node}
 
 
