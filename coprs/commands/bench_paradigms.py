@@ -123,6 +123,9 @@ def prepare_config(cfg, args, work_dir: Path) -> None:
         cfg.custom_hooks = [*(cfg.get("custom_hooks") or []),
                             dict(type="TrainTimeBudgetHook", minutes=args.budget_minutes)]
     cfg.default_hooks.checkpoint = None  # the model is evaluated in memory
+    # no validation during training: it would count against one config's budget and not another's
+    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
+        cfg.pop(key, None)
     if cfg.get("visualizer") is not None:  # one Runner per config in this process
         cfg.visualizer.name = f"visualizer_{work_dir.name}"
     cfg.model.feature_cache = (None if args.feature_cache is None

@@ -9,7 +9,12 @@ import pytest
 from mmengine.config import Config
 
 from coprs.cli import main
-from coprs.commands.bench_paradigms import DEFAULT_CONFIGS, paradigm_name, scale_schedule
+from coprs.commands.bench_paradigms import (
+    DEFAULT_CONFIGS,
+    paradigm_name,
+    prepare_config,
+    scale_schedule,
+)
 from coprs.engine.hooks import TrainTimeBudgetHook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +77,17 @@ def test_train_and_evaluate_each_paradigm(tmp_path, config, prior):
     assert report["budget"] == {"minutes": None, "iters": 2}
     table = (out / "paradigms.md").read_text()
     assert row["paradigm"] in table and "coprs bench-paradigms --configs" in table
+
+
+def test_prepare_config_drops_validation_and_sets_the_shared_settings(tmp_path):
+    """A config that validates during training (the CoPRS main job) is benchmarked without it:
+    validation would count against its time budget and not against the others'."""
+    cfg = Config.fromfile(DEFAULT_CONFIGS[0])
+    assert cfg.get("val_cfg") is not None
+    args = types.SimpleNamespace(seed=3, iters=None, budget_minutes=2.0, feature_cache=None, test_samples=5,
+                     max_new_tokens=8)
+    prepare_config(cfg, args, tmp_path / "coprs")
+    assert all(cfg.get(k) is None for k in ("val_cfg", "val_dataloader", "val_evaluator"))
+    assert cfg.randomness.seed == 3 and cfg.default_hooks.checkpoint is None
+    assert cfg.custom_hooks[-1] == dict(type="TrainTimeBudgetHook", minutes=2.0)
+    assert [d.num_samples for d in cfg.test_cfg.datasets] == [5, 5]
