@@ -113,6 +113,8 @@ def _data_signature(cfg) -> str:
 
 def prepare_config(cfg, args, work_dir: Path) -> None:
     """Apply the shared settings of a benchmark run to one config, in place."""
+    from ..engine import drop_validation
+
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=args.seed)
     cfg.launcher = "none"
@@ -124,8 +126,7 @@ def prepare_config(cfg, args, work_dir: Path) -> None:
                             dict(type="TrainTimeBudgetHook", minutes=args.budget_minutes)]
     cfg.default_hooks.checkpoint = None  # the model is evaluated in memory
     # no validation during training: it would count against one config's budget and not another's
-    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
-        cfg.pop(key, None)
+    drop_validation(cfg)
     if cfg.get("visualizer") is not None:  # one Runner per config in this process
         cfg.visualizer.name = f"visualizer_{work_dir.name}"
     cfg.model.feature_cache = (None if args.feature_cache is None

@@ -10,12 +10,18 @@ from .hooks import (
 )
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
-from .test_loop import REASONING_MODES, ReasonSegTestLoop, ReasonSegValLoop, flat_metrics
+from .test_loop import (
+    REASONING_MODES,
+    ReasonSegTestLoop,
+    ReasonSegValLoop,
+    drop_validation,
+    flat_metrics,
+)
 from .wrappers import CoprsDistributedDataParallel, CoprsFSDPStrategy, CoprsFullyShardedDataParallel
 
 __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop",
-    "REASONING_MODES", "flat_metrics",
+    "REASONING_MODES", "flat_metrics", "drop_validation",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "TrainTimeBudgetHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",

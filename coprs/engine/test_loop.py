@@ -15,7 +15,8 @@ from tqdm import tqdm
 from ..registry import LOOPS
 from .fsdp import full_params
 
-__all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "flat_metrics"]
+__all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "flat_metrics",
+           "drop_validation"]
 
 #: what the policy reasons with at test time
 REASONING_MODES = ("generated", "gold", "empty")
@@ -135,6 +136,13 @@ def flat_metrics(results: dict) -> dict[str, float]:
     return {f"{split}/{k}": float(v) for split, metrics in results.items()
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def drop_validation(cfg) -> None:
+    """Remove validation during training from an mmengine ``cfg``, in place (timing runs and
+    benchmarks, where it would only add time)."""
+    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
+        cfg.pop(key, None)
 
 
 @LOOPS.register_module()

@@ -318,7 +318,10 @@ def _measure(work: Path, iters: int, warmup: int, group: int, batch: int,
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
+    from coprs.engine import drop_validation
+
     cfg = Config.fromfile(str(TINY_CONFIG))
+    drop_validation(cfg)
     cfg.work_dir = str(work)
     cfg.log_level = "WARNING"
     # mmengine keeps one visualizer / logger per name: this run's own, not an earlier Runner's

@@ -33,7 +33,10 @@ def tiny_config(work: Path, batch: int, scenes: int, tag: str):
     on ``scenes`` scenes, with the SAM feature cache shared by every run under ``work``."""
     from mmengine.config import Config
 
+    from coprs.engine import drop_validation
+
     cfg = Config.fromfile(str(TINY_CONFIG))
+    drop_validation(cfg)
     cfg.work_dir = str(work / tag)
     cfg.log_level = "WARNING"
     # mmengine keeps one visualizer / logger per name: this run's own, not an earlier Runner's
