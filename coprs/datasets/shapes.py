@@ -67,6 +67,7 @@ __all__ = [
     "ShapesReasonDataset",
     "PerturbAnswerPlace",
     "PLACES",
+    "parse_final_answer",
     "sample_seed",
     "templates_for_split",
     "split_words",
@@ -207,6 +208,17 @@ class _Obj:
 def _coprs_response(cot: str) -> str:
     """The CoPRS gold response around a chain of thought."""
     return f"<think>{cot}</think><REF_POS>"
+
+
+#: the gold reasoning's final sentence (``_COT["final"]``), also without its place
+_FINAL_ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the ([a-z ]+?))?\s*\.")
+
+
+def parse_final_answer(response: str) -> tuple[str, str, str | None] | None:
+    """(colour, shape, place or None) that a response's final sentence names, or None if it has
+    none: "… So the target is the red star in the lower left." → ("red", "star", "lower left")."""
+    m = _FINAL_ANSWER.search(response)
+    return None if m is None else m.group(1, 2, 3)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from coprs.datasets.shapes import (
     ShapesSample,
     ShapesWorld,
     corpus,
+    parse_final_answer,
     sample_seed,
     split_words,
     templates_for_split,
@@ -296,6 +297,17 @@ def test_cot_reasons_to_the_answer(train_samples):
         # the answer with its region is exactly the reasoning's final clause
         assert s.gold_cot.endswith(f"So the target is {s.gold_answer_region}.")
         assert s.gold_answer_region.startswith(s.gold_answer + " in the ")
+
+
+def test_parse_final_answer_reads_the_gold_and_other_answers(train_samples):
+    for s in train_samples:
+        colour, shape = s.gold_answer.split()[-2:]
+        place = s.gold_answer_region.partition(" in the ")[2]
+        assert parse_final_answer(s.response_coprs) == (colour, shape, place)
+    assert parse_final_answer("So the target is the red star.") == ("red", "star", None)
+    assert parse_final_answer("So the target is the red star in the lower left .") == (
+        "red", "star", "lower left")
+    assert parse_final_answer("<think>I see a red star") is None
 
 
 # --- responses and text --------------------------------------------------------------------------

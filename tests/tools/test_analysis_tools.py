@@ -385,9 +385,6 @@ def test_perception_probe_trains_the_policy_alone_and_reports_the_image_gap(caps
 
 def test_perception_probe_cell_loss_targets_and_training(capsys):
     tool = _load("perception_probe")
-    assert tool.ANSWER.search("So the target is the red star in the lower left.").groups() == (
-        "red", "star", "lower left")
-    assert tool.ANSWER.search("the target is the red star.").group(3) is None
     gold = dict(gold_answer="the red star", gold_answer_region="the red star in the lower left")
     texts = ["So the target is the red star in the lower left.",  # all right
              "So the target is the red star in the upper left.",  # wrong place

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import re
 import sys
 
 from coprs.commands.common import UsageError, exit_on_usage_error
@@ -38,7 +37,6 @@ EXAMPLE = """example:
   python tools/analysis/perception_probe.py configs/coprs/coprs_tiny_shapes_cpu.py \\
       --iters 1500 --eval-every 250 --vision-lr 0
 """
-ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the (\w+(?: \w+)?))?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,15 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 def score_answers(samples: list[dict], texts: list[str]) -> dict:
     """How many responses name the target (``answer_right``), its colour (``answer_colour``),
     the target in its place (``place_right``), of ``n``."""
+    from coprs.datasets.shapes import parse_final_answer
+
     right = colour = place = 0
     for d, text in zip(samples, texts, strict=True):
-        found = ANSWER.search(text)
+        found = parse_final_answer(text)
         gold = d["gold_answer"].split()[-2:]
         if found:
-            named = list(found.groups()[:2]) == gold
+            named = list(found[:2]) == gold
             right += named
-            place += named and d["gold_answer_region"].endswith(f" in the {found.group(3)}")
-            colour += found.group(1) == gold[0]
+            place += named and d["gold_answer_region"].endswith(f" in the {found[2]}")
+            colour += found[0] == gold[0]
     return dict(answer_right=right, answer_colour=colour, place_right=place, n=len(samples))
 
 

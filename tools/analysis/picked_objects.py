@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 import numpy as np
@@ -38,7 +37,6 @@ CLASSES = ("target", "same_colour", "same_shape", "other", "none")
 #: what a generated final answer names: the target and its region ("in the lower left"), the
 #: target with another region, another object of the image, an object not in it, or nothing
 ANSWER_CLASSES = ("in_place", "elsewhere", "other_present", "absent", "unparsed")
-_ANSWER = re.compile(r"target is the (\w+) (\w+)(?: in the ([a-z ]+?))?\s*\.")
 #: how much of the gold response ``--gold-prefix`` forces: its first sentence ("<think>I see a
 #: red square and a blue star."), or everything up to the answer's object ("… So the target is
 #: the")
@@ -82,17 +80,13 @@ def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> 
             else "same_shape" if shape else "other")
 
 
-def parse_answer(response: str) -> tuple[str, str, str | None] | None:
-    """(colour, shape, region or None) of a response's final answer, or None if it has none."""
-    m = _ANSWER.search(response)
-    return None if m is None else m.group(1, 2, 3)
-
-
 def answer_class(response: str | tuple | None, target: tuple[str, str], region: str,
                  objects: list[dict]) -> str:
     """The class (one of :data:`ANSWER_CLASSES`) of a response's final answer (the response, or
-    what :func:`parse_answer` made of it)."""
-    parsed = parse_answer(response) if isinstance(response, str) else response
+    what :func:`~coprs.datasets.shapes.parse_final_answer` made of it)."""
+    from coprs.datasets.shapes import parse_final_answer
+
+    parsed = parse_final_answer(response) if isinstance(response, str) else response
     if parsed is None:
         return "unparsed"
     if parsed[:2] == target:
@@ -117,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--gold-prefix forces the start of a generated response: use it with "
                          "--reasoning generated")
     from coprs.apis.inference import init_segmentor
-    from coprs.datasets.shapes import ShapesReasonDataset
+    from coprs.datasets.shapes import ShapesReasonDataset, parse_final_answer
     from coprs.evaluation.functional import mask_iou
 
     model = init_segmentor(args.config, resolve_checkpoint(args.checkpoint),
@@ -143,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             ious.append(mask_iou(r.mask, d["gt_mask"].astype(bool)))
             if args.reasoning == "generated":
                 region = d["gold_answer_region"].partition(" in the ")[2]
-                parsed = parse_answer(r.response)
+                parsed = parse_final_answer(r.response)
                 by_answer[answer_class(parsed, target, region, d["objects"])].append(ious[-1])
                 right_colour += parsed is not None and parsed[0] == target[0]
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
