@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 __all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
-           "repeat_each"]
+           "repeat_each", "fork_rng"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -80,3 +80,12 @@ def using_coprs_home(path: str | os.PathLike):
 def repeat_each(items: list, n: int) -> list:
     """``[a, b] → [a, a, b, b]`` for n = 2: per-sample inputs laid out group-major for G rollouts."""
     return [x for x in items for _ in range(n)]
+
+
+def fork_rng():
+    """A block after which torch's global random state (CPU and the current CUDA device) is as
+    it was before it: rollouts drawn from their own seed, validation during training."""
+    import torch
+
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=cuda)

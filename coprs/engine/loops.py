@@ -13,7 +13,7 @@ from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
 
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
-from ..utils import repeat_each
+from ..utils import fork_rng, repeat_each
 from .fsdp import full_params, plain_copy
 
 __all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "rollout_seed"]
@@ -221,8 +221,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     def _sample_rollouts(self, policy, pil, instructions, g) -> list[list]:
         """G rollouts per prompt, from the random stream of (seed, rank, iteration)."""
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=cuda):
+        with fork_rng():
             torch.manual_seed(rollout_seed(self.runner.seed or 0, get_rank(), self._iter))
             return self.rollout_engine.generate(policy, pil, instructions, g)
 

@@ -6,13 +6,13 @@ import copy
 import re
 from pathlib import Path
 
-import torch
 from mmengine.dist import is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 from tqdm import tqdm
 
 from ..registry import LOOPS
+from ..utils import fork_rng
 from .fsdp import full_params
 
 __all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "flat_metrics",
@@ -166,10 +166,9 @@ class ReasonSegValLoop(ReasonSegTestLoop):
         _check_reasoning(self.reasoning)
         self.runner.call_hook("before_val")
         self.runner.call_hook("before_val_epoch")
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         # loaders draw their base seed from the random state; FSDP-sharded weights are gathered
         # for the evaluation as for GRPO rollouts
-        with torch.random.fork_rng(devices=cuda), full_params(self.runner.model):
+        with fork_rng(), full_params(self.runner.model):
             metrics = flat_metrics(self._evaluate())
         self.runner.call_hook("after_val_epoch", metrics=metrics)
         self.runner.call_hook("after_val")

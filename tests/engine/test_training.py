@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from coprs.cli import main
+from coprs.engine import drop_validation
 from coprs.registry import HOOKS
 
 from ..conftest import SMALL_RUN, TINY_CONFIG  # noqa: TID252
@@ -147,8 +148,7 @@ def test_validation_during_training_logs_keeps_best_and_changes_nothing(tmp_path
     step = int(best[0].stem.rsplit("_", 1)[1])
     assert val[step - 1]["shapes/val/gIoU"] == max(x["shapes/val/gIoU"] for x in val)
 
-    for key in ("val_cfg", "val_dataloader", "val_evaluator"):
-        cfg.pop(key)
+    drop_validation(cfg)
     cfg.dump(str(tmp_path / "no_val.py"))
     assert main(["train", str(tmp_path / "no_val.py"), "--work-dir", str(tmp_path / "n"),
                  "--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=1",
