@@ -44,16 +44,7 @@ train_dataloader = dict(dataset=dict(
         dict(type='PerturbAnswerPlace', prob=0.1),
         dict(type='PackReasonSegInputs'),
     ]))
-# validation during training: gIoU of 64 `val` scenes with the gold reasoning teacher-forced (the
-# heatmap/mask path the warm-up trains; the policy's own reasoning barely moves, see
-# docs/benchmarks.md) at the λ_d/λ_f change, the end of the warm-up and the end, about a second
-# each. Logged as shapes/val/gIoU; `--cfg-options default_hooks.checkpoint.save_best=shapes/val/gIoU
+# validation (from the shapes base): gold-reasoning gIoU of 64 `val` scenes at the λ_d/λ_f change,
+# the end of the warm-up and the end (the schedule's val_interval, sft_iters // 2).
+# `--cfg-options default_hooks.checkpoint.save_best=shapes/val/gIoU
 # default_hooks.checkpoint.rule=greater` keeps the best checkpoint.
-val_dataloader = {{_base_.test_dataloader}}
-val_evaluator = {{_base_.test_evaluator}}
-val_cfg = dict(
-    type='ReasonSegValLoop', reasoning='gold',
-    datasets=[dict(type='ShapesReasonDataset', split='val', num_samples=64, seed=0,
-                   image_size={{_base_.shapes_image_size}},
-                   pipeline={{_base_.shapes_test_pipeline}})])
-train_cfg = dict(val_interval=1500)

@@ -12,7 +12,8 @@ model = dict(prior=dict(position_grid=0), rl=dict(answer_key='gold_answer'),
 sft_iters = 2700
 grpo_iters = 20
 train_cfg = dict(stages=[dict(kind='sft', iters=sft_iters),
-                         dict(kind='grpo', iters=grpo_iters, batch_size=4)])
+                         dict(kind='grpo', iters=grpo_iters, batch_size=4)],
+                 val_interval=sft_iters // 2)
 param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=sft_iters + grpo_iters,
          eta_min_ratio=0.15),

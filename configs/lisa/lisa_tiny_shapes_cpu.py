@@ -28,4 +28,6 @@ train_cfg = dict(
         dict(reward=dict(type='TokenFormatReward', special_token='<SEG>'), weight=0.3),
     ]),
 )
+# the gold responses of this interface, for `--reasoning gold` and for validation (the shapes base)
 test_cfg = dict(gold_key='response_lisa')
+val_cfg = dict(gold_key='response_lisa')

@@ -34,4 +34,6 @@ train_cfg = dict(
         dict(reward=dict(type='PointL1Reward', threshold=100.0 * 112 / 840), weight=1.0),
     ]),
 )
+# the gold responses of this interface, for `--reasoning gold` and for validation (the shapes base)
 test_cfg = dict(gold_key='response_segzero')
+val_cfg = dict(gold_key='response_segzero')

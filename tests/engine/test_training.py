@@ -90,6 +90,22 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+
+@pytest.mark.parametrize("config", ["lisa/lisa_tiny_shapes_cpu.py",
+                                    "segzero/segzero_tiny_shapes_cpu.py"])
+def test_other_paradigms_validate_with_their_own_gold_responses(tmp_path, small_run, config):
+    """The LISA-style and Seg-Zero-style tiny configs inherit the synthetic world's validation;
+    it teacher-forces their own gold responses (``val_cfg.gold_key``): with CoPRS's, every
+    response would be malformed for their parsers and the format rate 0."""
+    path = TINY_CONFIG.parents[1] / config
+    assert main(["train", str(path), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=1",
+                 f"visualizer.name=vis_{tmp_path.name}", *small_run]) == 0
+    scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
+    val = [x for x in scalars if "shapes/val/gIoU" in x]
+    assert [x["step"] for x in val] == [2]  # at the end (val_interval is sft_iters // 2 = 1,500)
+    assert val[0]["shapes/val/n"] == 2 and val[0]["shapes/val/format_rate"] == 1.0
+
 def test_missing_weight_path_fails_before_compute(capsys):
     cfg = "configs/coprs/coprs_qwen2.5-vl-3b_sam-vit-h_refcoco.py"
     Path(cfg).is_file() or pytest.fail("config missing")

@@ -16,6 +16,17 @@ test_cfg = dict(
              image_size=shapes_image_size, pipeline=shapes_test_pipeline),
     ],
 )
+# validation during training (ReasonSegValLoop, every train_cfg.val_interval iterations and at the
+# end): gIoU of 64 `val` scenes with the gold reasoning teacher-forced, the heatmap/mask path the
+# warm-up trains; about a second each. Logged as shapes/val/gIoU, shapes/val/cIoU, ...; an
+# assembly whose gold response is not `response_coprs` sets val_cfg.gold_key (as test_cfg's).
+val_dataloader = dict(_base_.test_dataloader, **test_dataloader)
+val_evaluator = dict(_base_.test_evaluator)
+val_cfg = dict(
+    type='ReasonSegValLoop', reasoning='gold',
+    datasets=[dict(type='ShapesReasonDataset', split='val', num_samples=64, seed=0,
+                   image_size=shapes_image_size, pipeline=shapes_test_pipeline)],
+)
 
 shapes_train_pipeline = [
     dict(type='LoadImage'),
