@@ -99,6 +99,16 @@ class ReasoningSegmentor(BaseModel):
             raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
         self.rl.update(rl or {})
         self.policy = POLICIES.build(policy)
+        if (self.rl["answer_coef"] > 0 and self.policy.special_token is not None
+                and not getattr(self.policy, "stop_at_special_token", True)):
+            warnings.warn(
+                f"model.rl.answer_coef={self.rl['answer_coef']} asks the state of "
+                f"{self.policy.special_token!r} to name the answer through the LM head, while "
+                "teacher forcing also trains that state to predict the token after it "
+                "(model.policy.stop_at_special_token=False); the two targets fight and greedy "
+                f"responses can repeat {self.policy.special_token!r} until the token budget "
+                "ends. Set model.policy.stop_at_special_token=True (docs/benchmarks.md, "
+                "Paradigms)", stacklevel=2)
         self.vision_backbone = VISION_BACKBONES.build(vision_backbone)
         keys_dim, img_size = self.vision_backbone.out_channels, self.vision_backbone.img_size
         offered = dict(query_dim=self.policy.hidden_size, key_in_dim=keys_dim, img_size=img_size)
@@ -266,13 +276,17 @@ class ReasoningSegmentor(BaseModel):
             return [r for s in samples for r in s["rollouts"]], g
         tok = self.policy.tokenizer
         # the target ends where a generated response would: at the special token when the
-        # policy stops there, else with the end-of-turn token
+        # policy stops there (anything after it, e.g. LISA's ".", is cut), else with the
+        # end-of-turn token
+        stop = self.policy.special_token if self.policy.stop_at_special_token else None
         end = [] if self.policy.stop_at_special_token else [
             tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
             else self.policy.eos_token_ids[0]]
-        return [Rollout(text=s["response"],
-                        token_ids=tok.encode(s["response"], add_special_tokens=False) + end)
-                for s in samples], 1
+        texts = [s["response"] for s in samples]
+        if stop:
+            texts = [t[: t.index(stop) + len(stop)] if stop in t else t for t in texts]
+        return [Rollout(text=t, token_ids=tok.encode(t, add_special_tokens=False) + end)
+                for t in texts], 1
 
     def loss(self, images: list[np.ndarray], samples: list[dict]) -> dict[str, torch.Tensor]:
         """One joint objective (paper Eq. 4) for a batch.

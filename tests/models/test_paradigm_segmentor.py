@@ -69,3 +69,20 @@ def test_loss_reports_format_from_the_prior(built):
     losses = built["segzero"].loss([s.image], [sample])
     assert losses["format_ok"].item() == 1.0
     assert losses["loss_seg"].requires_grad and losses["loss_lm"].requires_grad
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_answer_naming_on_a_token_that_is_not_last_warns(recwarn, stop):
+    """The answer-naming loss and the next-token loss both shape the special token's state when
+    responses go on after it (LISA's "<SEG>."): building that combination warns and says how to
+    avoid it; with responses that end at the token it builds quietly."""
+    cfg = Config.fromfile(str(LISA)).model
+    cfg.rl.update(answer_coef=1.0)
+    cfg.policy.update(stop_at_special_token=stop)
+    register_all_modules()
+    MODELS.build(cfg)
+    warned = [str(w.message) for w in recwarn if "answer_coef" in str(w.message)]
+    if stop:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "model.policy.stop_at_special_token=True" in warned[0]

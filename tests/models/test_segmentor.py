@@ -50,6 +50,11 @@ def test_teacher_forced_targets_end_where_generation_stops(tiny_segmentor):
             (r,), g = tiny_segmentor.rollouts_for_training(
                 [{"response": "<think>a</think><REF_POS>"}])
             assert g == 1 and r.token_ids[-1] == last
+            # a gold response that goes on after the token (LISA's "It is the red circle <SEG>.")
+            (r,), _ = tiny_segmentor.rollouts_for_training([{"response": "It is a <REF_POS>."}])
+            assert r.token_ids[-1] == last
+            assert r.text == ("It is a <REF_POS>" if stop else "It is a <REF_POS>.")
+            assert r.token_ids.count(policy.special_token_id) == 1
     finally:
         policy.stop_at_special_token = old
 
