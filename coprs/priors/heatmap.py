@@ -84,18 +84,12 @@ class HeatmapPrior(BasePrior):
             nn.Conv2d(num_heads, 1, 3, padding=1),
         )
 
-    def query(self, e_conc: torch.Tensor) -> torch.Tensor:
-        """F_head(e_conc): the B x d_q query the head scores and the position map read."""
-        return self.query_head(e_conc.to(self.w_q.weight.dtype))
-
-    def scores(self, e_conc: torch.Tensor, image_keys: torch.Tensor,
-               query: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, e_conc: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
         """Per-head scaled dot products.
 
         Args:
             e_conc: B x D concentration-token hidden states.
             image_keys: B x C x h x w backbone features.
-            query: ``self.query(e_conc)`` when the caller has it already.
 
         Returns:
             B x n_head x h x w scores S_i.
@@ -107,18 +101,17 @@ class HeatmapPrior(BasePrior):
             grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # 2 x h x w
             image_keys = torch.cat([image_keys, grid.expand(b, -1, -1, -1)], dim=1)
         image_keys = self.key_convs(image_keys)
-        q = self.w_q(self.query(e_conc) if query is None else query)  # B x A
+        q = self.w_q(self.query_head(e_conc.to(self.w_q.weight.dtype)))  # B x A
         q = q.view(b, self.num_heads, self.head_dim)  # B x n x d_h
         k = self.w_k(self.key_mlp(image_keys.flatten(2).transpose(1, 2)))  # B x hw x A
         k = k.view(b, h * w, self.num_heads, self.head_dim)  # B x hw x n x d_h
         s = torch.einsum("bnd,bpnd->bnp", q, k) / math.sqrt(self.head_dim)  # B x n x hw
         return s.view(b, self.num_heads, h, w)
 
-    def position_map(self, e_conc: torch.Tensor, size: tuple[int, int],
-                     query: torch.Tensor | None = None) -> torch.Tensor:
+    def position_map(self, e_conc: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """B x 1 x h x w position logits read from the query (``position_grid`` > 0)."""
         g = self.position_grid
-        pos = self.position_head(self.query(e_conc) if query is None else query)
+        pos = self.position_head(self.query_head(e_conc.to(self.position_head.weight.dtype)))
         return F.interpolate(pos.view(-1, 1, g, g), size=size, mode="bilinear",
                              align_corners=False)
 
@@ -126,11 +119,9 @@ class HeatmapPrior(BasePrior):
         if policy_out.hidden is None:
             raise ValueError("HeatmapPrior needs the special token's hidden state; configure the "
                              "policy with special_token='<REF_POS>'")
-        e_conc = policy_out.hidden
-        query = self.query(e_conc)  # once, for the head scores and the position map
-        maps = self.scores(e_conc, image_keys, query)  # B x n_head x h x w
+        maps = self.scores(policy_out.hidden, image_keys)  # B x n_head x h x w
         if self.position_head is not None:
-            maps = torch.cat([maps, self.position_map(e_conc, maps.shape[-2:], query)], 1)
+            maps = torch.cat([maps, self.position_map(policy_out.hidden, maps.shape[-2:])], 1)
         heatmap = self.fuse(maps)  # B x 1 x h x w
         dense = F.interpolate(heatmap, scale_factor=self.upsample, mode="bilinear",
                               align_corners=False)  # B x 1 x 4h x 4w
