@@ -111,6 +111,9 @@ class HeatmapPrior(BasePrior):
     def position_map(self, e_conc: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """B x 1 x h x w position logits read from the query (``position_grid`` > 0)."""
         g = self.position_grid
+        # F_head again rather than sharing scores()'s output: one shared pass sums the two
+        # gradients in another float order, and the CPU main job then no longer reproduces its
+        # committed checkpoint (docs/benchmarks.md, Paradigms); the MLP is 128 wide
         pos = self.position_head(self.query_head(e_conc.to(self.position_head.weight.dtype)))
         return F.interpolate(pos.view(-1, 1, g, g), size=size, mode="bilinear",
                              align_corners=False)
