@@ -274,19 +274,19 @@ class ReasoningSegmentor(BaseModel):
         if "rollouts" in samples[0]:
             g = len(samples[0]["rollouts"])
             return [r for s in samples for r in s["rollouts"]], g
-        tok = self.policy.tokenizer
         # the target ends where a generated response would: at the special token when the
         # policy stops there (anything after it, e.g. LISA's ".", is cut), else with the
         # end-of-turn token
-        stop = self.policy.special_token if self.policy.stop_at_special_token else None
-        end = [] if self.policy.stop_at_special_token else [
-            tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
-            else self.policy.eos_token_ids[0]]
         texts = [s["response"] for s in samples]
-        if stop:
-            texts = [t[: t.index(stop) + len(stop)] if stop in t else t for t in texts]
-        return [Rollout(text=t, token_ids=tok.encode(t, add_special_tokens=False) + end)
-                for t in texts], 1
+        stop = self.policy.special_token
+        if self.policy.stop_at_special_token:
+            texts = [t[: t.index(stop) + len(stop)] if stop and stop in t else t for t in texts]
+            return self.rollouts_from_text(texts), 1
+        tok = self.policy.tokenizer
+        end = (tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
+               else self.policy.eos_token_ids[0])
+        return [Rollout(text=r.text, token_ids=[*r.token_ids, end])
+                for r in self.rollouts_from_text(texts)], 1
 
     def loss(self, images: list[np.ndarray], samples: list[dict]) -> dict[str, torch.Tensor]:
         """One joint objective (paper Eq. 4) for a batch.
