@@ -1,11 +1,14 @@
 """The commands shown in README.md and docs/*.md parse.
 
-Every ``coprs …``, ``python tools/….py …`` and ``torchrun … tools/….py …`` line of a fenced
-``bash`` block is parsed (never run) with the parser the command would use:
+Every ``coprs …``, ``python tools/….py …``, ``torchrun … tools/….py …`` and
+``[bash] tools/{dist,slurm}_{train,test}.sh …`` line of a fenced ``bash`` block is parsed (never
+run) with the parser the command would use:
 
 * ``coprs SUB ARGS``: :func:`coprs.cli.build_parser` (``--debug`` removed anywhere, as ``main``);
 * ``python tools/X.py ARGS``: the tool must exist; ``tools/X.py`` calls ``main([SUB, *argv])``, so
   ``SUB ARGS`` goes through the same parser;
+* ``tools/dist_train.sh CONFIG GPUS ARGS`` and the other launch scripts: the ``tools/X.py``
+  command the script runs (``python tools/train.py CONFIG --launcher pytorch ARGS``);
 * ``python tools/analysis/X.py ARGS``, ``python tools/benchmarks/X.py ARGS``: the module's
   own ``parse_args`` if it has one.
 
@@ -35,6 +38,16 @@ REDIRECTS = {">", ">>", "<", ">&", "<&"}
 CONFIG_PATH = re.compile(r"(?<![\w/.-])configs/[^\s'\"=,;]+?\.py\b")
 # a usage synopsis, not a command: "[--option …]", "[CHECKPOINT]", "…", "..."
 SYNOPSIS = re.compile(r"(^|\s)(\[[-A-Z]|\.\.\.(\s|$)|…(\s|$))")
+#: launch script -> (the tool it runs, its positional arguments, which of them go to the tool,
+#: the launcher it passes)
+LAUNCH_SCRIPTS = {
+    "tools/dist_train.sh": ("tools/train.py", ("CONFIG", "GPUS"), (0,), "pytorch"),
+    "tools/dist_test.sh": ("tools/test.py", ("CONFIG", "CHECKPOINT", "GPUS"), (0, 1), "pytorch"),
+    "tools/slurm_train.sh": ("tools/train.py", ("PARTITION", "JOB_NAME", "CONFIG"), (2,),
+                             "slurm"),
+    "tools/slurm_test.sh": ("tools/test.py", ("PARTITION", "JOB_NAME", "CONFIG", "CHECKPOINT"),
+                            (2, 3), "slurm"),
+}
 TOOL_SUBCOMMAND = re.compile(r"main\(\[\s*[\"']([\w-]+)[\"']\s*,\s*\*sys\.argv\[1:\]\s*\]\)")
 
 
@@ -100,12 +113,25 @@ def _command_start(seg: list[str]) -> list[str] | None:
     """The part of a simple command that is a coprs / tools invocation, or None.
 
     ``VAR=value`` prefixes are dropped; ``pip install …`` is not a command of ours;
-    ``torchrun [options] tools/X.py ARGS`` is checked as ``python tools/X.py ARGS``.
+    ``torchrun [options] tools/X.py ARGS`` is checked as ``python tools/X.py ARGS``, and a
+    launch script (``[bash] tools/dist_train.sh …``) as the tool command it runs.
     """
     while seg and re.match(r"^[A-Za-z_]\w*=", seg[0]):
         seg = seg[1:]
+    if seg and seg[0] in ("bash", "sh"):
+        seg = seg[1:]
     if not seg or seg[0] == "pip":
         return None
+    script = seg[0][2:] if seg[0].startswith("./") else seg[0]
+    if script.startswith("tools/") and script.endswith(".sh"):
+        if script not in LAUNCH_SCRIPTS:
+            return ["script", script]
+        tool, positionals, kept, launcher = LAUNCH_SCRIPTS[script]
+        if len(seg) <= len(positionals):
+            return ["script", script, *seg[1:]]
+        given = seg[1:1 + len(positionals)]
+        return ["python", tool, *(given[i] for i in kept), "--launcher", launcher,
+                *seg[1 + len(positionals):]]
     if seg[0] == "torchrun":
         rest = seg[1:]
         while rest and rest[0].startswith("-"):
@@ -215,6 +241,12 @@ def check_command(cmd: DocCommand, root: Path = ROOT) -> None:
     if cmd.argv[0] == "coprs":
         _parse(_coprs_parse, list(cmd.argv[1:]), cmd, "`coprs …`")
         return
+    if cmd.argv[0] == "script":
+        if cmd.argv[1] not in LAUNCH_SCRIPTS:
+            raise AssertionError(f"{cmd.source}: `{cmd.line}` runs {cmd.argv[1]}, which is not a "
+                                 f"launch script of tools/ ({', '.join(LAUNCH_SCRIPTS)})")
+        raise AssertionError(f"{cmd.source}: `{cmd.line}`: {cmd.argv[1]} takes "
+                             f"{' '.join(LAUNCH_SCRIPTS[cmd.argv[1]][1])} first")
     tool = root / cmd.argv[1]
     if not tool.is_file():
         raise AssertionError(f"{cmd.source}: `{cmd.line}` runs {cmd.argv[1]}, which does not exist")
@@ -264,6 +296,11 @@ def test_extractor_and_checker_catch_mistakes():
         "  --out o > log.txt",
         "torchrun --nproc_per_node=2 --nnodes 1 tools/train.py CONFIG --launcher pytorch",
         "python tools/trian.py CONFIG",
+        "GPUS=16 bash tools/slurm_train.sh dev job configs/coprs/coprs_tiny_shapes_cpu.py "
+        "--work-dir w",
+        "tools/dist_test.sh configs/coprs/coprs_tiny_shapes_cpu.py 8",
+        "bash tools/dist_train.sh CONFIG 8 --wrok-dir w",
+        "tools/dist_trian.sh CONFIG 8",
         "coprs count-params configs/coprs/no_such_config.py",
         "python -c \"",
         "print('coprs infer')",
@@ -280,12 +317,16 @@ def test_extractor_and_checker_catch_mistakes():
     cmds = extract_commands(doc, "x.md")
     assert [c.argv[:2] for c in cmds] == [
         ("coprs", "train"), ("coprs", "tset"), ("coprs", "infer"), ("python", "tools/train.py"),
-        ("python", "tools/trian.py"), ("coprs", "count-params"),
+        ("python", "tools/trian.py"), ("python", "tools/train.py"),
+        ("script", "tools/dist_test.sh"), ("python", "tools/train.py"),
+        ("script", "tools/dist_trian.sh"), ("coprs", "count-params"),
         ("python", "tools/analysis/correlation.py")]
     assert cmds[1].source == "x.md:4"
     assert cmds[2].argv[-2:] == ("--out", "o")  # the redirection is cut
     assert cmds[3].argv[2:] == ("CONFIG", "--launcher", "pytorch")
-    good = {0, 3}
+    assert cmds[5].argv[2:] == ("configs/coprs/coprs_tiny_shapes_cpu.py", "--launcher", "slurm",
+                                "--work-dir", "w")
+    good = {0, 3, 5}
     for i, cmd in enumerate(cmds):
         if i in good:
             check_command(cmd)

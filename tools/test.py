@@ -3,6 +3,7 @@
 Example:
     python tools/test.py configs/coprs/coprs_tiny_shapes_cpu.py CHECKPOINT --out results.json \
         --show-dir work_dirs/panels [--reasoning gold|empty|all ...] [--cfg-options key=value ...]
+    tools/dist_test.sh CONFIG CHECKPOINT 8 [...]  # torchrun, --launcher pytorch
 """
 
 import sys

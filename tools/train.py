@@ -2,7 +2,7 @@
 
 Example:
     python tools/train.py configs/coprs/coprs_tiny_shapes_cpu.py [--work-dir DIR] [--resume [CKPT]]
-    torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch
+    torchrun --nproc_per_node=8 tools/train.py CONFIG --launcher pytorch  # = tools/dist_train.sh CONFIG 8
 """
 
 import sys

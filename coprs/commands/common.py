@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "UsageError", "add_cfg_options", "config_path", "config_stem", "exit_on_usage_error",
-    "init_cpu_process_group", "load_config", "resolve_checkpoint",
+    "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
+    "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
 ]
+
+#: ``--launcher`` choices: ``pytorch`` under torchrun (``tools/dist_train.sh``), ``slurm`` under
+#: srun (``tools/slurm_train.sh``)
+LAUNCHERS = ("none", "pytorch", "slurm")
 
 
 class UsageError(Exception):
@@ -83,17 +87,62 @@ def resolve_checkpoint(path: str | None) -> str | None:
         raise UsageError(str(exc)) from exc
 
 
-def init_cpu_process_group() -> None:
-    """For ``--launcher pytorch``: mmengine's pytorch launcher assumes CUDA (it calls
-    ``torch.cuda.set_device``); on CPU, start gloo ourselves, and the Runner then skips its own
-    init (SPEC §7). Needs torchrun's RANK / WORLD_SIZE."""
+def add_launcher(parser) -> None:
+    """The ``--launcher`` option of ``coprs train`` and ``coprs test``."""
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="none",
+                        help="distributed launcher: 'pytorch' under torchrun "
+                             "(tools/dist_train.sh), 'slurm' under srun (tools/slurm_train.sh)")
+
+
+def slurm_env(environ=None) -> None:
+    """Set torch's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the task
+    variables srun gives, as mmengine's slurm launcher does on GPUs: the master is the first
+    host of ``SLURM_NODELIST`` (``scontrol show hostname``) unless ``MASTER_ADDR`` is set, and
+    the port ``MASTER_PORT`` or 29500."""
+    import os
+    import subprocess
+
+    env = os.environ if environ is None else environ
+    missing = [k for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST") if k not in env]
+    if missing:
+        raise UsageError(f"--launcher slurm needs srun ({', '.join(missing)} not set); run "
+                         "tools/slurm_train.sh PARTITION JOB_NAME CONFIG, or use --launcher "
+                         "pytorch under torchrun")
+    if "MASTER_ADDR" not in env:
+        try:
+            hosts = subprocess.run(["scontrol", "show", "hostname", env["SLURM_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise UsageError(f"cannot find the master host of SLURM_NODELIST="
+                             f"'{env['SLURM_NODELIST']}' with scontrol ({exc}); set MASTER_ADDR "
+                             "to the first node's address") from exc
+        if not hosts:
+            raise UsageError(f"scontrol lists no host for SLURM_NODELIST="
+                             f"'{env['SLURM_NODELIST']}'; set MASTER_ADDR")
+        env["MASTER_ADDR"] = hosts[0]
+    env.setdefault("MASTER_PORT", "29500")
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", env["SLURM_PROCID"])
+
+
+def init_distributed(launcher: str = "pytorch") -> None:
+    """For ``--launcher pytorch|slurm``: check the launcher's variables are there (torchrun's
+    RANK / WORLD_SIZE; srun's task variables, mapped by :func:`slurm_env`) before any compute.
+    With CUDA, mmengine's launcher then starts NCCL, one GPU per process. On CPU it cannot (it
+    calls ``torch.cuda.set_device``): start gloo here, and the Runner skips its own init
+    (SPEC §7)."""
     import os
 
     import torch
     import torch.distributed as dist
 
-    if torch.cuda.is_available() or dist.is_initialized():
+    if dist.is_initialized():
         return
+    if launcher == "slurm":
+        slurm_env()
     if "RANK" not in os.environ:
-        raise UsageError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE not set)")
-    dist.init_process_group(backend="gloo")
+        raise UsageError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE not set); run "
+                         "tools/dist_train.sh CONFIG GPUS")
+    if not torch.cuda.is_available():
+        dist.init_process_group(backend="gloo")

@@ -8,8 +8,9 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    add_launcher,
     config_stem,
-    init_cpu_process_group,
+    init_distributed,
     load_config,
     resolve_checkpoint,
 )
@@ -46,8 +47,7 @@ def add_parser(sub) -> None:
                         "Several modes (or 'all') are evaluated in turn with one model, then "
                         "compared side by side with generated − empty")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
-    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
-                   help="distributed launcher (use with torchrun)")
+    add_launcher(p)
     add_cfg_options(p)
     p.set_defaults(func=run)
 
@@ -154,8 +154,8 @@ def run(args) -> int:
 
     cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, **dirs(modes[0]))
     cfg.load_from = None
-    if args.launcher == "pytorch":
-        init_cpu_process_group()
+    if args.launcher != "none":
+        init_distributed(args.launcher)
     register_all_modules()
     runner = Runner.from_cfg(cfg)
     if args.checkpoint is not None:

@@ -7,8 +7,9 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    add_launcher,
     config_stem,
-    init_cpu_process_group,
+    init_distributed,
     load_config,
 )
 
@@ -23,15 +24,14 @@ def add_parser(sub) -> None:
                     "atomically to the work dir; --resume continues from the latest one "
                     "(loaded with weights_only=True).",
         epilog="example: coprs train configs/coprs/coprs_tiny_shapes_cpu.py "
-               "--work-dir work_dirs/tiny  (distributed: torchrun --nproc_per_node=8 "
-               "tools/train.py CONFIG --launcher pytorch)",
+               "--work-dir work_dirs/tiny  (distributed: tools/dist_train.sh CONFIG 8, or "
+               "tools/slurm_train.sh PARTITION JOB_NAME CONFIG under slurm)",
     )
     p.add_argument("config", help="config file")
     p.add_argument("--work-dir", help="folder for logs and checkpoints")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from CKPT, or from the latest checkpoint in the work dir")
-    p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
-                   help="distributed launcher (use with torchrun)")
+    add_launcher(p)
     add_cfg_options(p)
     p.set_defaults(func=run)
 
@@ -67,8 +67,8 @@ def run(args) -> int:
         if not Path(args.resume).is_file():
             raise UsageError(f"checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume
-    if args.launcher == "pytorch":
-        init_cpu_process_group()
+    if args.launcher != "none":
+        init_distributed(args.launcher)
     register_all_modules()
     if "runner_type" in cfg:  # e.g. FlexibleRunner with an FSDP strategy (GPU configs)
         from mmengine.registry import RUNNERS

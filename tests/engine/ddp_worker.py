@@ -1,13 +1,11 @@
-"""Run by tests/engine/test_distributed.py under torchrun: trains a few iterations with DDP on
-CPU (gloo) and dumps every rank's parameters."""
+"""Imported by the ranks of tests/engine/test_distributed.py through the config's
+``custom_imports``: a hook that dumps every rank's parameters at the end of training."""
 
 import os
-import sys
 
 import torch
 from mmengine.hooks import Hook
 
-from coprs.cli import main
 from coprs.registry import HOOKS
 
 
@@ -18,7 +16,3 @@ class DumpParamsHook(Hook):
         rank = int(os.environ["RANK"])
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                    os.path.join(runner.work_dir, f"rank{rank}.pt"))
-
-
-if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -12,18 +12,21 @@ from mmengine.config import Config
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
 
+ROOT = Path(__file__).parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
+    """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU."""
     cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.custom_imports = dict(imports=["ddp_worker"], allow_failed_imports=False)
     cfg.custom_hooks.append(dict(type="DumpParamsHook"))
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.dump(str(tmp_path / "cfg.py"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29531", str(WORKER), str(tmp_path / "cfg.py"),
-           "--work-dir", str(tmp_path / "w"), "--launcher", "pytorch", "--debug", "--cfg-options",
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent), PORT="29531",
+               PYTHON=sys.executable)
+    cmd = ["bash", str(ROOT / "tools" / "dist_train.sh"), str(tmp_path / "cfg.py"), "2",
+           "--work-dir", str(tmp_path / "w"), "--debug", "--cfg-options",
            "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
            "train_dataloader.batch_size=2", "train_cfg.group_size=2",
            "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
@@ -34,9 +37,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
     assert proc.returncode == 0, "\n".join(errors[-20:])
     a = torch.load(tmp_path / "w" / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "w" / "rank1.pt", weights_only=True)
-    init = Config.fromfile(str(TINY_CONFIG))  # noqa: F841 - the config still loads
     assert a.keys() == b.keys()
-    changed = 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     from coprs.apis import init_segmentor
@@ -148,9 +149,29 @@ def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_togethe
         torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
+FAKE_SRUN = """#!{python}
+# stands in for slurm's srun on one machine: runs --ntasks copies of the command with the task
+# variables srun sets, and fails if one of them fails
+import os, subprocess, sys
+args, ntasks = sys.argv[1:], 1
+while args and args[0].startswith("-"):
+    opt = args.pop(0)
+    if opt == "-p":
+        args.pop(0)
+    elif opt.startswith("--ntasks="):
+        ntasks = int(opt.split("=")[1])
+procs = [subprocess.Popen(args, env=dict(os.environ, SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                                         SLURM_NTASKS=str(ntasks), SLURM_NODELIST="node-[1]"))
+         for i in range(ntasks)]
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
 def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
-    """``coprs test --launcher pytorch`` with several reasoning modes: 5 samples on 2 ranks (the
-    sampler pads one), each counted once, with the metrics of a single-process run."""
+    """``tools/dist_test.sh`` (torchrun) and ``tools/slurm_test.sh`` (srun, here a stand-in)
+    with several reasoning modes: 5 samples on 2 ranks (the sampler pads one), each counted
+    once, with the metrics of a single-process run of the same checkpoint."""
+    from coprs.apis import init_segmentor
     from coprs.cli import main
 
     cfg = Config.fromfile(str(TINY_CONFIG))
@@ -159,26 +180,50 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
     cfg.test_dataloader.batch_size = 2
     cfg.model.feature_cache.root = str(tmp_path / "cache")
     cfg.dump(str(tmp_path / "cfg.py"))
-    args = [str(tmp_path / "cfg.py"), "--reasoning", "gold", "empty", "--max-new-tokens", "4"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29537", str(Path(__file__).parents[2] / "tools" / "test.py"), *args,
-           "--launcher", "pytorch", "--work-dir", str(tmp_path / "ddp"),
-           "--out", str(tmp_path / "ddp.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert proc.stdout.count("## reasoning modes compared") == 1  # printed by rank 0 only
-    assert main(["test", *args, "--work-dir", str(tmp_path / "one"),
-                 "--out", str(tmp_path / "one.json")]) == 0
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    state = init_segmentor(str(TINY_CONFIG)).state_dict()
+    for k in state:
+        if k.startswith("decoder."):  # a checkpoint that masks differently from the config's init
+            state[k] = state[k] * 3
+    torch.save({"state_dict": state}, tmp_path / "ckpt.pth")
+    args = ["--reasoning", "gold", "empty", "--max-new-tokens", "4"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PORT="29537",
+               MASTER_PORT="29539", GPUS="2", GPUS_PER_NODE="2", CPUS_PER_TASK="1",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    tools = ROOT / "tools"
+    launches = {
+        "torchrun": ["bash", str(tools / "dist_test.sh"), str(tmp_path / "cfg.py"),
+                     str(tmp_path / "ckpt.pth"), "2"],
+        "slurm": ["bash", str(tools / "slurm_test.sh"), "debug", "coprs-test",
+                  str(tmp_path / "cfg.py"), str(tmp_path / "ckpt.pth")]}
+    for name, launch in launches.items():
+        cmd = [*launch, *args, "--work-dir", str(tmp_path / name),
+               "--out", str(tmp_path / f"{name}.json")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        (tmp_path / f"{name}.log").write_text(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, (name, (proc.stdout + proc.stderr)[-4000:])
+        assert proc.stdout.count("## reasoning modes compared") == 1  # printed by rank 0 only
+    assert main(["test", str(tmp_path / "cfg.py"), str(tmp_path / "ckpt.pth"), *args,
+                 "--work-dir", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")]) == 0
+    assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "gold",
+                 "--work-dir", str(tmp_path / "init"), "--out", str(tmp_path / "init.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
-    assert list(ddp) == ["gold", "empty"]
-    for mode in ddp:
-        a, b = ddp[mode]["shapes/test"], one[mode]["shapes/test"]
-        assert a["n"] == b["n"] == 5
-        for key in ("gIoU", "cIoU", "heatmap_IoU", "format_rate"):
-            assert abs(a[key] - b[key]) < 1e-5, (mode, key, a[key], b[key])
-        path = tmp_path / "ddp" / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
-        ids = [json.loads(x)["sample_id"] for x in path.read_text().splitlines()]
-        assert len(ids) == len(set(ids)) == 5
+    init = json.loads((tmp_path / "init.json").read_text())
+    # the checkpoint is what was evaluated: the config's own initialisation masks otherwise
+    assert one["gold"]["shapes/test"]["gIoU"] != init["shapes/test"]["gIoU"]
+    for name in launches:
+        ddp = json.loads((tmp_path / f"{name}.json").read_text())
+        assert list(ddp) == ["gold", "empty"]
+        for mode in ddp:
+            a, b = ddp[mode]["shapes/test"], one[mode]["shapes/test"]
+            assert a["n"] == b["n"] == 5
+            for key in ("gIoU", "cIoU", "heatmap_IoU", "format_rate"):
+                assert abs(a[key] - b[key]) < 1e-5, (name, mode, key, a[key], b[key])
+            path = tmp_path / name / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
+            ids = [json.loads(x)["sample_id"] for x in path.read_text().splitlines()]
+            assert len(ids) == len(set(ids)) == 5

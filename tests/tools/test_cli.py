@@ -67,3 +67,40 @@ def test_user_errors_are_one_line_exit_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_slurm_env_maps_the_task_variables_to_torch_ones(tmp_path, monkeypatch):
+    """``--launcher slurm`` on CPU: srun's task variables become torchrun's; the master is the
+    first host scontrol names, unless MASTER_ADDR is set."""
+    from coprs.commands.common import UsageError, slurm_env
+
+    with pytest.raises(UsageError, match="SLURM_NTASKS, SLURM_NODELIST not set.*slurm_train.sh"):
+        slurm_env({"SLURM_PROCID": "0"})
+    scontrol = tmp_path / "scontrol"  # stands in for slurm's: one host per line
+    scontrol.write_text("#!/bin/sh\n[ \"$1 $2\" = 'show hostname' ] && printf 'gpu-07\\ngpu-08\\n'\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "SLURM_NODELIST": "gpu-[07-08]"}
+    slurm_env(env)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                "MASTER_PORT")} == {
+        "RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu-07",
+        "MASTER_PORT": "29500"}
+    env = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_NODELIST": "n1",
+           "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "1234"}
+    slurm_env(env)
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["LOCAL_RANK"]) == ("10.0.0.5", "1234", "2")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol at all
+    with pytest.raises(UsageError, match="SLURM_NODELIST='n1'.*set MASTER_ADDR"):
+        slurm_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_NODELIST": "n1"})
+
+
+def test_launcher_without_its_launcher_is_a_one_line_error(capsys, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["test", str(TINY_CONFIG), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --launcher slurm needs srun") and len(err.splitlines()) == 1
+    assert main(["train", str(TINY_CONFIG), "--launcher", "pytorch"]) == 2
+    assert "needs torchrun" in capsys.readouterr().err
