@@ -1,4 +1,4 @@
-"""End-to-end tests of tools/analysis/{recompute_metrics,correlation}.py on a temporary results dir."""
+"""End-to-end tests of tools/analysis/ on temporary results dirs and training logs."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _load(name: str):
 
 recompute_metrics = _load("recompute_metrics")
 correlation = _load("correlation")
+analyze_logs = _load("analyze_logs")
 
 
 def _mask(pixels, shape=(4, 4)):
@@ -141,7 +142,7 @@ def test_recompute_metrics_errors(tmp_path, capsys):
 
 
 def test_help_has_example(capsys):
-    for tool in (recompute_metrics, correlation):
+    for tool in (recompute_metrics, correlation, analyze_logs):
         with pytest.raises(SystemExit) as exc:
             tool.main(["--help"])
         assert exc.value.code == 0
@@ -427,3 +428,80 @@ def test_perception_probe_cell_loss_targets_and_training(capsys):
     assert tool.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["cell_loss"] == 1 and np.isfinite(summary["final"]["loss"])
+
+
+
+def _write_run(work_dir: Path, stamp: str, lines: list) -> None:
+    path = work_dir / stamp / "vis_data" / "scalars.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+
+
+@pytest.fixture()
+def train_logs(tmp_path):
+    """A work dir as `coprs train` leaves it: a run killed after iteration 40 (its last line cut
+    mid-write), the run resumed from iteration 20, and a `coprs test` run without scalars."""
+    w = tmp_path / "work"
+
+    def rec(step, time, grpo=0, **kw):
+        return dict(step=step, iter=step, time=time, loss=10.0 / step, stage_grpo=grpo, **kw)
+
+    _write_run(w, "20260101_100000", [rec(10, 0.2), rec(20, 0.1), {"shapes/val/gIoU": 0.3,
+               "step": 20}, rec(30, 0.5), rec(40, 0.5), '{"step": 50, "ti'])
+    _write_run(w, "20260101_110000", [
+        rec(30, 0.1), rec(40, 0.1), {"shapes/val/gIoU": 0.6, "step": 40},
+        rec(50, 1.0, grpo=1, **{"reward/mask": 0.2, "time/rollout": 0.4, "time/reward": 0.1,
+                                "time/reference": 0.1, "time/actor": 0.4}),
+        rec(60, 2.0, grpo=1, **{"reward/mask": 0.4, "time/rollout": 1.0, "time/reward": 0.2,
+                                "time/reference": 0.2, "time/actor": 0.6})])
+    (w / "20260101_120000" / "vis_data").mkdir(parents=True)  # a test run: config.py only
+    return w
+
+
+def test_analyze_logs_merges_resumed_runs_by_iteration(train_logs, capsys):
+    records = analyze_logs.read_records(train_logs)
+    assert "scalars.json:6: not a JSON record" in capsys.readouterr().err
+    assert list(records) == [10, 20, 30, 40, 50, 60]
+    assert records[30]["time"] == 0.1  # the resumed run replaces the killed run's iterations
+    assert records[20]["shapes/val/gIoU"] == 0.3 and records[20]["time"] == 0.1
+    assert analyze_logs.series(records, "shapes/val/gIoU") == ([20, 40], [0.3, 0.6])
+    assert analyze_logs.grpo_start(records) == 40
+    assert analyze_logs.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert analyze_logs.validation_keys(records) == {"shapes/val/gIoU"}
+
+
+def test_analyze_logs_train_time_per_stage_and_phase(train_logs, capsys):
+    assert analyze_logs.main(["cal_train_time", str(train_logs)]) == 0
+    stages = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    warm, grpo = stages["warm-up"], stages["grpo"]
+    assert warm["iters"] == 40 and grpo["iters"] == 20
+    assert warm["seconds"] == pytest.approx(10 * (0.2 + 0.1 + 0.1 + 0.1))
+    assert grpo["seconds"] == pytest.approx(10 * (1.0 + 2.0))
+    assert grpo["phase_share"]["rollout"] == pytest.approx(14 / 30)
+    assert grpo["phase_share"]["actor"] == pytest.approx(10 / 30)
+    assert warm["slowest_logged_s_per_iter"] == 0.2 and "phase_share" not in warm
+
+
+def test_analyze_logs_plots_a_panel_per_key(train_logs, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "curves" / "c.png"
+    assert analyze_logs.main(["plot_curve", str(train_logs), str(train_logs), "--legend", "a",
+                              "b", "--smooth", "2", "--out", str(out)]) == 0
+    assert "(loss, reward/mask, shapes/val/gIoU)" in capsys.readouterr().out
+    one = tmp_path / "one.png"
+    assert analyze_logs.main(["plot_curve", str(train_logs / "20260101_110000" / "vis_data" /
+                                                "scalars.json"), "--keys", "loss",
+                              "--out", str(one)]) == 0
+    tall, short = Image.open(out), Image.open(one)
+    assert tall.format == short.format == "PNG"
+    assert tall.size[0] == short.size[0] and tall.size[1] > 2 * short.size[1]  # 3 panels vs 1
+
+    assert analyze_logs.main(["plot_curve", str(train_logs), "--keys", "reward/mask",
+                              "rewards/mask", "--out", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert "no log has rewards/mask" in err and "reward/mask" in err.split("logged keys:")[1]
+    assert analyze_logs.main(["plot_curve", str(tmp_path / "nowhere")]) == 2
+    assert analyze_logs.main(["plot_curve", str(train_logs / "20260101_120000")]) == 2
+    assert "scalars.json" in capsys.readouterr().err
+    assert analyze_logs.main(["plot_curve", str(train_logs), "--legend", "a", "b"]) == 2
