@@ -6,7 +6,7 @@ import textwrap
 
 import numpy as np
 
-__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "save_png"]
+__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "make_sample_panel", "save_png"]
 
 
 def _colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
@@ -63,4 +63,43 @@ def make_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: n
     for ax in axes:
         ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.02, wspace=0.05)
+    fig.savefig(path, format="png")
+
+
+def make_sample_panel(image: np.ndarray, mask: np.ndarray, instruction: str, path,
+                      ignore: np.ndarray | None = None, text: str = "",
+                      bbox=None, points=None, wrap: int = 50) -> None:
+    """Write what a dataset sample holds: the image | its target mask (red; the ignored region
+    grey; the box and points when the sample has them) | the instruction and ``text`` (e.g.
+    the gold reasoning)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    shown = image if ignore is None else mask_overlay(image, ignore & ~mask, (128, 128, 128))
+    fig = Figure(figsize=(12, 4.4), dpi=100)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image)
+    axes[0].set_title(f"image {image.shape[1]} x {image.shape[0]}", fontsize=9)
+    axes[1].imshow(mask_overlay(shown, mask))
+    title = f"target mask ({int(mask.sum())} px)"
+    if bbox is not None:
+        x0, y0, x1, y1 = (float(v) for v in bbox)
+        axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow",
+                                    linewidth=1.2))
+        title += ", box"
+    if points is not None and len(points):
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        axes[1].scatter(pts[:, 0], pts[:, 1], s=18, c="cyan", marker="x")
+        title += ", points"
+    if ignore is not None:
+        title += "; ignored: grey"
+    axes[1].set_title(title, fontsize=9)
+    body = [textwrap.fill(instruction or "(empty instruction)", wrap), ""]
+    body += [textwrap.fill(p, wrap) for p in text.splitlines() if p.strip()]
+    axes[2].text(0.0, 1.0, "\n".join(body)[:2500], va="top", ha="left", fontsize=8,
+                 family="monospace")
+    axes[2].set_title("instruction", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.05)
     fig.savefig(path, format="png")

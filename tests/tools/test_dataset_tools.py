@@ -43,6 +43,25 @@ def test_browse_dataset_dumps_what_the_loader_produced(tmp_path):
         assert np.array_equal(rle_to_mask(line["mask_rle"]), expect)
         assert line["image"].endswith(img["file_name"])
     assert main(["browse-dataset", cfg, "--split", "nosuch", "--dump", str(out)]) == 2
+    assert main(["browse-dataset", cfg, "--split", "val"]) == 2  # neither --dump nor --show-dir
+    assert main(["browse-dataset", cfg, "--split", "val", "--show-dir", str(tmp_path / "show"),
+                 "--limit", "2"]) == 0
+    assert len(list((tmp_path / "show" / "refcoco_val").glob("*.png"))) == 2
+
+
+def test_browse_dataset_draws_a_panel_per_sample(tmp_path, capsys):
+    from PIL import Image
+
+    ds = [dict(type="ShapesReasonDataset", split="test", num_samples=3,
+               pipeline=[dict(type="LoadImage"), dict(type="PackReasonSegInputs")])]
+    cfg = _config(tmp_path, ds)
+    assert main(["browse-dataset", cfg, "--split", "test", "--show-dir", str(tmp_path / "s")]) == 0
+    assert "3 panels" in capsys.readouterr().out
+    panels = sorted((tmp_path / "s" / "shapes_test").glob("*.png"))
+    assert [p.name for p in panels] == [f"0000{i}_test_00000{i}.png" for i in range(3)]
+    pictures = [np.asarray(Image.open(p).convert("RGB")) for p in panels]
+    assert all(x.shape == pictures[0].shape for x in pictures)
+    assert not np.array_equal(pictures[0], pictures[1])  # each sample its own image and mask
 
 
 def test_extract_features_then_the_model_reads_them(tmp_path):
@@ -80,3 +99,21 @@ def test_cache_is_keyed_by_backbone_and_content(tmp_path):
     assert a.get(img + 1) is None  # other pixels, other entry
     a.path(__import__("coprs").backbones.image_key(img)).write_bytes(b"garbage")
     assert a.get(img) is None  # a corrupt entry is recomputed, not fatal
+
+
+def test_sample_panel_shows_the_ignored_region(tmp_path):
+    from PIL import Image
+
+    from coprs.visualization.overlay import make_sample_panel
+
+    image = np.full((40, 60, 3), 255, np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[5:15, 5:15] = True
+    ignore = np.zeros_like(mask)
+    ignore[20:35, 30:55] = True
+    make_sample_panel(image, mask, "the box", tmp_path / "a.png")
+    make_sample_panel(image, mask, "the box", tmp_path / "b.png", ignore=ignore)
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")).astype(int)
+            for n in "ab")
+    grey = (np.abs(b - 185).max(-1) < 8) & (np.abs(a - 185).max(-1) >= 8)  # white, greyed
+    assert grey.sum() > 100  # the ignored pixels turned grey, nothing else changed that way
