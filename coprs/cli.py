@@ -6,10 +6,11 @@ Subcommands (one module each in ``coprs.commands``):
     test              evaluate every split a config names (gIoU, cIoU, heatmap IoU, format rate)
     count-params      parameters per component of a config, on the meta device
     extract-features  precompute frozen backbone features into the feature cache
-    browse-dataset    dump what a dataset loader produces as JSON lines
+    browse-dataset    dump what a dataset loader produces as JSON lines and/or PNG panels
     export-hf         the policy (LoRA merged) as a transformers folder + the seg head
     list              registered components per registry, with their origin (core or plugin)
     bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
+    print-config      a config with its _base_ files and --cfg-options merged
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback. A config argument may name a config
@@ -29,6 +30,7 @@ from .commands import (
     export_hf,
     extract_features,
     infer,
+    print_config,
     test,
     train,
 )
@@ -38,7 +40,7 @@ from .commands.common import UsageError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
-             list_components, bench_paradigms)
+             list_components, bench_paradigms, print_config)
 
 
 def build_parser() -> argparse.ArgumentParser:

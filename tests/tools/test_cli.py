@@ -104,3 +104,20 @@ def test_launcher_without_its_launcher_is_a_one_line_error(capsys, monkeypatch):
     assert err.startswith("error: --launcher slurm needs srun") and len(err.splitlines()) == 1
     assert main(["train", str(TINY_CONFIG), "--launcher", "pytorch"]) == 2
     assert "needs torchrun" in capsys.readouterr().err
+
+
+def test_print_config_merges_bases_and_overrides(tmp_path, capsys):
+    from mmengine.config import Config
+
+    flat = tmp_path / "flat" / "cfg.py"
+    assert main(["print-config", str(TINY_CONFIG), "--cfg-options",
+                 "train_cfg.stages.1.iters=7", "--save-path", str(flat)]) == 0
+    out = capsys.readouterr().out
+    assert "_base_" not in out and "kind='grpo'" in out and "iters=7" in out
+    saved = Config.fromfile(str(flat))
+    assert "_base_" not in flat.read_text()  # loads on its own
+    expect = Config.fromfile(str(TINY_CONFIG))
+    expect.merge_from_dict({"train_cfg.stages.1.iters": 7})
+    assert saved.to_dict() == expect.to_dict()
+    assert main(["print-config", str(TINY_CONFIG), "--save-path", str(tmp_path / "c.json")]) == 2
+    assert "must end in .py" in capsys.readouterr().err
