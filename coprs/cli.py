@@ -11,6 +11,7 @@ Subcommands (one module each in ``coprs.commands``):
     list              registered components per registry, with their origin (core or plugin)
     bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
     print-config      a config with its _base_ files and --cfg-options merged
+    collect-env       versions, devices and plugins, for a bug report
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback. A config argument may name a config
@@ -23,9 +24,11 @@ import argparse
 import sys
 import warnings
 
+from . import __version__
 from .commands import (
     bench_paradigms,
     browse_dataset,
+    collect_env,
     count_params,
     export_hf,
     extract_features,
@@ -40,7 +43,7 @@ from .commands.common import UsageError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
-             list_components, bench_paradigms, print_config)
+             list_components, bench_paradigms, print_config, collect_env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                '"instruction" --out outputs/demo',
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"coprs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in _COMMANDS:
         command.add_parser(sub)

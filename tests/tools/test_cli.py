@@ -121,3 +121,30 @@ def test_print_config_merges_bases_and_overrides(tmp_path, capsys):
     assert saved.to_dict() == expect.to_dict()
     assert main(["print-config", str(TINY_CONFIG), "--save-path", str(tmp_path / "c.json")]) == 2
     assert "must end in .py" in capsys.readouterr().err
+
+
+def test_version_and_collect_env(capsys):
+    from importlib import metadata
+
+    from coprs import __version__
+    from coprs.commands.collect_env import PACKAGES
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"coprs {__version__}"
+    assert main(["collect-env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    import torch
+
+    assert env["coprs"] == __version__ and env["PyTorch"].startswith(torch.__version__)
+    assert env["CUDA available"] == str(torch.cuda.is_available())
+    assert set(PACKAGES) <= set(env) and env["pluggy"] != "-"
+    try:  # an optional extra: its version when installed, '-' when not
+        vllm = metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        vllm = "-"
+    assert env["vllm"] == vllm
+    assert main(["collect-env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"coprs: {__version__}" in lines
+    assert any(line.startswith("coprs plugins: ") for line in lines)
