@@ -60,9 +60,10 @@ class ReasonSegMetric(BaseMetric):
 
     def process(self, data_batch, data_samples) -> None:
         """``data_samples``: dicts with ``pred`` (a SegmentationResult, or None when skipped),
-        ``gt_mask``, ``ignore_mask``, ``sample_id``, ``instruction`` and ``load_error``; the
-        synthetic world's ``instruction_type`` and ``template_id`` are kept in the per-sample
-        records (None elsewhere) for breakdowns (``recompute_metrics.py --by``)."""
+        ``gt_mask``, ``ignore_mask``, ``sample_id``, ``instruction`` and ``load_error``. Each
+        per-sample record keeps the policy's ``response`` (its chain of thought and answer; the
+        gold one in gold mode), and the synthetic world's ``instruction_type`` and
+        ``template_id`` (None elsewhere) for breakdowns (``recompute_metrics.py --by``)."""
         for s in data_samples:
             if s.get("load_error") or s.get("pred") is None:
                 self.results.append({"skipped": True, "sample_id": s.get("sample_id"),
@@ -78,6 +79,7 @@ class ReasonSegMetric(BaseMetric):
                 iou=sample_iou(record, self.empty_empty, self.ignore_mode),
                 heatmap_iou=mask_iou(pred.heatmap > 0.5, gt),
                 format_ok=bool(pred.format_ok),
+                response=pred.response,
                 instruction_type=s.get("instruction_type"),
                 template_id=s.get("template_id"),
             )

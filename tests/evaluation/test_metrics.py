@@ -7,9 +7,9 @@ from coprs.evaluation import ReasonSegMetric
 from coprs.structures import SegmentationResult
 
 
-def _pred(mask, heat=None, ok=True):
+def _pred(mask, heat=None, ok=True, response=""):
     heat = mask.astype(np.float32) if heat is None else heat
-    return SegmentationResult(cot="", response="", heatmap=heat, mask=mask, format_ok=ok)
+    return SegmentationResult(cot="", response=response, heatmap=heat, mask=mask, format_ok=ok)
 
 
 def _sample(pred, gt, ignore=None, sid="s", **kw):
@@ -23,7 +23,8 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     pred_a[:2, :] = True  # inter 4, union 8 -> 0.5
     empty = np.zeros((4, 4), bool)
     m = ReasonSegMetric(out_dir=str(tmp_path), dataset_name="refcoco", split="val")
-    m.process({}, [_sample(_pred(pred_a, ok=False), gt, sid="a", instruction_type="relation",
+    m.process({}, [_sample(_pred(pred_a, ok=False, response="<think>the red one"), gt, sid="a",
+                           instruction_type="relation",
                            template_id="relation.relation.0"),
                    _sample(_pred(empty), empty, sid="b", instruction_type="relation"),
                    dict(pred=None, load_error="x.jpg unreadable", sample_id="c",
@@ -40,6 +41,7 @@ def test_metric_reduces_counts_and_reports_skips(tmp_path):
     lines = (tmp_path / "refcoco_val" / "per_sample.jsonl").read_text().splitlines()
     assert [json.loads(x)["sample_id"] for x in lines] == ["a", "b"]
     assert [json.loads(x)["template_id"] for x in lines] == ["relation.relation.0", None]
+    assert [json.loads(x)["response"] for x in lines] == ["<think>the red one", ""]
 
 
 def test_metric_protocol_switches():

@@ -125,6 +125,26 @@ def test_recompute_metrics_breakdown_by_a_record_key(tmp_path, capsys):
     assert "no record has a value for --by 'instruction_type'" in err and "template_id" in err
 
 
+def test_recompute_metrics_lists_the_worst_samples_with_their_responses(tmp_path, capsys):
+    records = [
+        {**_record("a", _mask([(0, 0)]), _mask([(0, 0)])), "response": "<think>ok</think>"},
+        {**_record("b", _mask([(2, 2)]), _mask([(0, 0)])), "instruction_type": "relation",
+         "response": "<think>the red | one\nbelow</think><REF_POS>"},
+        {**_record("c", _mask([(0, 0), (0, 1)]), _mask([(0, 0)]))},  # an older record
+        _record("d", _mask([]), _mask([])),  # empty / empty: 1 under LISA's protocol
+    ]  # IoUs 1, 0, 1/2, 1
+    write_per_sample(tmp_path / results_subdir("shapes", "test") / "per_sample.jsonl", records)
+    assert recompute_metrics.main([str(tmp_path), "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("shapes_test: the 2 lowest IoU"):].splitlines()
+    assert table[4] == ("| 0.00 | b | relation | segment b | "
+                        "<think>the red \\| one below</think><REF_POS> |")
+    assert table[5] == "| 50.00 | c |  | segment c | (not recorded) |" and len(table) == 6
+    worst = recompute_metrics.worst(records, 10, "skip", "exclude")
+    assert [r["sample_id"] for r in worst] == ["b", "c", "a"]  # d is skipped by the protocol
+    assert recompute_metrics.main([str(tmp_path), "--worst", "0"]) == 2
+
+
 def test_recompute_metrics_errors(tmp_path, capsys):
     assert recompute_metrics.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

@@ -49,6 +49,13 @@ def test_shapes_generated_gold_and_empty_modes(tmp_path, capsys):
     per_sample = tmp_path / "work" / "per_sample_gold" / "shapes_test" / "per_sample.jsonl"
     records = [json.loads(x) for x in per_sample.read_text().splitlines()]
     assert len(records) == 6
+    # each record keeps the response the mask came from: here the gold one, teacher-forced
+    from coprs.datasets import ShapesReasonDataset
+
+    ds = ShapesReasonDataset(split="test", num_samples=6, pipeline=[dict(type="LoadImage"),
+                                                                   dict(type="PackReasonSegInputs")])
+    gold = {s["sample_id"]: s["response_coprs"] for s in (ds[i]["data_samples"] for i in range(6))}
+    assert {r["sample_id"]: r["response"] for r in records} == gold
     # Pr@X is the share of these samples with IoU >= X, and the summary line prints Pr@0.5
     for t in (0.5, 0.7, 0.9):
         assert results["gold"][f"Pr@{t}"] == pytest.approx(

@@ -3,7 +3,8 @@
 Reads every ``per_sample.jsonl`` (written by ``tools/test.py``) under RESULTS_DIR and reduces its
 counts with :func:`coprs.evaluation.functional.reduce_counts`; no model is loaded. ``--by KEY``
 adds a breakdown by any key the records carry, e.g. the synthetic world's ``instruction_type``
-or ``template_id``.
+or ``template_id``; ``--worst N`` lists each split's N lowest-IoU samples with the response the
+mask came from.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ EXAMPLE = """example:
   # the synthetic world per template (program and phrasing)
   python tools/analysis/recompute_metrics.py \\
       work_dirs/coprs_tiny_shapes_cpu/per_sample_generated --by template_id
+  # the ten worst samples of each split, with the policy's reasoning
+  python tools/analysis/recompute_metrics.py \\
+      work_dirs/coprs_tiny_shapes_cpu/per_sample_generated --worst 10
 """
 
 
@@ -61,8 +65,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also break each split down by this per-sample key (e.g. instruction_type, "
         "template_id); JSON: under 'by' -> KEY -> value",
     )
+    parser.add_argument("--worst", type=int, metavar="N",
+                        help="also list each split's N lowest-IoU samples (under the protocol) "
+                             "with their instruction and response")
     parser.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file")
     return parser.parse_args(argv)
+
+
+def worst(records: list[dict], n: int, empty_empty, ignore_mode: str) -> list[dict]:
+    """The ``n`` records with the lowest IoU under the protocol (samples the protocol skips are
+    left out), lowest first; each gains ``protocol_iou``."""
+    from coprs.evaluation.functional import sample_iou
+
+    scored = []
+    for r in records:
+        iou = sample_iou(r, empty_empty, ignore_mode)
+        if iou is not None:
+            scored.append({**r, "protocol_iou": iou})
+    return sorted(scored, key=lambda r: r["protocol_iou"])[:n]
+
+
+def _cell(text) -> str:
+    """One Markdown table cell: one line, pipes escaped."""
+    return " ".join(str("" if text is None else text).split()).replace("|", "\\|")
 
 
 def breakdown(records: list[dict], key: str, empty_empty, ignore_mode: str) -> dict[str, dict]:
@@ -85,11 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     empty_empty = EMPTY_EMPTY[args.empty_empty]
-    metrics = {}
+    if args.worst is not None and args.worst < 1:
+        print("error: --worst must be at least 1", file=sys.stderr)
+        return 2
+    metrics, lowest = {}, {}
     for name, path in files.items():
         try:
             records = read_per_sample(path)
             metrics[name] = reduce_counts(records, empty_empty, args.ignore)
+            if args.worst:
+                lowest[name] = worst(records, args.worst, empty_empty, args.ignore)
             if args.by:
                 metrics[name]["by"] = {args.by: breakdown(records, args.by, empty_empty,
                                                           args.ignore)}
@@ -116,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in metrics.items():
             for value, g in m["by"][args.by].items():
                 print(row([name, value], g))
+    for name, rows in lowest.items():
+        print(f"\n{name}: the {len(rows)} lowest IoU\n")
+        print("| IoU | sample | type | instruction | response |")
+        print("|---:|---|---|---|---|")
+        for r in rows:
+            print(f"| {100 * r['protocol_iou']:.2f} | {_cell(r['sample_id'])} | "
+                  f"{_cell(r.get('instruction_type'))} | {_cell(r.get('instruction'))} | "
+                  f"{_cell(r.get('response', '(not recorded)'))} |")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
