@@ -98,7 +98,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
 
 
 def segment(model, image, instruction: str, allow_empty: bool = False,
-            max_new_tokens: int | None = None) -> SegmentationResult:
+            max_new_tokens: int | None = None, response: str | None = None
+            ) -> SegmentationResult:
     """Reason about ``instruction`` on ``image`` and return CoT, heatmap and mask.
 
     Args:
@@ -109,6 +110,9 @@ def segment(model, image, instruction: str, allow_empty: bool = False,
         allow_empty: accept an empty instruction (the empty-instruction ablation); otherwise an
             empty or whitespace-only instruction is a ``ValueError``.
         max_new_tokens: response budget (the policy's default when None).
+        response: a response to teacher-force instead of generating one, e.g. an edited chain
+            of thought (``"<think>…</think><REF_POS>"``): the heatmap and the mask then show
+            where that reasoning points.
 
     Returns:
         A :class:`~coprs.structures.SegmentationResult`; a response without the special token
@@ -118,5 +122,9 @@ def segment(model, image, instruction: str, allow_empty: bool = False,
         raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
     if not instruction.strip() and not allow_empty:
         raise ValueError("instruction is empty; say what to segment (or pass allow_empty=True)")
+    if response is not None and not isinstance(response, str):
+        raise TypeError(f"response must be a string, got {type(response).__name__}")
     arr = load_image(image)
-    return model.predict_images([arr], [instruction], max_new_tokens=max_new_tokens)[0]
+    return model.predict_images([arr], [instruction],
+                                None if response is None else [response],
+                                max_new_tokens=max_new_tokens)[0]

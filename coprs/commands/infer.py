@@ -27,8 +27,13 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, help="config file")
     p.add_argument("--checkpoint", help="trained checkpoint (.pth) or a training work dir")
     p.add_argument("--out", default="outputs/infer", help="output folder (default: %(default)s)")
-    p.add_argument("--input-jsonl", help='batch: lines {"image": PATH, "instruction": TEXT}; one '
-                                         "output folder per line")
+    p.add_argument("--input-jsonl", help='batch: lines {"image": PATH, "instruction": TEXT} '
+                                         '(optionally "response": TEXT); one output folder per '
+                                         "line")
+    p.add_argument("--response", help="teacher-force this response instead of generating one, "
+                                      "e.g. an edited chain of thought "
+                                      "'<think>…</think><REF_POS>': the heatmap and mask show "
+                                      "where it points")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
     p.add_argument("--allow-empty", action="store_true", help="accept an empty instruction")
@@ -49,6 +54,8 @@ def _read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
             item = json.loads(line)
             if not isinstance(item, dict) or "image" not in item or "instruction" not in item:
                 raise ValueError('expected {"image": ..., "instruction": ...}')
+            if not isinstance(item.get("response", ""), str):
+                raise ValueError('"response" must be a string')
             items.append((n, item, None))
         except ValueError as exc:
             items.append((n, None, f"{path}:{n}: {exc}"))
@@ -80,9 +87,10 @@ def run(args) -> int:
 
     if args.input_jsonl is None:
         result = segment(model, image, args.instruction, allow_empty=args.allow_empty,
-                         max_new_tokens=args.max_new_tokens)
+                         max_new_tokens=args.max_new_tokens, response=args.response)
         summary = write_result(out, image, args.instruction, result)
-        print(f"response: {_one_line(result.response)}")
+        given = " (given, teacher-forced)" if args.response is not None else ""
+        print(f"response{given}: {_one_line(result.response)}")
         print(f"chain of thought: {_one_line(result.cot)}")
         print(f"format ok: {result.format_ok}; mask area: {summary['mask_area']} px; "
               f"heatmap peak (x, y): {tuple(summary['heatmap_peak_xy'])}")
@@ -99,7 +107,8 @@ def run(args) -> int:
         try:
             image = load_image(item["image"])
             result = segment(model, image, item["instruction"], allow_empty=args.allow_empty,
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens,
+                             response=item.get("response", args.response))
             write_result(out / f"{n:06d}", image, item["instruction"], result)
             done += 1
         except (FileNotFoundError, ValueError, TypeError) as exc:

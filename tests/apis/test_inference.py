@@ -78,6 +78,20 @@ def test_malformed_response_is_flagged_and_well_formed_one_is_not(tiny_segmentor
     assert not np.array_equal(bad.heatmap, good.heatmap)  # the readout steers the prior
 
 
+def test_segment_teacher_forces_a_given_response(tiny_segmentor):
+    img = np.random.default_rng(4).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    given = "<think>the blue square</think><REF_POS>"
+    r = segment(tiny_segmentor, img, "x", response=given)
+    _check(r, (40, 56))
+    assert r.response == given and r.cot == "the blue square" and r.format_ok
+    same = tiny_segmentor.predict_images([img], ["x"], responses=[given])[0]
+    assert np.array_equal(r.mask, same.mask) and np.array_equal(r.heatmap, same.heatmap)
+    other = segment(tiny_segmentor, img, "x", response="<think>the red circle</think><REF_POS>")
+    assert not np.array_equal(r.heatmap, other.heatmap)  # the reasoning moves the prior
+    with pytest.raises(TypeError, match="response must be a string"):
+        segment(tiny_segmentor, img, "x", response=["<think>a</think><REF_POS>"])
+
+
 def test_checkpoint_round_trip_through_init_segmentor(tmp_path):
     model = init_segmentor(str(TINY_CONFIG), seed=5)
     with torch.no_grad():

@@ -56,6 +56,26 @@ def test_infer_batch_reports_and_skips_bad_lines(tmp_path, capsys):
     assert "2 failed" in err and "in.jsonl:2" in err and "missing.png" in err
 
 
+def test_infer_teacher_forces_a_given_response(tmp_path, capsys):
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "img.png")
+    given = "<think>the left one</think><REF_POS>"
+    assert main(["infer", "--config", str(TINY_CONFIG), str(tmp_path / "img.png"), "a",
+                 "--out", str(tmp_path / "one"), "--response", given]) == 0
+    assert "response (given, teacher-forced): " + given in capsys.readouterr().out
+    assert (tmp_path / "one" / "response.txt").read_text() == given + "\n"
+    assert json.loads((tmp_path / "one" / "result.json").read_text())["format_ok"] is True
+    lines = [json.dumps({"image": str(tmp_path / "img.png"), "instruction": "a",
+                         "response": "<think>x</think><REF_POS>"}),
+             json.dumps({"image": str(tmp_path / "img.png"), "instruction": "a"}),
+             json.dumps({"image": str(tmp_path / "img.png"), "instruction": "a", "response": 3})]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["infer", "--config", str(TINY_CONFIG), "--input-jsonl", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "b"), "--response", given]) == 0
+    assert (tmp_path / "b" / "000001" / "response.txt").read_text() == "<think>x</think><REF_POS>\n"
+    assert (tmp_path / "b" / "000002" / "response.txt").read_text() == given + "\n"  # --response
+    assert "in.jsonl:3: \"response\" must be a string" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["infer", "--config", "configs/nope.py", "x.png", "a"], "config"),
     (["infer", "--config", str(TINY_CONFIG), "/nowhere/x.png", "a"], "does not exist"),
