@@ -1,4 +1,4 @@
-"""The commands shown in README.md and docs/*.md parse.
+"""The commands shown in README.md and docs/*.md parse, and their relative links resolve.
 
 Every ``coprs …``, ``python tools/….py …``, ``torchrun … tools/….py …`` and
 ``[bash] tools/{dist,slurm}_{train,test}.sh …`` line of a fenced ``bash`` block is parsed (never
@@ -363,3 +363,54 @@ def test_quoted_configs_are_the_files():
         assert body == (ROOT / path).read_text().rstrip("\n"), f"docs/configs.md quotes an old {path}"
     text = "`configs/_base_/default_runtime.py`:\n\n```python\nlog_level = 'DEBUG'\n```\n"
     assert quoted_configs(text) == [("configs/_base_/default_runtime.py", "log_level = 'DEBUG'")]
+
+
+#: a Markdown link (not an image): [text](target)
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,}).*?^\1\2", re.M | re.S)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors a page offers: each heading's slug as mkdocs (Python-Markdown's ``toc``)
+    and GitHub make it, and explicit ``<a id="…">`` tags."""
+    import unicodedata
+
+    text = FENCE.sub("", markdown)
+    out = set(re.findall(r"<a\s+(?:id|name)=\"([^\"]+)\"", text))
+    for m in re.finditer(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.M):
+        title = m.group(1).replace("`", "")
+        ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+        out.add(re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", ascii_title).strip().lower()))
+        out.add(re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-"))
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of a page whose file or heading does not exist."""
+    bad = []
+    for m in LINK.finditer(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        target = m.group(1)
+        if re.match(r"^[a-z][a-z+.-]*:", target):  # http:, https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        dest = path.parent / file if file else path
+        if not dest.exists():
+            bad.append(f"{target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in heading_anchors(
+                dest.read_text(encoding="utf-8")):
+            bad.append(f"{target} (no such heading)")
+    return bad
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=[p.name for p in DOC_FILES])
+def test_relative_links_resolve(path):
+    assert broken_links(path) == []
+
+
+def test_link_checker_catches_mistakes(tmp_path):
+    (tmp_path / "b.md").write_text("# The loop (`Loop`)\n\n<a id=\"x\"></a>\n## Metrics (SPEC §5)\n")
+    page = tmp_path / "a.md"
+    page.write_text("[ok](b.md#the-loop-loop) [ok](b.md#metrics-spec-5) [ok](b.md#x) "
+                    "[ok](https://example.org/#nope) ![img](pic.png)\n"
+                    "[bad](b.md#the-loop) [bad](c.md)\n```\n[in a fence](d.md)\n```\n")
+    assert broken_links(page) == ["b.md#the-loop (no such heading)", "c.md (no such file)"]
