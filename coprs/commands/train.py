@@ -31,9 +31,22 @@ def add_parser(sub) -> None:
     p.add_argument("--work-dir", help="folder for logs and checkpoints")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from CKPT, or from the latest checkpoint in the work dir")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast through mmengine's AmpOptimWrapper (CUDA only), as the "
+                        "8-GPU config sets it")
     add_launcher(p)
     add_cfg_options(p)
     p.set_defaults(func=run)
+
+
+def enable_amp(cfg) -> None:
+    """``--amp``: train under bf16 autocast (``AmpOptimWrapper(dtype='bfloat16')``, no loss
+    scaling) with the config's optimiser, clipping and parameter groups; fp32 weights."""
+    if cfg.optim_wrapper.get("type", "OptimWrapper") not in ("OptimWrapper", "AmpOptimWrapper"):
+        raise UsageError(f"--amp replaces OptimWrapper by AmpOptimWrapper, but the config's "
+                         f"optim_wrapper is {cfg.optim_wrapper.type}; set its dtype in the config")
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.setdefault("dtype", "bfloat16")
 
 
 def check_weight_paths(cfg) -> None:
@@ -61,6 +74,13 @@ def run(args) -> int:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
+    if args.amp:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); train in "
+                             "fp32 on this machine")
+        enable_amp(cfg)
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:

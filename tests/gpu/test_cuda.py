@@ -60,7 +60,7 @@ def _scalars(work_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 def test_training_and_evaluation_on_cuda(tmp_path, amp):
     """The tiny config trains on the GPU (2 warm-up + 2 GRPO iterations), also under bf16
-    autocast with ``AmpOptimWrapper``; the checkpoint keeps fp32 weights, is evaluated on the
+    autocast with ``AmpOptimWrapper`` (``coprs train --amp``); the checkpoint keeps fp32 weights, is evaluated on the
     GPU, and a run resumed from it on the GPU ends where the uninterrupted run did."""
     from coprs.cli import main
 
@@ -71,7 +71,7 @@ def test_training_and_evaluation_on_cuda(tmp_path, amp):
     cfg.visualizer.name = f"visualizer_{tmp_path.name}"
     cfg.experiment_name = tmp_path.name
     cfg.dump(str(tmp_path / "cfg.py"))
-    extra = ["optim_wrapper.type=AmpOptimWrapper", "optim_wrapper.dtype=bfloat16"] if amp else []
+    extra = ["--amp"] if amp else []  # AmpOptimWrapper(dtype='bfloat16')
     work = tmp_path / "w"
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(work), "--cfg-options",
                  "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2", *SMALL, *extra]) == 0

@@ -168,3 +168,29 @@ def test_version_and_collect_env(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert f"coprs: {__version__}" in lines
     assert any(line.startswith("coprs plugins: ") for line in lines)
+
+
+def test_amp_switches_the_optimiser_wrapper_to_bf16_autocast(capsys):
+    from mmengine.config import Config
+
+    from coprs.commands.common import UsageError
+    from coprs.commands.train import enable_amp
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    before = cfg.optim_wrapper.to_dict()
+    enable_amp(cfg)
+    after = cfg.optim_wrapper.to_dict()
+    assert after.pop("type") == "AmpOptimWrapper" and after.pop("dtype") == "bfloat16"
+    before.pop("type", None)
+    assert after == before  # optimiser, clipping and parameter groups as configured
+    cfg.optim_wrapper.dtype = "float16"
+    enable_amp(cfg)  # an explicit dtype is kept
+    assert cfg.optim_wrapper.dtype == "float16"
+    cfg.optim_wrapper.type = "MyWrapper"
+    with pytest.raises(UsageError, match="optim_wrapper is MyWrapper"):
+        enable_amp(cfg)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["train", str(TINY_CONFIG), "--amp"]) == 2
+        assert "--amp needs a CUDA GPU" in capsys.readouterr().err
