@@ -40,12 +40,17 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--show-dir", help="write a panel PNG per sample under this folder")
     p.add_argument("--work-dir", help="folder for logs and per-sample records")
-    p.add_argument("--reasoning", nargs="+", choices=[*REASONING_MODES, "all"],
+    p.add_argument("--reasoning", nargs="+", choices=[*REASONING_MODES, "all", "given"],
                    default=["generated"], metavar="MODE",
                    help="generated: greedy responses (default); gold: teacher-force the gold "
-                        "response (synthetic world); empty: every instruction replaced by ''. "
-                        "Several modes (or 'all') are evaluated in turn with one model, then "
-                        "compared side by side with generated − empty")
+                        "response (synthetic world); empty: every instruction replaced by ''; "
+                        "given: teacher-force the responses of --responses. Several modes (or "
+                        "'all': generated, gold and empty) are evaluated in turn with one model, "
+                        "then compared side by side with generated − empty")
+    p.add_argument("--responses", metavar="PATH",
+                   help="for --reasoning given: a JSON-lines file with sample_id and response "
+                        "per line (e.g. a per_sample.jsonl of another run), or a per_sample_<mode>"
+                        "/ folder of another run (one file per dataset/split)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
     add_launcher(p)
     add_cfg_options(p)
@@ -145,6 +150,11 @@ def run(args) -> int:
     cfg.launcher = args.launcher
     modes = _modes(args.reasoning)
     several = len(modes) > 1
+    if ("given" in modes) != (args.responses is not None):
+        raise UsageError("--reasoning given and --responses PATH go together: PATH holds the "
+                         "responses to teacher-force")
+    if args.responses is not None and not Path(args.responses).exists():
+        raise UsageError(f"--responses '{args.responses}' does not exist")
 
     def dirs(mode: str) -> dict:
         # panels of several modes go to one subfolder each, so they do not overwrite each other
@@ -153,6 +163,8 @@ def run(args) -> int:
                     out_dir=str(Path(cfg.work_dir) / f"per_sample_{mode}"))
 
     cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, **dirs(modes[0]))
+    if args.responses is not None:
+        cfg.test_cfg.responses = args.responses
     cfg.load_from = None
     if args.launcher != "none":
         init_distributed(args.launcher)

@@ -15,16 +15,52 @@ from ..registry import LOOPS
 from ..utils import fork_rng
 from .fsdp import full_params
 
-__all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "flat_metrics",
-           "drop_validation"]
+__all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "GIVEN",
+           "flat_metrics", "drop_validation", "load_given_responses"]
 
-#: what the policy reasons with at test time
+#: what the policy reasons with at test time ('all' on the command line)
 REASONING_MODES = ("generated", "gold", "empty")
+#: the mode that teacher-forces responses read from a file (``responses``)
+GIVEN = "given"
 
 
 def _check_reasoning(reasoning: str) -> None:
-    if reasoning not in REASONING_MODES:
-        raise ValueError(f"reasoning={reasoning!r}; choose one of {REASONING_MODES}")
+    if reasoning not in (*REASONING_MODES, GIVEN):
+        raise ValueError(f"reasoning={reasoning!r}; choose one of {(*REASONING_MODES, GIVEN)}")
+
+
+def load_given_responses(path: str | Path) -> dict[str | None, dict[str, str]]:
+    """Responses to teacher-force, keyed by results folder (``<dataset>_<split>``) and sample.
+
+    ``path`` is a JSON-lines file whose lines carry ``sample_id`` and ``response`` (other keys
+    are ignored, so a ``per_sample.jsonl`` of ``coprs test`` qualifies), used for every split
+    (key None); or a folder of such files as ``coprs test`` writes them
+    (``per_sample_<mode>/<dataset>_<split>/per_sample.jsonl``), each for its own split. A line
+    without the two keys is a ValueError naming the file and line."""
+    import json
+
+    from ..evaluation.functional import require_per_sample
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"responses file or folder '{path}' does not exist")
+    files = {None: path} if path.is_file() else require_per_sample(path)
+    table: dict[str | None, dict[str, str]] = {}
+    for key, file in files.items():
+        responses = table.setdefault(key, {})
+        for n, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                sid, response = str(record["sample_id"]), record["response"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{file}:{n}: expected a JSON object with 'sample_id' and "
+                                 "'response'") from None
+            if not isinstance(response, str):
+                raise ValueError(f"{file}:{n}: 'response' must be a string")
+            responses[sid] = response
+    return table
 
 
 @LOOPS.register_module()
@@ -38,9 +74,13 @@ class ReasonSegTestLoop(BaseLoop):
             with ``dataset_name``, ``split`` and ``out_dir`` filled in.
         datasets: dataset configs, one per evaluated split.
         reasoning: 'generated' (greedy, the default), 'gold' (teacher-force the dataset's gold
-            response, ``gold_key``; tests the heatmap/decoder path alone) or 'empty' (every
-            instruction replaced by an empty string; tests that language steers the mask).
+            response, ``gold_key``; tests the heatmap/decoder path alone), 'empty' (every
+            instruction replaced by an empty string; tests that language steers the mask) or
+            'given' (teacher-force the responses of the file or folder ``responses``, e.g.
+            another model's reasoning or edited reasoning, on any dataset; a sample the file
+            has no response for is reported and skipped).
         gold_key: data_sample key holding the gold response (synthetic world only).
+        responses: for 'given': see :func:`load_given_responses`.
         out_dir: per-sample results folder (``<out_dir>/<dataset>_<split>/per_sample.jsonl``).
         show_dir: if set, a panel PNG per sample under ``<show_dir>/<dataset>_<split>/``.
         max_new_tokens: response budget (the policy's default when None).
@@ -49,7 +89,7 @@ class ReasonSegTestLoop(BaseLoop):
     def __init__(self, runner, dataloader: dict, evaluator: dict, datasets: list[dict],
                  reasoning: str = "generated", gold_key: str = "response_coprs",
                  out_dir: str | None = None, show_dir: str | None = None,
-                 max_new_tokens: int | None = None) -> None:
+                 max_new_tokens: int | None = None, responses: str | None = None) -> None:
         self._runner = runner
         _check_reasoning(reasoning)
         if not datasets:
@@ -59,6 +99,7 @@ class ReasonSegTestLoop(BaseLoop):
         self.reasoning, self.gold_key = reasoning, gold_key
         self.out_dir, self.show_dir = out_dir, show_dir
         self.max_new_tokens = max_new_tokens
+        self.responses = responses
 
     def run(self) -> dict:
         """Returns ``{"<dataset>/<split>": metrics}``.
@@ -77,6 +118,12 @@ class ReasonSegTestLoop(BaseLoop):
             self.runner.model
         model.eval()
         results = {}
+        given = None
+        if self.reasoning == GIVEN:
+            if self.responses is None:
+                raise ValueError("reasoning='given' needs responses= (a JSON-lines file or a "
+                                 "per-sample folder); coprs test --responses PATH")
+            given = load_given_responses(self.responses)
         for ds_cfg in self.datasets:
             loader = self.runner.build_dataloader(dict(copy.deepcopy(self.dataloader_cfg),
                                                        dataset=copy.deepcopy(ds_cfg)))
@@ -87,20 +134,39 @@ class ReasonSegTestLoop(BaseLoop):
             ev_cfg.update(dataset_name=name, split=split, out_dir=self.out_dir)
             evaluator = self.runner.build_evaluator(ev_cfg)
             evaluator.dataset_meta = meta
+            table = None
+            if given is not None:
+                from ..evaluation.functional import results_subdir
+
+                subdir = results_subdir(name, split)
+                table = given.get(subdir, given.get(None))
+                if table is None:
+                    raise ValueError(f"responses '{self.responses}' has no folder {subdir}/ "
+                                     f"(it has: {', '.join(k for k in given if k)})")
+            found = 0
             for batch in tqdm(loader, desc=f"{name}/{split} ({self.reasoning})",
                               disable=not is_main_process()):
-                self._predict(model, batch, name, split)
+                found += self._predict(model, batch, name, split, table)
                 evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
+            if table is not None and not found and len(loader.dataset):
+                raise ValueError(f"responses '{self.responses}' has no response for any sample "
+                                 f"of {name}/{split}; do its sample_ids come from this split?")
             metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
             self.runner.logger.info(f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return results
 
-    def _predict(self, model, batch: dict, name: str, split: str) -> None:
+    def _predict(self, model, batch: dict, name: str, split: str,
+                 given: dict[str, str] | None = None) -> int:
+        """Predict the batch's readable samples into ``sample['pred']``; returns how many."""
         samples, images = batch["data_samples"], batch["inputs"]
+        if given is not None:  # no response in the file: reported with the unreadable samples
+            for s in samples:
+                if not s.get("load_error") and str(s.get("sample_id")) not in given:
+                    s["load_error"] = f"no response for this sample in '{self.responses}'"
         ok = [i for i, s in enumerate(samples) if not s.get("load_error")]
         if not ok:
-            return
+            return 0
         instructions = ["" if self.reasoning == "empty" else samples[i]["instruction"]
                         for i in ok]
         responses = None
@@ -111,12 +177,15 @@ class ReasonSegTestLoop(BaseLoop):
                                  f"{name}/{split} has none for {missing[:3]} (only the synthetic "
                                  "world ships gold responses)")
             responses = [samples[i][self.gold_key] for i in ok]
+        elif given is not None:
+            responses = [given[str(samples[i]["sample_id"])] for i in ok]
         preds = model.predict_images([images[i] for i in ok], instructions, responses,
                                      max_new_tokens=self.max_new_tokens)
         for i, pred in zip(ok, preds):
             samples[i]["pred"] = pred
             if self.show_dir is not None:
                 self._show(images[i], samples[i], instructions[ok.index(i)], name, split)
+        return len(ok)
 
     def _show(self, image, sample: dict, instruction: str, name: str, split: str) -> None:
         from ..evaluation.functional import results_subdir

@@ -117,6 +117,54 @@ def test_reasonseg_split_with_ignore_region(tmp_path):
     assert sum(r["ignore_area"] > 0 for r in records) == 1  # the 'with_ignore' sample
 
 
+def test_given_responses_from_another_run_or_a_file(tmp_path, capsys):
+    """--reasoning given teacher-forces responses read from another run's per-sample folder (each
+    split its own file) or from one JSON-lines file; samples it has no response for are
+    reported and skipped, on any dataset."""
+    ds = [dict(type="ShapesReasonDataset", split=split, num_samples=4,
+               pipeline=[dict(type="LoadImage"), dict(type="PackReasonSegInputs")])
+          for split in ("test", "test_novel")]
+    cfg = _config(tmp_path, ds)
+    assert main(["test", cfg, "--reasoning", "gold", "--out", str(tmp_path / "gold.json")]) == 0
+    gold = json.loads((tmp_path / "gold.json").read_text())
+    folder = tmp_path / "work" / "per_sample_gold"
+    assert main(["test", cfg, "--reasoning", "given", "--responses", str(folder),
+                 "--out", str(tmp_path / "given.json")]) == 0
+    given = json.loads((tmp_path / "given.json").read_text())
+    for split in ("shapes/test", "shapes/test_novel"):  # the same responses, the same masks
+        for key in ("n", "gIoU", "cIoU", "heatmap_IoU", "format_rate"):
+            assert given[split][key] == gold[split][key], (split, key)
+    records = (folder / "shapes_test" / "per_sample.jsonl").read_text().splitlines()
+    edited = [json.loads(x) for x in records[:2]]
+    edited[1]["response"] = "no special token here"
+    (tmp_path / "two.jsonl").write_text("\n".join(json.dumps(r) for r in edited) + "\n")
+    (tmp_path / "one").mkdir()
+    cfg_test = _config(tmp_path / "one", ds[:1])
+    assert main(["test", cfg_test, "--reasoning", "given", "--responses",
+                 str(tmp_path / "two.jsonl"), "--out", str(tmp_path / "two.json")]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())["shapes/test"]
+    assert two["n"] == 2 and two["n_unreadable"] == 2 and two["format_rate"] == 0.5
+    assert "no response for this sample" in two["unreadable"][0]
+    out = tmp_path / "one" / "work" / "per_sample_given" / "shapes_test" / "per_sample.jsonl"
+    assert [json.loads(x)["response"] for x in out.read_text().splitlines()] == [
+        r["response"] for r in edited]
+    capsys.readouterr()
+    # responses of another split, a folder without the split, a line without a response
+    (tmp_path / "other.jsonl").write_text(json.dumps({"sample_id": "val/9", "response": "x"}))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"sample_id": "test/000000"}) + "\n")
+    for path, message in [(tmp_path / "other.jsonl", "no response for any sample of shapes/test"),
+                          (tmp_path / "one" / "work" / "per_sample_given",
+                           "has no folder shapes_test_novel/"),
+                          (bad, "bad.jsonl:1: expected a JSON object with 'sample_id' and "
+                                "'response'")]:
+        assert main(["test", cfg, "--reasoning", "given", "--responses", str(path)]) == 2
+        assert message in capsys.readouterr().err, message
+    assert main(["test", cfg, "--reasoning", "given"]) == 2
+    assert main(["test", cfg, "--responses", str(bad)]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
 def test_test_command_errors(tmp_path, capsys):
     assert main(["test", "configs/none.py"]) == 2
     assert main(["test", str(TINY_CONFIG), str(tmp_path / "missing.pth")]) == 2
