@@ -63,6 +63,17 @@ def load_given_responses(path: str | Path) -> dict[str | None, dict[str, str]]:
     return table
 
 
+def _sum_over_ranks(count: int) -> int:
+    """``count`` summed over the ranks of a distributed run (itself otherwise): each rank sees
+    its shard of a split."""
+    import torch
+    from mmengine.dist import all_reduce
+
+    total = torch.tensor(count, dtype=torch.long)
+    all_reduce(total, op="sum")
+    return int(total)
+
+
 @LOOPS.register_module()
 class ReasonSegTestLoop(BaseLoop):
     """Evaluate each dataset in ``datasets`` with a copy of the test dataloader and evaluator.
@@ -148,7 +159,7 @@ class ReasonSegTestLoop(BaseLoop):
                               disable=not is_main_process()):
                 found += self._predict(model, batch, name, split, table)
                 evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
-            if table is not None and not found and len(loader.dataset):
+            if table is not None and len(loader.dataset) and not _sum_over_ranks(found):
                 raise ValueError(f"responses '{self.responses}' has no response for any sample "
                                  f"of {name}/{split}; do its sample_ids come from this split?")
             metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
