@@ -37,14 +37,11 @@ def add_parser(sub) -> None:
 
 
 def _show(sample: dict, image, path: Path) -> None:
+    """``image``: the H x W x 3 uint8 array the pipeline packed (``PackReasonSegInputs``)."""
     import numpy as np
 
     from coprs.visualization.overlay import make_sample_panel
 
-    if not isinstance(image, np.ndarray):
-        from PIL import Image
-
-        image = np.asarray(Image.open(sample["img_path"]).convert("RGB"))
     text = sample.get("gold_cot") or ""
     if sample.get("instruction_type"):
         text = f"[{sample['instruction_type']}]\n{text}"
@@ -93,7 +90,7 @@ def run(args) -> int:
                                 ignore_rle=None if ignore is None else mask_to_rle(ignore))
                     if show_dir is not None:
                         name = re.sub(r"[^\w.-]+", "_", str(s.get("sample_id", "")))
-                        _show(s, item.get("inputs"), show_dir / f"{i:05d}_{name}.png")
+                        _show(s, item["inputs"], show_dir / f"{i:05d}_{name}.png")
                         shown += 1
                 if f is not None:
                     f.write(json.dumps(line, ensure_ascii=False) + "\n")

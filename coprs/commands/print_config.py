@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, load_config
 
 __all__ = ["add_parser", "run"]
 
@@ -26,8 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .common import UsageError
-
     cfg = load_config(args.config, args.cfg_options)
     print(cfg.pretty_text)
     if args.save_path:

@@ -145,21 +145,23 @@ def plot_curves(logs: list[dict[int, dict]], names: list[str], keys: list[str], 
     fig = Figure(figsize=(7.0, 2.2 * len(keys) + 0.6), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    # per log, once: the validation keys (drawn as points, never smoothed) and where GRPO begins
+    val_keys = [validation_keys(records) for records in logs]
+    starts = [grpo_start(records) for records in logs]
     for ax, key in zip(axes, keys):
-        for records, name in zip(logs, names):
+        for records, name, val, start in zip(logs, names, val_keys, starts):
             steps, values = series(records, key)
-            if key in validation_keys(records):  # a few points, each its own evaluation
+            if key in val:  # a few points, each its own evaluation
                 ax.plot(steps, values, "o-", markersize=3, linewidth=1.2, label=name)
             elif steps:
                 ax.plot(steps, smooth(values, window), "o-" if len(steps) < 20 else "-",
                         markersize=3, linewidth=1.2, label=name)
-            start = grpo_start(records)
             if start is not None:
                 ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
-    if any(grpo_start(r) is not None for r in logs):
+    if any(start is not None for start in starts):
         axes[0].set_title("dashed: the warm-up ends, GRPO begins", fontsize=8, loc="right")
     axes[-1].set_xlabel("iteration")
     if title:
