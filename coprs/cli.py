@@ -12,6 +12,7 @@ Subcommands (one module each in ``coprs.commands``):
     bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
     print-config      a config with its _base_ files and --cfg-options merged
     collect-env       versions, devices and plugins, for a bug report
+    demo              a web page (gradio): image + instruction in; reasoning, heatmap, mask out
 
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback. A config argument may name a config
@@ -30,6 +31,7 @@ from .commands import (
     browse_dataset,
     collect_env,
     count_params,
+    demo,
     export_hf,
     extract_features,
     infer,
@@ -43,7 +45,7 @@ from .commands.common import UsageError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
-             list_components, bench_paradigms, print_config, collect_env)
+             list_components, bench_paradigms, print_config, collect_env, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
