@@ -1,7 +1,15 @@
 """Public Python API."""
 
-from .inference import checkpoint_file, init_segmentor, load_checkpoint, segment
+from .inference import (
+    EXPORT_MANIFEST,
+    apply_export,
+    checkpoint_file,
+    export_dir,
+    init_segmentor,
+    load_checkpoint,
+    segment,
+)
 from .outputs import result_summary, write_result
 
-__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file", "write_result",
-           "result_summary"]
+__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file", "export_dir",
+           "apply_export", "EXPORT_MANIFEST", "write_result", "result_summary"]

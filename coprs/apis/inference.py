@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +14,11 @@ from ..image import load_image
 from ..structures import SegmentationResult
 from ..utils import register_all_modules
 
-__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file"]
+__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file", "export_dir",
+           "apply_export", "EXPORT_MANIFEST"]
+
+#: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
+EXPORT_MANIFEST = "coprs_export.json"
 
 
 def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
@@ -23,8 +29,11 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
         config: a config file path, ``PLUGIN::path.py`` (a config a plugin ships) or an
             mmengine ``Config``.
         checkpoint: a coprs checkpoint (``.pth`` with a ``state_dict`` or a plain state dict),
-            read with ``weights_only=True``, or a training work dir (its newest checkpoint, as
-            ``last_checkpoint`` names it); None keeps the weights the parts loaded themselves.
+            read with ``weights_only=True``; a training work dir (its newest checkpoint, as
+            ``last_checkpoint`` names it); or a ``coprs export-hf`` folder (the policy is then
+            loaded from its ``policy/`` folder, see :func:`apply_export`, and the prior and
+            decoder from its ``seg_head.pth``). None keeps the weights the parts loaded
+            themselves.
         device: torch device.
         cfg_options: dotted-key overrides, as ``--cfg-options`` on the command line.
         seed: seed for parts that start from random initialisation (the same config and seed
@@ -47,6 +56,10 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
         raise TypeError(f"config must be a path or an mmengine Config, got {type(config).__name__}")
     if cfg_options:
         config.merge_from_dict(cfg_options)
+    export = export_dir(checkpoint)
+    if export is not None:
+        config = copy.deepcopy(config)  # the caller's config keeps its own policy
+        apply_export(config, export)
     from ..registry import MODELS
 
     with torch.random.fork_rng(devices=[]):
@@ -55,6 +68,50 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.to(device).eval()
+
+
+def export_dir(checkpoint) -> Path | None:
+    """The ``coprs export-hf`` folder ``checkpoint`` names, or None when it names something else.
+
+    Raises:
+        FileNotFoundError: the folder has ``coprs_export.json`` but lacks ``policy/`` or
+            ``seg_head.pth``.
+    """
+    if checkpoint is None or not isinstance(checkpoint, (str, os.PathLike)):
+        return None
+    path = Path(checkpoint).expanduser()
+    if not (path / EXPORT_MANIFEST).is_file():
+        return None
+    for part in ("policy/config.json", "seg_head.pth"):
+        if not (path / part).is_file():
+            raise FileNotFoundError(f"coprs export '{path}' lacks {part}; export it again with "
+                                    "coprs export-hf CONFIG CHECKPOINT --out DIR")
+    return path
+
+
+def apply_export(config: Config, export: str | os.PathLike) -> None:
+    """Make ``config``'s policy load from the export's ``policy/`` folder, in place.
+
+    The folder holds the merged weights (LoRA already folded in), so ``model.policy.tiny`` and
+    ``model.policy.lora`` are cleared where the config sets them. An export made with another
+    special token than the config's is a ``ValueError``: the prior reads that token's state.
+    """
+    export = Path(export)
+    try:
+        manifest = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"'{export / EXPORT_MANIFEST}' is not JSON: {exc}") from exc
+    policy = config.model.policy
+    token = policy.get("special_token", "<REF_POS>")
+    if "special_token" in manifest and manifest["special_token"] != token:
+        raise ValueError(
+            f"coprs export '{export}' was made with special token {manifest['special_token']!r} "
+            f"and config '{config.filename}' reads {token!r}; use the config the export came "
+            f"from ({manifest.get('config', 'see its coprs_export.json')})")
+    policy.model_path = str(export / "policy")
+    for key in ("tiny", "lora"):
+        if key in policy:
+            policy[key] = None
 
 
 def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
@@ -77,9 +134,23 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
     ``model`` (``weights_only=True``; strict on trainable parts).
 
     Keys missing from the file are allowed only for frozen parameters (the frozen vision
-    backbone, whose weights come from its own checkpoint).
+    backbone, whose weights come from its own checkpoint). For a ``coprs export-hf`` folder the
+    file is its ``seg_head.pth`` and the policy must have been built from its ``policy/``
+    folder (:func:`init_segmentor` does that).
     """
-    path = checkpoint_file(checkpoint)
+    export = export_dir(checkpoint)
+    loaded_elsewhere: set[str] = set()
+    if export is not None:
+        built_from = getattr(getattr(model, "policy", None), "model_path", None)
+        if built_from is None or Path(built_from).resolve() != (export / "policy").resolve():
+            raise ValueError(
+                f"'{export}' is a coprs export: its policy weights are in '{export / 'policy'}'. "
+                "Build the model with init_segmentor(config, checkpoint=that folder), or point "
+                "model.policy.model_path at its policy/ folder first")
+        loaded_elsewhere = {k for k in model.state_dict() if k.startswith("policy.")}
+        path = export / "seg_head.pth"
+    else:
+        path = checkpoint_file(checkpoint)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
@@ -88,7 +159,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         state = state["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    frozen |= {n for n, _ in model.named_buffers()}
+    frozen |= {n for n, _ in model.named_buffers()} | loaded_elsewhere
     missing = [k for k in missing if k not in frozen]
     if missing or unexpected:
         raise ValueError(

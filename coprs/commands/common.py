@@ -76,12 +76,15 @@ def load_config(path: str, cfg_options=None):
 
 
 def resolve_checkpoint(path: str | None) -> str | None:
-    """A checkpoint file, or a training work dir (its ``last_checkpoint``); None passes."""
+    """A checkpoint file, a training work dir (its ``last_checkpoint``) or a ``coprs export-hf``
+    folder (kept as the folder); None passes."""
     if path is None:
         return None
-    from ..apis import checkpoint_file
+    from ..apis import checkpoint_file, export_dir
 
     try:
+        if export_dir(path) is not None:
+            return str(path)
         return str(checkpoint_file(path))
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc

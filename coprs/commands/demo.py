@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="config file (or PLUGIN::path.py)")
-    p.add_argument("--checkpoint", help="trained checkpoint (.pth) or a training work dir")
+    p.add_argument("--checkpoint", help="trained checkpoint (.pth), a training work dir or a "
+                                         "coprs export-hf folder")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; "

@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("image", nargs="?", help="image path")
     p.add_argument("instruction", nargs="?", help="the instruction (quote it)")
     p.add_argument("--config", required=True, help="config file")
-    p.add_argument("--checkpoint", help="trained checkpoint (.pth) or a training work dir")
+    p.add_argument("--checkpoint", help="trained checkpoint (.pth), a training work dir or a "
+                                         "coprs export-hf folder")
     p.add_argument("--out", default="outputs/infer", help="output folder (default: %(default)s)")
     p.add_argument("--input-jsonl", help='batch: lines {"image": PATH, "instruction": TEXT} '
                                          '(optionally "response": TEXT); one output folder per '

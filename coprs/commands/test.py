@@ -34,9 +34,9 @@ def add_parser(sub) -> None:
                "work_dirs/coprs_tiny_shapes_cpu --out results.json --show-dir panels",
     )
     p.add_argument("config", help="config file")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth) or a training work dir (its "
-                                                 "latest checkpoint); omitted: the parts' own "
-                                                 "weights")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth), a training work dir (its "
+                                                 "latest checkpoint) or a coprs export-hf "
+                                                 "folder; omitted: the parts' own weights")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--show-dir", help="write a panel PNG per sample under this folder")
     p.add_argument("--work-dir", help="folder for logs and per-sample records")
@@ -138,11 +138,17 @@ def run(args) -> int:
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
-    from coprs.apis import load_checkpoint
+    from coprs.apis import apply_export, export_dir, load_checkpoint
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
+    export = export_dir(args.checkpoint)
+    if export is not None:  # its policy loads from its policy/ folder
+        try:
+            apply_export(cfg, export)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     if cfg.get("test_cfg") is None:
         raise UsageError(f"config '{args.config}' has no test_cfg (which datasets to evaluate)")
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(

@@ -63,6 +63,11 @@ def test_export_hf_merges_adapters(tmp_path, capsys):
     head = torch.load(tmp_path / "ex" / "seg_head.pth", weights_only=True)
     assert any(k.startswith("prior.") for k in head) and any(k.startswith("decoder.") for k in head)
     assert json.loads((tmp_path / "ex" / "coprs_export.json").read_text())["lora_merged"]
+    # the export loads back without peft: LoRA off, the merged weights from policy/
+    back = init_segmentor(cfg, checkpoint=tmp_path / "ex")
+    assert not back.policy.uses_adapters
+    assert not any("lora" in n for n, _ in back.named_parameters())
+    torch.testing.assert_close(_logits(back.policy), _logits(seg.policy), atol=1e-4, rtol=1e-4)
 
 
 def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):

@@ -1,0 +1,106 @@
+"""A ``coprs export-hf`` folder loads back as a checkpoint: API, ``coprs infer`` and ``coprs test``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from coprs.apis import export_dir, init_segmentor, load_checkpoint, segment
+from coprs.cli import main
+
+from ..conftest import TINY_CONFIG  # noqa: TID252
+
+GIVEN = "<think>the purple star</think><REF_POS>"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model with its policy, prior and decoder moved off their initialisation, saved as
+    a checkpoint and exported; (model, checkpoint, export folder)."""
+    tmp = tmp_path_factory.mktemp("export")
+    model = init_segmentor(str(TINY_CONFIG), seed=3)
+    with torch.no_grad():
+        model.prior.w_q.weight.add_(0.5)
+        next(model.decoder.parameters()).mul_(1.5)
+        model.policy.model.lm_head.weight.mul_(2.0)  # tied to the input embeddings
+        model.policy.model.model.language_model.layers[0].mlp.up_proj.weight.add_(0.01)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("vision_backbone.")}
+    torch.save({"state_dict": state}, tmp / "ckpt.pth")
+    assert main(["export-hf", str(TINY_CONFIG), str(tmp / "ckpt.pth"), "--out",
+                 str(tmp / "ex")]) == 0
+    return model, tmp / "ckpt.pth", tmp / "ex"
+
+
+def test_export_loads_back_with_every_weight(exported):
+    model, _, ex = exported
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    loaded = init_segmentor(cfg, checkpoint=str(ex), seed=7)
+    assert loaded.policy.model_path == str(ex / "policy")
+    assert cfg.model.policy.tiny is not None  # the caller's config is left as it was
+    mine = loaded.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(mine[k], v), k
+    img = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    a = segment(model, img, "x", response=GIVEN)
+    b = segment(loaded, img, "x", response=GIVEN)
+    assert np.array_equal(a.heatmap, b.heatmap) and np.array_equal(a.mask, b.mask)
+    a, b = (segment(m, img, "the star", max_new_tokens=6) for m in (model, loaded))
+    assert a.response == b.response and np.array_equal(a.mask, b.mask)
+
+
+def test_infer_and_test_commands_take_an_export(exported, tmp_path, capsys):
+    _, ckpt, ex = exported
+    image = str(TINY_CONFIG.parents[2] / "coprs" / "assets" / "sample.png")
+    for name, checkpoint in (("ckpt", ckpt), ("export", ex)):
+        assert main(["infer", "--config", str(TINY_CONFIG), "--checkpoint", str(checkpoint),
+                     image, "the star", "--response", GIVEN, "--out",
+                     str(tmp_path / name)]) == 0
+    assert ((tmp_path / "ckpt" / "mask.png").read_bytes()
+            == (tmp_path / "export" / "mask.png").read_bytes())
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(type="ShapesReasonDataset", split="test", num_samples=3,
+                                  pipeline=[dict(type="LoadImage"),
+                                            dict(type="PackReasonSegInputs")])]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    results = []
+    for name, checkpoint in (("ckpt", ckpt), ("export", ex)):
+        out = tmp_path / f"{name}.json"
+        assert main(["test", str(tmp_path / "cfg.py"), str(checkpoint), "--reasoning", "gold",
+                     "--work-dir", str(tmp_path / f"w_{name}"), "--out", str(out)]) == 0
+        results.append(json.loads(out.read_text())["shapes/test"])
+    assert results[0] == results[1]
+    assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "gold", "--work-dir",
+                 str(tmp_path / "w_init"), "--out", str(tmp_path / "init.json")]) == 0
+    assert json.loads((tmp_path / "init.json").read_text())["shapes/test"] != results[0]
+
+
+def test_bad_exports_are_named(exported, tmp_path, capsys):
+    model, _, ex = exported
+    # an export given to a model whose policy did not come from it
+    with pytest.raises(ValueError, match="policy/"):
+        load_checkpoint(init_segmentor(str(TINY_CONFIG)), ex)
+    # a folder with the manifest but without seg_head.pth
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "coprs_export.json").write_text((ex / "coprs_export.json").read_text())
+    (broken / "policy").symlink_to(ex / "policy")
+    with pytest.raises(FileNotFoundError, match="seg_head.pth"):
+        export_dir(broken)
+    assert main(["infer", "--config", str(TINY_CONFIG), "--checkpoint", str(broken), "img.png",
+                 "x"]) == 2
+    assert "seg_head.pth" in capsys.readouterr().err
+    # an export made for another special token than the config reads
+    other = tmp_path / "other"
+    other.mkdir()
+    for part in ("policy", "seg_head.pth"):
+        (other / part).symlink_to(ex / part)
+    manifest = json.loads((ex / "coprs_export.json").read_text())
+    (other / "coprs_export.json").write_text(json.dumps({**manifest, "special_token": "<SEG>"}))
+    with pytest.raises(ValueError, match="<SEG>"):
+        init_segmentor(str(TINY_CONFIG), checkpoint=other)
+    assert main(["test", str(TINY_CONFIG), str(other)]) == 2
+    assert "'<SEG>'" in capsys.readouterr().err
+    # a plain folder is still read as a training work dir
+    assert export_dir(tmp_path) is None
