@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
         description="Load a config and checkpoint, merge LoRA adapters into the policy, and write "
                     "OUT/policy/ (save_pretrained: config, weights, tokenizer, processor; loads "
                     "with Qwen2_5_VLForConditionalGeneration.from_pretrained) and "
-                    "OUT/seg_head.pth (prior + decoder state dict) with OUT/coprs_export.json.",
+                    "OUT/seg_head.pth (prior + decoder state dict), OUT/config.py (the merged "
+                    "config) and OUT/coprs_export.json. OUT then serves as a checkpoint: "
+                    "coprs infer --config OUT/config.py --checkpoint OUT ….",
         epilog="example: coprs export-hf configs/coprs/coprs_tiny_shapes_cpu.py "
                "work_dirs/coprs_tiny_shapes_cpu/iter_940.pth --out exported/",
     )
@@ -51,9 +53,11 @@ def run(args) -> int:
     policy.processor.save_pretrained(out / "policy")
     head = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
     torch.save(head, out / "seg_head.pth")
+    cfg.dump(str(out / "config.py"))  # flat: loads without the _base_ files
     (out / "coprs_export.json").write_text(json.dumps({
         "config": str(args.config), "checkpoint": str(args.checkpoint),
         "special_token": policy.special_token, "lora_merged": bool(policy.uses_adapters),
         "seg_head_keys": len(head)}, indent=2) + "\n")
-    print(f"wrote {out}/policy (transformers) and {out}/seg_head.pth ({len(head)} tensors)")
+    print(f"wrote {out}/policy (transformers), {out}/seg_head.pth ({len(head)} tensors) and "
+          f"{out}/config.py")
     return 0

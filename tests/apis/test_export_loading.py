@@ -50,6 +50,13 @@ def test_export_loads_back_with_every_weight(exported):
     assert a.response == b.response and np.array_equal(a.mask, b.mask)
 
 
+def test_export_carries_its_config(exported):
+    model, _, ex = exported
+    loaded = init_segmentor(str(ex / "config.py"), checkpoint=ex)  # no _base_ files needed
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_infer_and_test_commands_take_an_export(exported, tmp_path, capsys):
     _, ckpt, ex = exported
     image = str(TINY_CONFIG.parents[2] / "coprs" / "assets" / "sample.png")
