@@ -89,12 +89,13 @@ def export_dir(checkpoint) -> Path | None:
     return path
 
 
-def apply_export(config: Config, export: str | os.PathLike) -> None:
+def apply_export(config: Config, export: str | os.PathLike, clear_lora: bool = True) -> None:
     """Make ``config``'s policy load from the export's ``policy/`` folder, in place.
 
-    The folder holds the merged weights (LoRA already folded in), so ``model.policy.tiny`` and
-    ``model.policy.lora`` are cleared where the config sets them. An export made with another
-    special token than the config's is a ``ValueError``: the prior reads that token's state.
+    The folder holds the merged weights (LoRA already folded in), so ``model.policy.tiny`` is
+    cleared where the config sets it, and ``model.policy.lora`` too unless ``clear_lora`` is
+    False (training new adapters on top of the export). An export made with another special
+    token than the config's is a ``ValueError``: the prior reads that token's state.
     """
     export = Path(export)
     try:
@@ -109,7 +110,7 @@ def apply_export(config: Config, export: str | os.PathLike) -> None:
             f"and config '{config.filename}' reads {token!r}; use the config the export came "
             f"from ({manifest.get('config', 'see its coprs_export.json')})")
     policy.model_path = str(export / "policy")
-    for key in ("tiny", "lora"):
+    for key in ("tiny", "lora") if clear_lora else ("tiny",):
         if key in policy:
             policy[key] = None
 

@@ -49,6 +49,21 @@ def enable_amp(cfg) -> None:
     cfg.optim_wrapper.setdefault("dtype", "bfloat16")
 
 
+def start_from_export(cfg) -> None:
+    """``load_from`` naming a ``coprs export-hf`` folder: the policy is built from its
+    ``policy/`` folder (LoRA, if the config asks for it, trains new adapters on top) and
+    mmengine loads the prior and decoder from its ``seg_head.pth``."""
+    from coprs.apis import apply_export, export_dir
+
+    try:
+        export = export_dir(cfg.get("load_from"))
+        if export is not None:
+            apply_export(cfg, export, clear_lora=False)
+            cfg.load_from = str(export / "seg_head.pth")
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"load_from: {exc}") from exc
+
+
 def check_weight_paths(cfg) -> None:
     """Fail before any compute when a configured weight file or folder does not exist."""
     model = cfg.model
@@ -65,11 +80,13 @@ def check_weight_paths(cfg) -> None:
 def run(args) -> int:
     from mmengine.runner import Runner
 
+    from coprs.apis import export_dir
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("train_cfg") is None:
         raise UsageError(f"config '{args.config}' has no train_cfg")
+    start_from_export(cfg)
     check_weight_paths(cfg)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
@@ -84,6 +101,10 @@ def run(args) -> int:
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
+        if export_dir(args.resume) is not None:
+            raise UsageError(f"'{args.resume}' is a coprs export: weights without a training "
+                             "state. Start a new run from it with --cfg-options "
+                             f"load_from={args.resume}")
         if not Path(args.resume).is_file():
             raise UsageError(f"checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume

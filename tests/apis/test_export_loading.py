@@ -111,3 +111,21 @@ def test_bad_exports_are_named(exported, tmp_path, capsys):
     assert "'<SEG>'" in capsys.readouterr().err
     # a plain folder is still read as a training work dir
     assert export_dir(tmp_path) is None
+
+
+def test_training_starts_from_an_export(exported, tmp_path, small_run, capsys):
+    model, _, ex = exported
+    # lr 0: the run's checkpoint holds exactly the weights it started from
+    assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 f"load_from={ex}", "optim_wrapper.optimizer.lr=0.0",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=1", *small_run]) == 0
+    state = torch.load(tmp_path / "w" / "iter_2.pth", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    mine = model.state_dict()
+    assert any(k.startswith("policy.") for k in state)
+    for k, v in state.items():
+        assert torch.equal(v, mine[k]), k
+    saved = Config.fromfile(str(tmp_path / "w" / "coprs_tiny_shapes_cpu.py"))
+    assert saved.model.policy.model_path == str(ex / "policy") and saved.model.policy.tiny is None
+    assert main(["train", str(TINY_CONFIG), "--resume", str(ex)]) == 2
+    assert "load_from=" in capsys.readouterr().err
