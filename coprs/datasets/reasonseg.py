@@ -146,6 +146,12 @@ def parse_reasonseg_json(anno: Any, flag_as: str = "drop") -> dict:
     )
 
 
+def query_kind(is_sentence: bool | None) -> str | None:
+    """ReasonSeg's instruction type: ``'long_query'`` (a sentence), ``'short_query'`` (a phrase)
+    or None (unknown)."""
+    return None if is_sentence is None else ("long_query" if is_sentence else "short_query")
+
+
 @DATASETS.register_module()
 class ReasonSegDataset(BaseDataset):
     """ReasonSeg: ``<data_root>/<split>/<name>.jpg`` + ``<name>.json`` (LabelMe-style).
@@ -166,6 +172,9 @@ class ReasonSegDataset(BaseDataset):
 
     ``query='first'`` gives one sample per image with ``text[0]`` (LISA's evaluation protocol);
     ``query='all'`` one sample per instruction. ``sample_id`` is ``f"{stem}_{query_index}"``.
+    ``instruction_type`` is ``'long_query'`` where ``is_sentence`` is true and ``'short_query'``
+    where it is false (None where the JSON lacks it), so ``coprs test`` breaks ReasonSeg down
+    into short and long queries as LISA's tables do.
 
     Bad input (decided per case; skips are recorded in ``self.skipped`` as ``(path, reason)`` and
     summarised in one warning, because one corrupt file must not end a long evaluation):
@@ -289,6 +298,7 @@ class ReasonSegDataset(BaseDataset):
                         query_index=q,
                         num_queries=len(texts),
                         is_sentence=parsed["is_sentence"],
+                        instruction_type=query_kind(parsed["is_sentence"]),
                     )
                 )
 

@@ -56,6 +56,9 @@ def test_query_first_uses_text0(fx):
         assert info["dataset_name"] == "reasonseg" and info["split"] == "val"
     assert infos["list_text_0"]["is_sentence"] is True
     assert infos["list_text_0"]["num_queries"] == 3
+    # is_sentence is ReasonSeg's instruction type: the short/long query breakdown of LISA's tables
+    assert [infos[f"{n}_0"]["instruction_type"] for n in ("list_text", "str_text", "with_ignore")
+            ] == ["long_query", "short_query", "short_query"]
 
 
 def test_query_all_gives_one_sample_per_instruction(fx):

@@ -111,6 +111,8 @@ def test_reasonseg_split_with_ignore_region(tmp_path):
     assert main(["test", cfg, "--out", str(tmp_path / "r.json"), "--max-new-tokens", "2"]) == 0
     res = json.loads((tmp_path / "r.json").read_text())["reasonseg/val"]
     assert res["n"] == 3 and res["n_unreadable"] == 0
+    # short and long queries apart, as LISA reports ReasonSeg
+    assert {t: m["n"] for t, m in res["by_type"].items()} == {"long_query": 1, "short_query": 2}
     path = tmp_path / "work" / "per_sample_generated" / "reasonseg_val" / "per_sample.jsonl"
     records = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(records) == 3
