@@ -90,6 +90,23 @@ def resolve_checkpoint(path: str | None) -> str | None:
         raise UsageError(str(exc)) from exc
 
 
+def config_or_export(config: str | None, checkpoint: str | None) -> str:
+    """``--config``, or when it is left out and ``--checkpoint`` is a ``coprs export-hf`` folder,
+    that folder's ``config.py``."""
+    if config is not None:
+        return config
+    from ..apis import export_dir
+
+    try:
+        export = export_dir(checkpoint)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if export is not None and (export / "config.py").is_file():
+        return str(export / "config.py")
+    raise UsageError("give --config (only a coprs export-hf folder as --checkpoint brings its "
+                     "own config.py)")
+
+
 def add_launcher(parser) -> None:
     """The ``--launcher`` option of ``coprs train`` and ``coprs test``."""
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none",

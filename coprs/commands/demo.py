@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, config_stem, load_config, resolve_checkpoint
+from .common import (
+    UsageError,
+    add_cfg_options,
+    config_or_export,
+    config_stem,
+    load_config,
+    resolve_checkpoint,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -23,7 +30,8 @@ def add_parser(sub) -> None:
                "--checkpoint work_dirs/coprs_tiny_shapes_cpu   # then open http://127.0.0.1:7860",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="config file (or PLUGIN::path.py)")
+    p.add_argument("--config", help="config file (or PLUGIN::path.py); may be left out when "
+                                     "--checkpoint is a coprs export-hf folder (its config.py)")
     p.add_argument("--checkpoint", help="trained checkpoint (.pth), a training work dir or a "
                                          "coprs export-hf folder")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
@@ -50,6 +58,7 @@ def run(args) -> int:
         raise UsageError(f"--port {args.port} is not a port number (1-65535)")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    args.config = config_or_export(args.config, args.checkpoint)
     cfg = load_config(args.config, args.cfg_options)
     checkpoint = resolve_checkpoint(args.checkpoint)
     model = init_segmentor(cfg, checkpoint, device=args.device)

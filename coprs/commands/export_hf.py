@@ -30,6 +30,46 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def model_card(config: str, checkpoint: str, policy, head_tensors: int) -> str:
+    """``OUT/README.md``: what the folder holds and how to run it."""
+    from coprs import __version__
+
+    lora = "LoRA adapters merged into the weights" if policy.uses_adapters else "full weights"
+    return f"""# coprs export of `{Path(config).name}`
+
+Exported by `coprs export-hf` (coprs {__version__}) from the checkpoint `{checkpoint}`.
+
+| path | content |
+|---|---|
+| `policy/` | the policy, a transformers Qwen2.5-VL folder ({lora}); its tokenizer has `<think>`, `</think>` and `{policy.special_token}` |
+| `seg_head.pth` | the prior and the decoder ({head_tensors} tensors, a plain state dict) |
+| `config.py` | the config the model was trained with, its `_base_` files merged |
+| `coprs_export.json` | where it came from |
+
+The frozen vision backbone is not in the folder. The weight files `config.py` names outside it
+(`model.vision_backbone.checkpoint`, and for a SAM decoder `model.decoder.sam_checkpoint`, whose
+trained weights `seg_head.pth` holds) must exist where the model runs; point them elsewhere with
+`--cfg-options`.
+
+## Use
+
+```bash
+coprs infer --checkpoint THIS_FOLDER IMAGE "instruction"          # config.py is read from here
+coprs test THIS_FOLDER/config.py THIS_FOLDER                      # the config's test splits
+coprs train CONFIG --cfg-options load_from=THIS_FOLDER            # fine-tune from these weights
+```
+
+```python
+from coprs.apis import init_segmentor, segment
+model = init_segmentor("THIS_FOLDER/config.py", checkpoint="THIS_FOLDER")
+result = segment(model, "image.jpg", "instruction")  # .response, .cot, .heatmap, .mask
+```
+
+The policy alone loads without coprs:
+`Qwen2_5_VLForConditionalGeneration.from_pretrained("THIS_FOLDER/policy")`.
+"""
+
+
 def run(args) -> int:
     import torch
 
@@ -54,10 +94,12 @@ def run(args) -> int:
     head = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
     torch.save(head, out / "seg_head.pth")
     cfg.dump(str(out / "config.py"))  # flat: loads without the _base_ files
+    (out / "README.md").write_text(model_card(args.config, args.checkpoint, policy, len(head)),
+                                   encoding="utf-8")
     (out / "coprs_export.json").write_text(json.dumps({
         "config": str(args.config), "checkpoint": str(args.checkpoint),
         "special_token": policy.special_token, "lora_merged": bool(policy.uses_adapters),
         "seg_head_keys": len(head)}, indent=2) + "\n")
-    print(f"wrote {out}/policy (transformers), {out}/seg_head.pth ({len(head)} tensors) and "
-          f"{out}/config.py")
+    print(f"wrote {out}/policy (transformers), {out}/seg_head.pth ({len(head)} tensors), "
+          f"{out}/config.py and {out}/README.md")
     return 0

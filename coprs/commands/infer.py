@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config, resolve_checkpoint
+from .common import UsageError, add_cfg_options, config_or_export, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run"]
 
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("image", nargs="?", help="image path")
     p.add_argument("instruction", nargs="?", help="the instruction (quote it)")
-    p.add_argument("--config", required=True, help="config file")
+    p.add_argument("--config", help="config file (or PLUGIN::path.py); may be left out when "
+                                     "--checkpoint is a coprs export-hf folder (its config.py)")
     p.add_argument("--checkpoint", help="trained checkpoint (.pth), a training work dir or a "
                                          "coprs export-hf folder")
     p.add_argument("--out", default="outputs/infer", help="output folder (default: %(default)s)")
@@ -79,6 +80,7 @@ def run(args) -> int:
 
     if args.input_jsonl is None and (args.image is None or args.instruction is None):
         raise UsageError("give IMAGE and INSTRUCTION, or --input-jsonl FILE")
+    args.config = config_or_export(args.config, args.checkpoint)
     cfg = load_config(args.config, args.cfg_options)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if args.input_jsonl is None:  # check the image before building the model

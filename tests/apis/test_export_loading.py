@@ -50,11 +50,20 @@ def test_export_loads_back_with_every_weight(exported):
     assert a.response == b.response and np.array_equal(a.mask, b.mask)
 
 
-def test_export_carries_its_config(exported):
+def test_export_carries_its_config_and_a_readme(exported, tmp_path, capsys):
     model, _, ex = exported
     loaded = init_segmentor(str(ex / "config.py"), checkpoint=ex)  # no _base_ files needed
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+    card = (ex / "README.md").read_text()
+    assert "<REF_POS>" in card and "full weights" in card and "coprs infer --checkpoint" in card
+    image = str(TINY_CONFIG.parents[2] / "coprs" / "assets" / "sample.png")
+    # with an export as --checkpoint, --config may be left out: the export's config.py is used
+    assert main(["infer", "--checkpoint", str(ex), image, "x", "--response", GIVEN, "--out",
+                 str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["response"] == GIVEN
+    assert main(["infer", image, "x"]) == 2
+    assert "give --config" in capsys.readouterr().err
 
 
 def test_infer_and_test_commands_take_an_export(exported, tmp_path, capsys):
