@@ -8,8 +8,9 @@ from .inference import (
     init_segmentor,
     load_checkpoint,
     segment,
+    segment_batch,
 )
 from .outputs import result_summary, write_result
 
-__all__ = ["init_segmentor", "segment", "load_checkpoint", "checkpoint_file", "export_dir",
+__all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file", "export_dir",
            "apply_export", "EXPORT_MANIFEST", "write_result", "result_summary"]

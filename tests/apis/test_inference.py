@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coprs.apis import init_segmentor, segment
+from coprs.apis import init_segmentor, segment, segment_batch
 from coprs.structures import SegmentationResult
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
@@ -125,3 +125,33 @@ def test_init_segmentor_is_deterministic_given_seed():
     b = init_segmentor(str(TINY_CONFIG), seed=1).prior.w_q.weight
     c = init_segmentor(str(TINY_CONFIG), seed=2).prior.w_q.weight
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_segment_batch_matches_segment_and_keeps_bad_samples_apart(tiny_segmentor, monkeypatch):
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, s, dtype=np.uint8) for s in [(30, 41, 3), (64, 16, 3),
+                                                                  (20, 20, 3), (25, 50, 3)]]
+    given = "<think>the red circle</think><REF_POS>"
+    out = segment_batch(tiny_segmentor, images, ["a", "b", " ", "d"], [None, given, None, None],
+                        max_new_tokens=4)
+    assert isinstance(out[2], ValueError) and "instruction is empty" in str(out[2])
+    for i, response in ((0, None), (1, given), (3, None)):
+        alone = segment(tiny_segmentor, images[i], "abcd"[i], response=response,
+                        max_new_tokens=4)
+        assert out[i].response == alone.response
+        assert np.array_equal(out[i].mask, alone.mask)
+        np.testing.assert_allclose(out[i].heatmap, alone.heatmap, atol=1e-5)  # padding: rounding
+    with pytest.raises(ValueError, match="one of each per sample"):
+        segment_batch(tiny_segmentor, images, ["a"])
+    # a batched pass that fails is retried sample by sample: only the culprit is lost
+    original = type(tiny_segmentor).predict_images
+
+    def fails_on_the_wide_one(self, imgs, *args, **kwargs):
+        if any(im.shape[1] == 50 for im in imgs):
+            raise RuntimeError("out of memory")
+        return original(self, imgs, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_segmentor), "predict_images", fails_on_the_wide_one)
+    out = segment_batch(tiny_segmentor, [images[0], images[3]], ["a", "d"], max_new_tokens=4)
+    assert isinstance(out[1], RuntimeError) and out[0].response == segment(
+        tiny_segmentor, images[0], "a", max_new_tokens=4).response

@@ -19,6 +19,7 @@ EXPECTED = {
                    "phase_seconds", "coprs_vision_per_row_over_per_group"},
     "feature_cache": {"speedup", "seconds", "cached_files", "feature_grid"},
     "eval_throughput": {"speedup", "same_predictions", "samples_per_second"},
+    "infer_batch": {"speedup", "same_predictions", "images_per_second"},
     "warmup_batch": {"step_seconds", "sample_seconds", "step_over_smallest", "batch_sizes"},
     "warmup_step": {"step_seconds", "step_over_committed", "variants"},
 }

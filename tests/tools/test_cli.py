@@ -76,6 +76,36 @@ def test_infer_teacher_forces_a_given_response(tmp_path, capsys):
     assert "in.jsonl:3: \"response\" must be a string" in capsys.readouterr().err
 
 
+def test_infer_batches_give_the_results_of_single_lines(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for i, shape in enumerate([(30, 40, 3), (52, 20, 3), (33, 33, 3)]):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    lines = [json.dumps({"image": str(tmp_path / "0.png"), "instruction": "the left one"}),
+             json.dumps({"image": str(tmp_path / "1.png"), "instruction": "a",
+                         "response": "<think>x</think><REF_POS>"}),
+             json.dumps({"image": str(tmp_path / "nope.png"), "instruction": "b"}),
+             json.dumps({"image": str(tmp_path / "2.png"), "instruction": "the largest"}),
+             json.dumps({"image": str(tmp_path / "0.png"), "instruction": "  "}),
+             json.dumps({"image": str(tmp_path / "1.png"), "instruction": "the top one"})]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    errors = {}
+    for batch in ("1", "4"):
+        assert main(["infer", "--config", str(TINY_CONFIG), "--input-jsonl",
+                     str(tmp_path / "in.jsonl"), "--out", str(tmp_path / batch),
+                     "--max-new-tokens", "5", "--batch-size", batch]) == 0
+        errors[batch] = capsys.readouterr().err
+    for n in ("000001", "000002", "000004", "000006"):  # 1 and 2 share a batch of 4
+        for name in ("result.json", "mask.png", "heatmap.png"):
+            assert ((tmp_path / "1" / n / name).read_bytes()
+                    == (tmp_path / "4" / n / name).read_bytes()), (n, name)
+    assert not (tmp_path / "4" / "000003").exists() and not (tmp_path / "4" / "000005").exists()
+    assert "2 failed" in errors["4"] and errors["4"].index("in.jsonl:3") < errors["4"].index(
+        "in.jsonl:5: instruction is empty")
+    assert errors["1"].splitlines()[-3:] == errors["4"].splitlines()[-3:]
+    assert main(["infer", "--config", str(TINY_CONFIG), "--input-jsonl",
+                 str(tmp_path / "in.jsonl"), "--batch-size", "0"]) == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["infer", "--config", "configs/nope.py", "x.png", "a"], "config"),
     (["infer", "--config", str(TINY_CONFIG), "/nowhere/x.png", "a"], "does not exist"),
