@@ -119,6 +119,27 @@ def test_reasonseg_split_with_ignore_region(tmp_path):
     assert sum(r["ignore_area"] > 0 for r in records) == 1  # the 'with_ignore' sample
 
 
+def test_reasonseg_config_evaluates_val_and_test(tmp_path, capsys):
+    """The 7B ReasonSeg config's splits, loader and metric, with the tiny model in its place."""
+    root = tmp_path / "ReasonSeg"
+    for split in ("val", "test"):
+        make_reasonseg_fixture(root, split=split)
+    cfg = Config.fromfile(str(TINY_CONFIG.parent / "coprs_qwen2.5-vl-7b_sam-vit-h_reasonseg.py"))
+    assert "train_cfg" not in cfg  # evaluation only
+    cfg.model = Config.fromfile(str(TINY_CONFIG)).model
+    for ds in cfg.test_cfg.datasets:
+        ds.data_root = str(root)
+    cfg.work_dir = str(tmp_path / "work")
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["test", str(tmp_path / "cfg.py"), "--max-new-tokens", "2", "--out",
+                 str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(res) == ["reasonseg/test", "reasonseg/val"]
+    assert all(r["n"] == 3 and set(r["by_type"]) == {"long_query", "short_query"}
+               for r in res.values())
+    assert "long_query" in capsys.readouterr().out  # the per-type table
+
+
 def test_given_responses_from_another_run_or_a_file(tmp_path, capsys):
     """--reasoning given teacher-forces responses read from another run's per-sample folder (each
     split its own file) or from one JSON-lines file; samples it has no response for are
