@@ -65,3 +65,18 @@ def test_tiny_main_job_schedules_follow_their_stages(name):
     assert half.iter == sft.iters // 2 and (half.lambda_dice, half.lambda_focal) == (3.0, 10.0)
     assert end.iter == sft.iters and end.lambda_seg == 0.0
     assert cfg.work_dir == f"work_dirs/{name[:-3]}"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*_reasonseg.py")),
+                         ids=lambda p: p.name)
+def test_reasonseg_configs_evaluate_the_refcoco_model(path):
+    """Each ReasonSeg config builds the model its RefCOCO sibling trains (the loss, which has no
+    weights, aside), so that run's checkpoint loads into it, and it only evaluates."""
+    cfg = Config.fromfile(str(path))
+    trained = Config.fromfile(str(path).replace("_reasonseg.py", "_refcoco.py"))
+    assert "train_cfg" not in cfg and "optim_wrapper" not in cfg
+    assert {d.type for d in cfg.test_cfg.datasets} == {"ReasonSegDataset"}
+    assert sorted(d.split for d in cfg.test_cfg.datasets) == ["test", "val"]
+    mine, theirs = cfg.model.to_dict(), trained.model.to_dict()
+    mine.pop("seg_loss", None), theirs.pop("seg_loss", None)
+    assert mine == theirs
