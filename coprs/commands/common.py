@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
 __all__ = [
     "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
+    "config_or_export", "read_jsonl",
 ]
 
 #: ``--launcher`` choices: ``pytorch`` under torchrun (``tools/dist_train.sh``), ``slurm`` under
@@ -105,6 +107,28 @@ def config_or_export(config: str | None, checkpoint: str | None) -> str:
         return str(export / "config.py")
     raise UsageError("give --config (only a coprs export-hf folder as --checkpoint brings its "
                      "own config.py)")
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
+    """(line number, item or None, error or None) for each non-blank line of a JSON-lines file
+    of ``{"image": ..., "instruction": ...}`` objects (``"response"``, if present, a string)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"input JSONL '{path}' does not exist")
+    items = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or "image" not in item or "instruction" not in item:
+                raise ValueError('expected {"image": ..., "instruction": ...}')
+            if not isinstance(item.get("response", ""), str):
+                raise ValueError('"response" must be a string')
+            items.append((n, item, None))
+        except ValueError as exc:
+            items.append((n, None, f"{path}:{n}: {exc}"))
+    return items
 
 
 def add_launcher(parser) -> None:

@@ -11,6 +11,7 @@ from .common import (
     config_or_export,
     config_stem,
     load_config,
+    read_jsonl,
     resolve_checkpoint,
 )
 
@@ -42,8 +43,29 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="keep each request's panel.png, mask.png and result.json here "
                                  "(default: a temporary folder)")
     p.add_argument("--max-new-tokens", type=int, help="largest response budget offered")
+    p.add_argument("--examples", metavar="JSONL",
+                   help='example inputs shown under the form, one {"image": PATH, '
+                        '"instruction": TEXT} per line (default: the packaged sample image)')
     add_cfg_options(p)
     p.set_defaults(func=run)
+
+
+def read_examples(path: str) -> list[list[str]]:
+    """``[[image, instruction], …]`` from a JSON-lines file; any bad line is a UsageError that
+    names it (checked before the model is built)."""
+    examples, bad = [], []
+    for n, item, error in read_jsonl(path):
+        if error is None and not Path(item["image"]).is_file():
+            error = f"{path}:{n}: image '{item['image']}' does not exist"
+        if error is not None:
+            bad.append(error)
+        else:
+            examples.append([str(item["image"]), str(item["instruction"])])
+    if bad:
+        raise UsageError("--examples: " + "; ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
+    if not examples:
+        raise UsageError(f"--examples '{path}' has no lines")
+    return examples
 
 
 def run(args) -> int:
@@ -59,6 +81,7 @@ def run(args) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
     args.config = config_or_export(args.config, args.checkpoint)
+    examples = read_examples(args.examples) if args.examples else web.sample_examples()
     cfg = load_config(args.config, args.cfg_options)
     checkpoint = resolve_checkpoint(args.checkpoint)
     model = init_segmentor(cfg, checkpoint, device=args.device)
@@ -68,7 +91,7 @@ def run(args) -> int:
         model,
         title=f"coprs: {config_stem(args.config)}",
         description=f"config `{args.config}`, {weights}, device `{args.device}`",
-        examples=web.sample_examples(),
+        examples=examples,
         out_root=Path(args.out) if args.out else None,
         max_new_tokens=args.max_new_tokens,
     )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, config_or_export, load_config, resolve_checkpoint
+from .common import (
+    UsageError,
+    add_cfg_options,
+    config_or_export,
+    load_config,
+    read_jsonl,
+    resolve_checkpoint,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -44,27 +50,6 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-empty", action="store_true", help="accept an empty instruction")
     add_cfg_options(p)
     p.set_defaults(func=run)
-
-
-def _read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
-    """(line number, item or None, error or None) for each non-blank line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"input JSONL '{path}' does not exist")
-    items = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            if not isinstance(item, dict) or "image" not in item or "instruction" not in item:
-                raise ValueError('expected {"image": ..., "instruction": ...}')
-            if not isinstance(item.get("response", ""), str):
-                raise ValueError('"response" must be a string')
-            items.append((n, item, None))
-        except ValueError as exc:
-            items.append((n, None, f"{path}:{n}: {exc}"))
-    return items
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -105,7 +90,7 @@ def run(args) -> int:
         print(f"wrote {out}/response.txt heatmap.png mask.png panel.png result.json")
         return 0
 
-    items = _read_jsonl(args.input_jsonl)
+    items = read_jsonl(args.input_jsonl)
     failures = [(n, error) for n, _, error in items if error is not None]
     good = [(n, item) for n, item, error in items if error is None]
     done = 0

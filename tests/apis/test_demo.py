@@ -119,3 +119,22 @@ def test_cli_builds_the_page_and_serves_it_where_asked(tiny_segmentor, monkeypat
     assert main(["demo", "--config", str(TINY_CONFIG), "--checkpoint",
                  str(tmp_path / "none.pth")]) == 2
     assert "none.pth" in capsys.readouterr().err
+
+
+def test_cli_examples_file(tiny_segmentor, monkeypatch, tmp_path, capsys):
+    served = {}
+    monkeypatch.setattr("coprs.apis.init_segmentor", lambda *a, **k: tiny_segmentor)
+    monkeypatch.setattr(web, "launch_demo", lambda demo, **kw: served.update(demo=demo))
+    image, _ = web.sample_examples()[0]
+    good = tmp_path / "ex.jsonl"
+    good.write_text("\n".join(json.dumps({"image": image, "instruction": t})
+                              for t in ("the star", "the square")) + "\n")
+    assert main(["demo", "--config", str(TINY_CONFIG), "--examples", str(good)]) == 0
+    shown = [c for c in served["demo"].blocks.values() if type(c).__name__ == "Dataset"][0]
+    assert [row[1] for row in shown.raw_samples] == ["the star", "the square"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "nowhere.png", "instruction": "x"}) + "\n{oops\n")
+    monkeypatch.setattr("coprs.apis.init_segmentor", lambda *a, **k: pytest.fail("built"))
+    assert main(["demo", "--config", str(TINY_CONFIG), "--examples", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1: image 'nowhere.png' does not exist" in err and "bad.jsonl:2" in err
