@@ -160,7 +160,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False)
+              if not p.requires_grad}  # tied aliases too
     frozen |= {n for n, _ in model.named_buffers()} | loaded_elsewhere
     missing = [k for k in missing if k not in frozen]
     if missing or unexpected:

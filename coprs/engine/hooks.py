@@ -97,7 +97,9 @@ class PlainCheckpointStateHook(Hook):
         if getattr(policy, "uses_adapters", False):
             # LoRA: keep the adapters and every trainable head; the frozen base policy weights
             # come from model.policy.model_path again when the checkpoint is loaded
-            frozen = {f"policy.{n}" for n, p in policy.named_parameters() if not p.requires_grad}
+            # every name of a frozen tensor, tied aliases too (a tied lm_head is the embedding)
+            frozen = {f"policy.{n}" for n, p in policy.named_parameters(remove_duplicate=False)
+                      if not p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if k not in frozen}
         hub = checkpoint.get("message_hub", {})

@@ -68,6 +68,22 @@ def test_export_hf_merges_adapters(tmp_path, capsys):
     assert not back.policy.uses_adapters
     assert not any("lora" in n for n, _ in back.named_parameters())
     torch.testing.assert_close(_logits(back.policy), _logits(seg.policy), atol=1e-4, rtol=1e-4)
+    # training from the export with LoRA trains new adapters on top of its merged weights
+    assert main(["train", cfg, "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 f"load_from={tmp_path / 'ex'}", "optim_wrapper.optimizer.lr=0.0",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=1",
+                 "train_cfg.stages.1.batch_size=1", "train_dataloader.batch_size=2",
+                 "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=4"]) == 0
+    state = torch.load(tmp_path / "w" / "iter_2.pth", weights_only=True)["state_dict"]
+    assert any("lora_" in k for k in state)
+    assert not any(k.startswith("policy.") and "lora_" not in k for k in state)
+    again = init_segmentor(str(tmp_path / "w" / "lora.py"), checkpoint=tmp_path / "w")
+    assert again.policy.uses_adapters and again.policy.model_path == str(tmp_path / "ex" / "policy")
+    head = torch.load(tmp_path / "ex" / "seg_head.pth", weights_only=True)
+    for k, v in head.items():
+        assert torch.equal(again.state_dict()[k], v), k  # lr 0: the export's heads
+    # new adapters start at zero: the policy is the export's until they train
+    torch.testing.assert_close(_logits(again.policy), _logits(seg.policy), atol=1e-4, rtol=1e-4)
 
 
 def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
@@ -77,9 +93,9 @@ def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
                  "train_cfg.stages.1.batch_size=1", "train_dataloader.batch_size=2",
                  "train_cfg.group_size=2", "train_cfg.rollout_engine.max_new_tokens=4"]) == 0
     state = torch.load(tmp_path / "w" / "iter_2.pth", weights_only=True)["state_dict"]
-    seg = init_segmentor(cfg)
-    params = {n for n, _ in seg.named_parameters()}
-    policy_params = [k for k in state if k.startswith("policy.") and k in params]
-    assert policy_params and all("lora_" in k for k in policy_params)  # frozen base dropped
+    policy_keys = [k for k in state if k.startswith("policy.")]
+    # the frozen base is dropped, the tied lm_head (the frozen embedding) included
+    assert policy_keys and all("lora_" in k for k in policy_keys)
+    assert init_segmentor(cfg, checkpoint=tmp_path / "w").policy.uses_adapters  # loads back
     assert any(k.startswith("prior.") for k in state)
     assert not (tmp_path / "w" / "reference_policy.pth").exists()  # adapters-off reference
