@@ -3,6 +3,7 @@
 from .inference import (
     EXPORT_MANIFEST,
     apply_export,
+    check_export_heads,
     checkpoint_file,
     export_dir,
     init_segmentor,
@@ -13,4 +14,4 @@ from .inference import (
 from .outputs import result_summary, write_result
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file", "export_dir",
-           "apply_export", "EXPORT_MANIFEST", "write_result", "result_summary"]
+           "apply_export", "check_export_heads", "EXPORT_MANIFEST", "write_result", "result_summary"]

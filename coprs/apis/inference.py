@@ -16,7 +16,7 @@ from ..structures import SegmentationResult
 from ..utils import register_all_modules
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
-           "export_dir", "apply_export", "EXPORT_MANIFEST"]
+           "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST"]
 
 #: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
 EXPORT_MANIFEST = "coprs_export.json"
@@ -114,6 +114,26 @@ def apply_export(config: Config, export: str | os.PathLike, clear_lora: bool = T
     for key in ("tiny", "lora") if clear_lora else ("tiny",):
         if key in policy:
             policy[key] = None
+
+
+def check_export_heads(model: torch.nn.Module, export: str | os.PathLike) -> None:
+    """Check that the export's ``seg_head.pth`` fits ``model``'s prior and decoder (every key,
+    each shape) before a run loads it non-strictly (mmengine's ``load_from``), so that a head
+    from another assembly is an error instead of a silently partial load."""
+    path = Path(export) / "seg_head.pth"
+    try:
+        head = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
+        raise ValueError(f"cannot read '{path}': {exc}") from exc
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
+    missing = [k for k in own if k not in head]
+    unexpected = [k for k in head if k not in own]
+    shapes = [f"{k} {tuple(head[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in head and head[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"'{path}' does not fit this config's prior and decoder: missing "
+                         f"{missing[:5]} unexpected {unexpected[:5]} shapes {shapes[:3]}; use the "
+                         "config the export came from (its config.py)")
 
 
 def checkpoint_file(checkpoint: str | os.PathLike) -> Path:

@@ -49,10 +49,11 @@ def enable_amp(cfg) -> None:
     cfg.optim_wrapper.setdefault("dtype", "bfloat16")
 
 
-def start_from_export(cfg) -> None:
+def start_from_export(cfg):
     """``load_from`` naming a ``coprs export-hf`` folder: the policy is built from its
     ``policy/`` folder (LoRA, if the config asks for it, trains new adapters on top) and
-    mmengine loads the prior and decoder from its ``seg_head.pth``."""
+    mmengine loads the prior and decoder from its ``seg_head.pth``. Returns the folder (None
+    when ``load_from`` names something else)."""
     from coprs.apis import apply_export, export_dir
 
     try:
@@ -62,6 +63,7 @@ def start_from_export(cfg) -> None:
             cfg.load_from = str(export / "seg_head.pth")
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"load_from: {exc}") from exc
+    return export
 
 
 def check_weight_paths(cfg) -> None:
@@ -86,7 +88,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("train_cfg") is None:
         raise UsageError(f"config '{args.config}' has no train_cfg")
-    start_from_export(cfg)
+    export = start_from_export(cfg)
     check_weight_paths(cfg)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
@@ -117,6 +119,14 @@ def run(args) -> int:
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
+    if export is not None and cfg.load_from is not None:  # not when resuming
+        from coprs.apis import check_export_heads
+
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        try:
+            check_export_heads(model, export)
+        except ValueError as exc:
+            raise UsageError(f"load_from: {exc}") from exc
     runner.train()
     return 0
 

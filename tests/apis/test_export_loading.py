@@ -136,5 +136,25 @@ def test_training_starts_from_an_export(exported, tmp_path, small_run, capsys):
         assert torch.equal(v, mine[k]), k
     saved = Config.fromfile(str(tmp_path / "w" / "coprs_tiny_shapes_cpu.py"))
     assert saved.model.policy.model_path == str(ex / "policy") and saved.model.policy.tiny is None
+    # resuming such a run: the same load_from with --resume, the policy again from policy/
+    assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "w"), "--resume",
+                 "--cfg-options", f"load_from={ex}", "optim_wrapper.optimizer.lr=0.0",
+                 "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=2", *small_run]) == 0
+    state = torch.load(tmp_path / "w" / "iter_3.pth", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    assert all(torch.equal(v, mine[k]) for k, v in state.items())
     assert main(["train", str(TINY_CONFIG), "--resume", str(ex)]) == 2
     assert "load_from=" in capsys.readouterr().err
+    # a head from another assembly is refused before training, not loaded in part
+    other = tmp_path / "other"
+    other.mkdir()
+    for part in ("policy", "coprs_export.json"):
+        (other / part).symlink_to(ex / part)
+    head = torch.load(ex / "seg_head.pth", weights_only=True)
+    head.pop(next(k for k in head if k.startswith("decoder.")))
+    torch.save(head, other / "seg_head.pth")
+    assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "w2"), "--cfg-options",
+                 f"load_from={other}", *small_run]) == 2
+    assert "does not fit this config's prior and decoder: missing ['decoder." in (
+        capsys.readouterr().err)
+    assert not list((tmp_path / "w2").glob("iter_*.pth"))
