@@ -11,6 +11,7 @@ annotations) is never an error.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,11 +66,12 @@ def _to_compressed_rle(rle: Mapping[str, Any]) -> dict:
 
 
 def segm_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
-    """Rasterise a COCO segmentation.
+    """Rasterise a COCO segmentation (or read a mask image).
 
     Args:
         segm: A list of polygons (each a flat ``[x1, y1, x2, y2, ...]`` list), an RLE dict
-            (``counts`` as str, bytes or list; ``size`` ``[h, w]``), or a list of RLE dicts.
+            (``counts`` as str, bytes or list; ``size`` ``[h, w]``), a list of RLE dicts, or
+            the path of a mask image (PNG: nonzero pixels are the region, any mode).
             An empty list gives an empty mask. Polygon parts outside the image are clipped.
         height: Image height H.
         width: Image width W.
@@ -78,10 +80,12 @@ def segm_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
         ``np.ndarray`` of bool, H x W: the union of all parts.
 
     Raises:
-        ValueError: If a polygon has fewer than 3 points (named by index), or an RLE's ``size``
-            differs from ``(height, width)``.
+        ValueError: If a polygon has fewer than 3 points (named by index), an RLE's ``size`` or a
+            mask image's size differs from ``(height, width)``, or a mask image cannot be read.
     """
     height, width = int(height), int(width)
+    if isinstance(segm, (str, os.PathLike)):
+        return _read_mask_file(segm, height, width)
     if isinstance(segm, Mapping):
         rles = [segm]
     elif isinstance(segm, Sequence) and not isinstance(segm, (str, bytes)):
@@ -113,6 +117,21 @@ def segm_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
             )
         compressed.append(c)
     return _decode(mask_utils.merge(compressed))
+
+
+def _read_mask_file(path, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mask = np.asarray(im.convert("L")) > 0
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read mask image '{path}': {err}") from None
+    if mask.shape != (height, width):
+        raise ValueError(f"mask image '{path}' is {mask.shape[0]}x{mask.shape[1]} (HxW) but the "
+                         f"image is {height}x{width}; a mask must have its image's size")
+    return mask
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

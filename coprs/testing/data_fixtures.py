@@ -1,4 +1,4 @@
-"""Tiny on-disk fixtures in the real RefCOCO (``refer``) and ReasonSeg formats.
+"""Tiny on-disk fixtures in the real RefCOCO (``refer``), ReasonSeg and coprs JSON-lines formats.
 
 Tests and tools build them on the fly in a temporary folder; nothing binary is committed. Images
 are small JPEGs (64 x 48 by default) with the annotated objects painted in, so a model or a
@@ -24,6 +24,7 @@ __all__ = [
     "make_refcoco_fixture",
     "make_reasonseg_fixture",
     "write_reasonseg_sample",
+    "make_jsonl_fixture",
     "REFCOCO_FIXTURE_SPLITS",
 ]
 
@@ -372,3 +373,51 @@ def make_reasonseg_fixture(
         )
         fixture.samples[name] = info
     return fixture
+
+
+def make_jsonl_fixture(root: str | os.PathLike, name: str = "val.jsonl",
+                       size: tuple[int, int] = (64, 48)) -> dict[str, np.ndarray]:
+    """Write ``root/name`` in the format of :class:`~coprs.datasets.JsonlSegDataset`, with its
+    images under ``root/images/`` and one mask image under ``root/masks/``: three good lines (the
+    target as a mask PNG, as a COCO RLE and as a polygon with an ignore region; types ``short``
+    and ``long``; each with a gold response) and three bad ones (not JSON, a missing image, an
+    empty instruction), lines 4 to 6.
+
+    Returns:
+        The target mask (H x W bool) of each good line, by sample id.
+    """
+    from coprs.datasets.masks import mask_to_rle, segm_to_mask
+
+    root = os.fspath(root)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+    w, h = size
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            os.path.join(root, "images", f"{i}.png"))
+    box = np.zeros((h, w), bool)
+    box[5:20, 10:30] = True
+    Image.fromarray(box.astype(np.uint8) * 255).save(os.path.join(root, "masks", "0.png"))
+    blob = np.zeros((h, w), bool)
+    blob[20:40, 30:50] = True
+    triangle = [[10.0, 10.0, 30.0, 10.0, 20.0, 30.0]]
+    gold = "<think>{}</think><REF_POS>"
+    good = [
+        {"image": "images/0.png", "instruction": "the box", "mask": "masks/0.png", "id": "box",
+         "type": "short", "response": gold.format("the box")},
+        {"image": "images/1.png", "instruction": "what could hold a cup?",
+         "mask": mask_to_rle(blob), "id": "blob", "type": "long",
+         "response": gold.format("the blob")},
+        {"image": "images/2.png", "instruction": "the triangle", "mask": triangle,
+         "ignore": [[40.0, 5.0, 55.0, 5.0, 50.0, 20.0]], "id": "triangle", "type": "short",
+         "response": gold.format("the triangle")},
+    ]
+    bad = [
+        "{not json",
+        json.dumps({"image": "images/9.png", "instruction": "x", "mask": []}),
+        json.dumps({"image": "images/0.png", "instruction": " ", "mask": []}),
+    ]
+    with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+        f.write("\n".join([*(json.dumps(item) for item in good), *bad]) + "\n")
+    return {"box": box, "blob": blob, "triangle": segm_to_mask(triangle, h, w)}
