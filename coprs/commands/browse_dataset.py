@@ -81,6 +81,8 @@ def run(args) -> int:
                 line = {"image": s.get("img_path"), "instruction": s.get("instruction"),
                         "sample_id": s.get("sample_id"), "dataset": meta.get("dataset_name"),
                         "split": meta.get("split")}
+                if s.get("instruction_type") is not None:
+                    line["type"] = s["instruction_type"]
                 if s.get("load_error"):
                     line.update(mask_rle=None, ignore_rle=None, error=s["load_error"])
                     errors += 1

@@ -38,6 +38,9 @@ class JsonlSegDataset(BaseDataset):
       per-type breakdown of ``coprs test``; ``response``: a gold response (the gold-reasoning
       evaluation mode and the supervised warm-up read it under ``response_key``).
 
+    The lines ``coprs browse-dataset --dump`` writes load too (``mask_rle``, ``ignore_rle`` and
+    ``sample_id`` stand for ``mask``, ``ignore`` and ``id``).
+
     Relative paths are relative to ``data_root``, or to the folder of ``ann_file`` when
     ``data_root`` is empty. Lines are checked when the dataset is built: a line that is not a JSON
     object, lacks a required field, has a field of the wrong type or names a file that does not
@@ -58,6 +61,9 @@ class JsonlSegDataset(BaseDataset):
     """
 
     REQUIRED = ("image", "instruction", "mask")
+    #: the names of ``coprs browse-dataset --dump`` lines, read when the plain ones are absent, so
+    #: that any loader's output (RefCOCO, ReasonSeg, ...) can be dumped and loaded back
+    ALIASES = {"mask": "mask_rle", "ignore": "ignore_rle", "id": "sample_id"}
 
     def __init__(self, ann_file: str, data_root: str = "", name: str | None = None,
                  split: str | None = None, response_key: str = "response_coprs",
@@ -102,6 +108,9 @@ class JsonlSegDataset(BaseDataset):
             raise _BadLine(f"not JSON: {err}") from None
         if not isinstance(item, dict):
             raise _BadLine(f"expected a JSON object, got {type(item).__name__}")
+        for name, alias in self.ALIASES.items():  # `coprs browse-dataset --dump` lines
+            if name not in item and alias in item:
+                item[name] = item[alias]
         missing = [k for k in self.REQUIRED if k not in item]
         if missing:
             raise _BadLine(f"missing {missing} (each line needs {list(self.REQUIRED)})")

@@ -47,6 +47,32 @@ def test_lines_masks_and_skipped_lines(tmp_path):
     assert "response_lisa" in ds[0]["data_samples"]
 
 
+def test_a_browse_dataset_dump_loads_back(tmp_path):
+    """Any loader's samples, dumped by coprs browse-dataset, load as JSON lines: here ReasonSeg's,
+    whose ignore regions and types come along."""
+    from coprs.testing.data_fixtures import make_reasonseg_fixture
+
+    fx = make_reasonseg_fixture(tmp_path / "rs", split="val")
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(type="ReasonSegDataset", data_root=fx.data_root, split="val",
+                                  pipeline=PIPELINE)]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["browse-dataset", str(tmp_path / "cfg.py"), "--split", "val", "--dump",
+                 str(tmp_path / "dump.jsonl")]) == 0
+    from coprs.datasets import ReasonSegDataset
+
+    original = ReasonSegDataset(fx.data_root, split="val", pipeline=PIPELINE,
+                                serialize_data=False)
+    back = JsonlSegDataset(str(tmp_path / "dump.jsonl"), pipeline=PIPELINE, serialize_data=False)
+    assert len(back) == len(original) == 3 and not back.skipped
+    for i in range(3):
+        a, b = original[i]["data_samples"], back[i]["data_samples"]
+        assert a["sample_id"] == b["sample_id"] and a["instruction"] == b["instruction"]
+        assert a["instruction_type"] == b["instruction_type"]
+        assert np.array_equal(a["gt_mask"], b["gt_mask"])
+        assert (a["ignore_mask"] is None) == (b["ignore_mask"] is None)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         JsonlSegDataset(str(tmp_path / "nope.jsonl"))
