@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                                       "where it points")
     p.add_argument("--batch-size", type=int, default=1,
                    help="--input-jsonl lines segmented per batched pass (default: %(default)s; "
-                        "the results are the same, a batch is faster)")
+                        "the same results up to float rounding, faster)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
     p.add_argument("--allow-empty", action="store_true", help="accept an empty instruction")
