@@ -237,13 +237,47 @@ class ReasonSegValLoop(ReasonSegTestLoop):
     them against the iteration (with ``LoggerHook(log_metric_by_epoch=False)``, as the shipped
     schedules set), and ``default_hooks.checkpoint`` with ``save_best='shapes/val/gIoU',
     rule='greater'`` keeps the best checkpoint. Arguments as :class:`ReasonSegTestLoop`; the
-    metric's per-sample records are written only when ``out_dir`` is given. The global random
+    metric's per-sample records are written only when ``out_dir`` is given. ``vis_samples=N``
+    also draws the first N samples of each split (image | heatmap | mask | response) to the
+    visualizer at every validation, so the masks can be watched as training goes. The global random
     state is restored after each validation, so a run with validation trains exactly as one
     without; under FSDP the weights are gathered for it.
     """
 
+    def __init__(self, *args, vis_samples: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(vis_samples, int) or vis_samples < 0:
+            raise ValueError(f"val_cfg.vis_samples={vis_samples!r} must be a count >= 0")
+        self.vis_samples = vis_samples
+        self._shown: dict[str, int] = {}
+
+    def _predict(self, model, batch: dict, name: str, split: str,
+                 given: dict[str, str] | None = None) -> int:
+        found = super()._predict(model, batch, name, split, given)
+        key = f"{name}_{split}"
+        for image, sample in zip(batch["inputs"], batch["data_samples"]):
+            if self._shown.get(key, 0) >= self.vis_samples or "pred" not in sample:
+                continue
+            self._shown[key] = self._shown.get(key, 0) + 1
+            self._add_panel(image, sample, key)
+        return found
+
+    def _add_panel(self, image, sample: dict, key: str) -> None:
+        """The sample's panel to every visualizer backend, as ``<dataset>_<split>_<id>`` at this
+        iteration (LocalVisBackend: ``vis_data/vis_image/<name>_<iter>.png``; TensorBoard: an
+        image summary)."""
+        from ..visualization import render_panel
+
+        pred = sample["pred"]
+        instruction = "" if self.reasoning == "empty" else sample.get("instruction", "")
+        panel = render_panel(image, instruction, pred.heatmap, pred.mask, pred.response,
+                             format_ok=pred.format_ok)
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sample.get("sample_id", "sample")))
+        self.runner.visualizer.add_image(f"{key}_{stem}", panel, step=self.runner.iter)
+
     def run(self) -> dict[str, float]:
         _check_reasoning(self.reasoning)
+        self._shown = {}
         self.runner.call_hook("before_val")
         self.runner.call_hook("before_val_epoch")
         # loaders draw their base seed from the random state; FSDP-sharded weights are gathered

@@ -6,7 +6,8 @@ import textwrap
 
 import numpy as np
 
-__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "make_sample_panel", "save_png"]
+__all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "render_panel", "make_sample_panel",
+           "save_png"]
 
 
 def _colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
@@ -43,6 +44,22 @@ def save_png(array: np.ndarray, path) -> None:
 def make_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: np.ndarray,
                response: str, path, format_ok: bool | None = None, wrap: int = 48) -> None:
     """Write the paper's Figure-5 style panel: image + instruction | heatmap | mask | response."""
+    fig = _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap)
+    fig.savefig(path, format="png")
+
+
+def render_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: np.ndarray,
+                 response: str, format_ok: bool | None = None, wrap: int = 48) -> np.ndarray:
+    """:func:`make_panel`'s picture as an H x W x 3 uint8 array (for a visualizer backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 4.4), dpi=100)
@@ -63,7 +80,7 @@ def make_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: n
     for ax in axes:
         ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.02, wspace=0.05)
-    fig.savefig(path, format="png")
+    return fig
 
 
 def make_sample_panel(image: np.ndarray, mask: np.ndarray, instruction: str, path,

@@ -152,7 +152,16 @@ def test_validation_during_training_logs_keeps_best_and_changes_nothing(tmp_path
     # (a visualizer of its own: mmengine reuses an instance of the same name, and its folder)
     assert train(tmp_path / "v", "train_cfg.val_interval=1", f"visualizer.name=vis_{tmp_path.name}",
                  "default_hooks.checkpoint.save_best=shapes/val/gIoU",
-                 "default_hooks.checkpoint.rule=greater", sft=2, grpo=1) == 0
+                 "default_hooks.checkpoint.rule=greater", "val_cfg.vis_samples=1",
+                 sft=2, grpo=1) == 0
+    # vis_samples: the first sample's panel at every validation, through the visualizer
+    panels = sorted(p.name for p in (tmp_path / "v").rglob("vis_image/*.png"))
+    assert [p.rsplit("_", 1)[1] for p in panels] == ["1.png", "2.png", "3.png"]
+    assert len({p.rsplit("_", 1)[0] for p in panels}) == 1 and panels[0].startswith("shapes_val_")
+    from PIL import Image
+
+    with Image.open(next((tmp_path / "v").rglob("vis_image/*.png"))) as im:
+        assert im.size[0] > 3 * im.size[1]  # image | heatmap | mask | response
     log = capsys.readouterr().out
     assert log.count("shapes/val (gold reasoning): gIoU=") == 3  # iterations 1, 2 and 3
     scalars = [json.loads(x) for x in next((tmp_path / "v").rglob("scalars.json")).open()]
