@@ -65,8 +65,8 @@ model = init_segmentor("THIS_FOLDER/config.py", checkpoint="THIS_FOLDER")
 result = segment(model, "image.jpg", "instruction")  # .response, .cot, .heatmap, .mask
 ```
 
-The policy alone loads without coprs:
-`Qwen2_5_VLForConditionalGeneration.from_pretrained("THIS_FOLDER/policy")`.
+The policy alone needs no coprs: `policy/` is a plain transformers folder, which
+`Qwen2_5_VLForConditionalGeneration` loads from this disk like any saved model.
 """
 
 
