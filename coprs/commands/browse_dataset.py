@@ -56,6 +56,8 @@ def _show(sample: dict, image, path: Path) -> None:
 def run(args) -> int:
     import re
 
+    from tqdm import tqdm
+
     from coprs.datasets.masks import mask_to_rle
 
     from .datasets import build_selected
@@ -75,7 +77,9 @@ def run(args) -> int:
             if args.show_dir:
                 show_dir = Path(args.show_dir) / f"{meta.get('dataset_name')}_{meta.get('split')}"
                 show_dir.mkdir(parents=True, exist_ok=True)
-            for i in range(len(ds) if args.limit is None else min(args.limit, len(ds))):
+            total = len(ds) if args.limit is None else min(args.limit, len(ds))
+            for i in tqdm(range(total), desc=f"{meta.get('dataset_name')}/{meta.get('split')}",
+                          unit="sample"):
                 item = ds[i]
                 s = item["data_samples"]
                 line = {"image": s.get("img_path"), "instruction": s.get("instruction"),
