@@ -52,6 +52,9 @@ def add_parser(sub) -> None:
                         "per line (e.g. a per_sample.jsonl of another run), or a per_sample_<mode>"
                         "/ folder of another run (one file per dataset/split)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate only the first N samples of every split (a quick check; "
+                        "the numbers are not the split's)")
     add_launcher(p)
     add_cfg_options(p)
     p.set_defaults(func=run)
@@ -161,6 +164,11 @@ def run(args) -> int:
                          "responses to teacher-force")
     if args.responses is not None and not Path(args.responses).exists():
         raise UsageError(f"--responses '{args.responses}' does not exist")
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UsageError(f"--limit {args.limit} must be at least 1")
+        for ds in cfg.test_cfg.datasets:  # mmengine's BaseDataset: the first N samples
+            ds["indices"] = args.limit
 
     def dirs(mode: str) -> dict:
         # panels of several modes go to one subfolder each, so they do not overwrite each other

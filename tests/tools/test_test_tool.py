@@ -119,6 +119,24 @@ def test_reasonseg_split_with_ignore_region(tmp_path):
     assert sum(r["ignore_area"] > 0 for r in records) == 1  # the 'with_ignore' sample
 
 
+def test_limit_evaluates_the_first_samples_of_every_split(tmp_path, capsys):
+    fx = make_reasonseg_fixture(tmp_path / "rs", split="val")
+    cfg = _config(tmp_path, [
+        dict(type="ShapesReasonDataset", split="test", num_samples=6,
+             pipeline=[dict(type="LoadImage"), dict(type="PackReasonSegInputs")]),
+        dict(type="ReasonSegDataset", data_root=fx.data_root, split="val",
+             pipeline=FILE_PIPELINE)])
+    assert main(["test", cfg, "--limit", "2", "--reasoning", "empty", "--max-new-tokens", "2",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert {k: v["n"] for k, v in res.items()} == {"shapes/test": 2, "reasonseg/val": 2}
+    records = tmp_path / "work" / "per_sample_empty" / "shapes_test" / "per_sample.jsonl"
+    assert [json.loads(x)["sample_id"] for x in records.read_text().splitlines()] == [
+        "test/000000", "test/000001"]
+    assert main(["test", cfg, "--limit", "0"]) == 2
+    assert "--limit 0" in capsys.readouterr().err
+
+
 def test_reasonseg_config_evaluates_val_and_test(tmp_path, capsys):
     """The 7B ReasonSeg config's splits, loader and metric, with the tiny model in its place."""
     root = tmp_path / "ReasonSeg"
