@@ -13,6 +13,10 @@ def test_every_config_loads(path):
     if "_base_" not in path.parts:
         assert cfg.default_scope == "coprs"
         assert cfg.model.type == "ReasoningSegmentor"
+    if cfg.get("train_cfg") is not None:  # micro-batches cut its GRPO groups evenly
+        from coprs.models.micro_batch import check_train_cfg
+
+        check_train_cfg(cfg.train_cfg)
 
 
 def test_real_size_configs_point_at_local_weights():

@@ -83,6 +83,7 @@ def run(args) -> int:
     from mmengine.runner import Runner
 
     from coprs.apis import export_dir
+    from coprs.models.micro_batch import check_train_cfg
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
@@ -90,6 +91,10 @@ def run(args) -> int:
         raise UsageError(f"config '{args.config}' has no train_cfg")
     export = start_from_export(cfg)
     check_weight_paths(cfg)
+    try:
+        check_train_cfg(cfg.train_cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher

@@ -12,6 +12,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
 
+from ..models.micro_batch import check_train_cfg, micro_batch_slices
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
 from ..utils import fork_rng, repeat_each
 from .fsdp import full_params, plain_copy
@@ -64,13 +65,21 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         reference_dtype: dtype of the reference policy's weights, e.g. ``'bfloat16'`` (half the
             memory of an fp32 copy; its log-probs are computed in bf16 under autocast anyway);
             default: the policy's dtype.
+        actor_micro_batch: sequences per forward/backward of the update (paper: 2); the
+            gradients of the parts add up to the whole batch's before one optimiser step
+            (:func:`coprs.models.micro_batch.run_train_step`). A divisor or a multiple of
+            ``group_size``; None: the whole batch at once.
+        experience_micro_batch: sequences per no-grad forward when the rollouts' masks are
+            scored and the reference log-probs computed (paper: 8); same rule; None: all at
+            once.
         val_begin, val_interval: as ``IterBasedTrainLoop``.
     """
 
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
-                 reference_dtype: str | None = None,
+                 reference_dtype: str | None = None, actor_micro_batch: int | None = None,
+                 experience_micro_batch: int | None = None,
                  val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
         self.reference_dtype = None
         if reference_dtype is not None:
@@ -87,6 +96,11 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                  "> 0")
         if any(s["kind"] == "grpo" for s in stages) and group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 (got {group_size})")
+        check_train_cfg(dict(stages=stages, group_size=group_size,
+                             actor_micro_batch=actor_micro_batch,
+                             experience_micro_batch=experience_micro_batch))
+        self.actor_micro_batch = actor_micro_batch
+        self.experience_micro_batch = experience_micro_batch
         self.stages = stages
         super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
                          val_begin=val_begin, val_interval=val_interval)
@@ -143,7 +157,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         else:
             extra = self._prepare_grpo(data_batch, timings)
         t0 = time.perf_counter()
-        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
+        micro = {} if self.actor_micro_batch is None else {"micro_batch": self.actor_micro_batch}
+        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper,
+                                               **micro)
         timings["actor"] = time.perf_counter() - t0
         outputs = dict(outputs)
         outputs.update(extra)
@@ -189,7 +205,12 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             timings["rollout"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            probs = model.score_rollouts(images, samples, rollouts, g)  # N x m x m
+            probs = torch.cat([  # N x m x m
+                model.score_rollouts([images[i] for i, _, _ in part],
+                                     [samples[i] for i, _, _ in part],
+                                     [r for i, lo, hi in part for r in groups[i][lo:hi]],
+                                     part[0][2] - part[0][1])
+                for part in self._experience_parts(len(samples))])
             gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
             extra_args = {}
             if getattr(self.reward, "needs_geometry", False):  # coordinates in the text (Seg-Zero)
@@ -204,7 +225,12 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             ref_logps = None
             if model.rl["kl_coef"] > 0:
                 t0 = time.perf_counter()
-                ref_logps = self._reference_logprobs(model, pil, instructions, rollouts, g)
+                ref_logps = [lp for part in self._experience_parts(len(samples))
+                             for lp in self._reference_logprobs(
+                                 model, [pil[i] for i, _, _ in part],
+                                 [instructions[i] for i, _, _ in part],
+                                 [r for i, lo, hi in part for r in groups[i][lo:hi]],
+                                 part[0][2] - part[0][1])]
                 timings["reference"] = time.perf_counter() - t0
 
         for i, s in enumerate(samples):
@@ -218,6 +244,14 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         extra["rollout/distinct_frac"] = float(np.mean(  # distinct responses per group / G
             [len({tuple(r.token_ids) for r in grp}) / g for grp in groups]))
         return extra
+
+    def _experience_parts(self, num_samples: int) -> list[list[tuple[int, int, int]]]:
+        """(sample, first rollout, end rollout) slices of the batch's rollouts, one list per
+        no-grad forward (``experience_micro_batch`` sequences; all at once by default)."""
+        g = self.group_size
+        if self.experience_micro_batch is None:
+            return [[(i, 0, g) for i in range(num_samples)]]
+        return micro_batch_slices(num_samples, g, self.experience_micro_batch)
 
     def _sample_rollouts(self, policy, pil, instructions, g) -> list[list]:
         """G rollouts per prompt, from the random stream of (seed, rank, iteration)."""

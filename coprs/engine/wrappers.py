@@ -29,14 +29,10 @@ class CoprsDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, detect_anomalous_params=detect_anomalous_params,
                          **kwargs)
 
-    def train_step(self, data, optim_wrapper):
-        from ..models.segmentor import apply_update
+    def train_step(self, data, optim_wrapper, micro_batch: int | None = None):
+        from ..models.micro_batch import run_train_step
 
-        with optim_wrapper.optim_context(self):
-            data = self.module.data_preprocessor(data, training=True)
-            losses = self._run_forward(data, mode="loss")
-        parsed, log_vars = self.module.parse_losses(losses)
-        return apply_update(parsed, log_vars, optim_wrapper)
+        return run_train_step(self, self.module, data, optim_wrapper, micro_batch)
 
 
 @MODEL_WRAPPERS.register_module()
@@ -51,15 +47,11 @@ class CoprsFullyShardedDataParallel(MMFullyShardedDataParallel):
     ``strategy.model_wrapper.type`` (the 8-GPU config does).
     """
 
-    def train_step(self, data, optim_wrapper):
-        from ..models.segmentor import apply_update
+    def train_step(self, data, optim_wrapper, micro_batch: int | None = None):
+        from ..models.micro_batch import run_train_step
 
         self._use_global_grad_norm(optim_wrapper)
-        with optim_wrapper.optim_context(self):
-            data = self.module.data_preprocessor(data, training=True)
-            losses = self._run_forward(data, mode="loss")
-        parsed, log_vars = self.module.parse_losses(losses)
-        return apply_update(parsed, log_vars, optim_wrapper)
+        return run_train_step(self, self.module, data, optim_wrapper, micro_batch)
 
     def _use_global_grad_norm(self, optim_wrapper) -> None:
         if getattr(optim_wrapper, "grad_name", None) != "grad_norm":

@@ -383,14 +383,37 @@ class ReasoningSegmentor(BaseModel):
                              repeat_each([im.shape[:2] for im in images], g))
         return torch.sigmoid(dec["mask_logits"][:, 0].float())
 
-    def train_step(self, data, optim_wrapper) -> dict[str, torch.Tensor]:
+    def loss_normalizers(self, samples: list[dict]) -> dict[str, int]:
+        """What each loss of :meth:`loss` is averaged over, counted for a batch of samples.
+
+        ``loss_seg``: images with valid pixels (per-image means); ``loss_lm``: response tokens;
+        ``loss_answer``: samples whose answer has content words; ``loss_pg`` and ``loss_kl``:
+        response tokens (``rl.agg='token-mean'``) or sequences with tokens (the per-sequence
+        modes); ``_seqs``: sequences. Micro-batches weight their losses by their share of these
+        (:func:`coprs.models.micro_batch.split_batch`).
+        """
+        rollouts, g = self.rollouts_for_training(samples)
+        tokens = sum(len(r.token_ids) for r in rollouts)
+        out = {"_seqs": len(rollouts), "loss_seg": g * sum(map(_has_valid_pixels, samples))}
+        if "rollouts" in samples[0]:
+            per = tokens if self.rl["agg"] == "token-mean" else sum(
+                1 for r in rollouts if r.token_ids)
+            out.update(loss_pg=per, loss_kl=per)
+        else:
+            tok, key = self.policy.tokenizer, self.rl["answer_key"]
+            out["loss_lm"] = tokens
+            out["loss_answer"] = sum(1 for s in samples if answer_token_ids(tok, s.get(key)))
+        return out
+
+    def train_step(self, data, optim_wrapper, micro_batch: int | None = None
+                   ) -> dict[str, torch.Tensor]:
         """mmengine's train step, except that a non-finite loss skips the update (logged as
-        ``nonfinite_step``) instead of writing NaN into the weights."""
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-            losses = self._run_forward(data, mode="loss")
-        parsed, log_vars = self.parse_losses(losses)
-        return apply_update(parsed, log_vars, optim_wrapper)
+        ``nonfinite_step``) instead of writing NaN into the weights, and that ``micro_batch``
+        sequences at a time are forwarded and back-propagated before one optimiser step
+        (:func:`coprs.models.micro_batch.run_train_step`)."""
+        from .micro_batch import run_train_step
+
+        return run_train_step(self, self, data, optim_wrapper, micro_batch)
 
     def forward(self, inputs, data_samples=None, mode: str = "predict"):
         """mmengine entry point.
@@ -419,6 +442,15 @@ class ReasoningSegmentor(BaseModel):
                          "use 'loss', 'predict' or 'tensor'")
 
 
+def _has_valid_pixels(sample: dict) -> bool:
+    """Whether a training sample's valid region (``valid_hw`` minus its ignore mask) is not empty."""
+    h, w = sample.get("valid_hw", (1, 1))
+    if h * w == 0:
+        return False
+    ignore = sample.get("vision_ignore_mask")
+    return ignore is None or not bool(np.asarray(ignore)[:h, :w].all())
+
+
 #: words an answer-naming target leaves out
 ANSWER_SKIP_WORDS = frozenset({"a", "an", "the"})
 
@@ -433,16 +465,19 @@ def answer_token_ids(tokenizer, answer: str | None) -> list[int]:
     return ids
 
 
-def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper) -> dict:
+def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper, nonfinite: bool = False
+                 ) -> dict:
     """Step the optimiser unless the loss is non-finite (then zero the grads and log it).
 
-    In distributed runs every rank must agree, so the finiteness flag is all-reduced first.
+    ``nonfinite`` flags an earlier micro-batch of the same step whose loss was not finite. In
+    distributed runs every rank must agree, so the flag is all-reduced first.
     """
     import time
 
     from mmengine.dist import all_reduce, get_world_size
 
-    bad = torch.tensor(0.0 if torch.isfinite(parsed) else 1.0, device=parsed.device)
+    bad = torch.tensor(0.0 if torch.isfinite(parsed) and not nonfinite else 1.0,
+                       device=parsed.device)
     if get_world_size() > 1:
         all_reduce(bad, op="sum")
     if bad.item() > 0:

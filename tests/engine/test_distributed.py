@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mmengine.config import Config
 
@@ -16,8 +17,11 @@ ROOT = Path(__file__).parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
-    """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU."""
+@pytest.mark.parametrize("micro", [[], ["train_cfg.actor_micro_batch=1"]],
+                         ids=["whole-batch", "micro-batches"])
+def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
+    """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU; with micro-batches
+    the gradients are all-reduced once, at the last part (DDP's ``no_sync`` before it)."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.custom_imports = dict(imports=["ddp_worker"], allow_failed_imports=False)
     cfg.custom_hooks.append(dict(type="DumpParamsHook"))
@@ -30,7 +34,8 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
            "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
            "train_dataloader.batch_size=2", "train_cfg.group_size=2",
            "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
-           "val_cfg.datasets.0.num_samples=2", f"model.feature_cache.root={tmp_path / 'cache'}"]
+           "val_cfg.datasets.0.num_samples=2", f"model.feature_cache.root={tmp_path / 'cache'}",
+           *micro]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
     errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
@@ -50,7 +55,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path):
 def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
     """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
     GRPO with rollouts, mask rewards and a bf16 reference policy made from the gathered
-    weights; the checkpoint is one full state dict with plain names, and a run resumed from it
+    weights, forwarded in micro-batches as in the 8-GPU config; the checkpoint is one full state dict with plain names, and a run resumed from it
     mid-GRPO ends with the uninterrupted run's parameters."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
@@ -78,7 +83,8 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
                "train_dataloader.batch_size=2", "train_cfg.group_size=2",
                "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
                "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
-               "train_cfg.reference_dtype=bfloat16", "val_cfg.datasets.0.num_samples=2",
+               "train_cfg.reference_dtype=bfloat16", "train_cfg.actor_micro_batch=1",
+               "train_cfg.experience_micro_batch=1", "val_cfg.datasets.0.num_samples=2",
                f"model.feature_cache.root={tmp_path / 'cache'}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         (work_dir.parent / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)

@@ -1,11 +1,15 @@
 # The paper's recipe (Sec. 4.1, B.3): GRPO + segmentation for 31,250 steps, global batch 16
 # (8 GPUs x 2), G = 8, AdamW lr 1.6e-6 with x25 / x10 / x5 multipliers, grad clip 1.0, one-cycle
 # without warm-up (cosine from the peak to peak / 6.67, per parameter group), lambda_d / lambda_f
-# switched at step 1,500.
+# switched at step 1,500. Per device, the 2 prompts x 8 rollouts of a step are forwarded 2
+# sequences at a time for the update and 8 at a time for experience collection (mask scoring,
+# reference log-probs); one optimiser step per iteration.
 train_cfg = dict(
     type='ReasoningSegTrainLoop',
     stages=[dict(kind='grpo', iters=31250)],
     group_size=8,
+    actor_micro_batch=2,
+    experience_micro_batch=8,
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, top_k=None,
                         max_new_tokens=2000),
 )
