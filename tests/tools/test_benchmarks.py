@@ -22,6 +22,7 @@ EXPECTED = {
     "infer_batch": {"speedup", "same_predictions", "images_per_second"},
     "warmup_batch": {"step_seconds", "sample_seconds", "step_over_smallest", "batch_sizes"},
     "warmup_step": {"step_seconds", "step_over_committed", "variants"},
+    "micro_batch": {"peak_over_whole", "step_over_whole", "peak_mib", "same_loss"},
 }
 
 
@@ -51,6 +52,9 @@ def test_benchmark_quick_mode_prints_json(name, capsys, monkeypatch):
                                                        "no_tower_cache", "neither"}
         assert printed["step_over_committed"]["committed"] == 1.0
         assert all(v > 0 for v in printed["step_seconds"].values())
+    if name == "micro_batch":  # three variants, each the whole batch's update
+        assert set(printed["peak_over_whole"]) == {"whole", "8", "2"}
+        assert printed["same_loss"] is True
     if name == "train_step":
         assert set(printed["phase_seconds"]) >= {"rollout", "reward", "reference", "actor",
                                                  "optimizer"}
