@@ -150,7 +150,7 @@ def test_an_iteration_is_one_count_of_mmengines_gradient_accumulation(tiny_segme
         optim = OptimWrapper(torch.optim.SGD(params, lr=1.0), accumulative_counts=2)
         optim.initialize_count_status(model, 0, 4)
         steps = []
-        optim.optimizer.register_step_post_hook(lambda *a: steps.append(1))
+        optim.optimizer.register_step_post_hook(lambda *a, steps=steps: steps.append(1))
         before = [p.detach().clone() for p in params]
         for k, (ims, smp) in enumerate(halves):
             model.train_step(dict(inputs=list(ims), data_samples=[dict(s) for s in smp]), optim,
