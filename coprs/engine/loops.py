@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank, is_main_process
+from mmengine.dist import get_rank, get_world_size, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
@@ -72,6 +73,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         experience_micro_batch: sequences per no-grad forward when the rollouts' masks are
             scored and the reference log-probs computed (paper: 8); same rule; None: all at
             once.
+        rollout_log_interval: every this many GRPO iterations (from the first), append each
+            rollout of the iteration (instruction, response, reward breakdown, advantage) as a
+            JSON line to ``<work_dir>/rollouts.jsonl`` (``rollouts.rank<k>.jsonl`` per rank in
+            distributed runs); 0: off.
         val_begin, val_interval: as ``IterBasedTrainLoop``.
     """
 
@@ -79,7 +84,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                  rollout_engine: dict | None = None, reward: dict | None = None,
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
                  reference_dtype: str | None = None, actor_micro_batch: int | None = None,
-                 experience_micro_batch: int | None = None,
+                 experience_micro_batch: int | None = None, rollout_log_interval: int = 0,
                  val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
         self.reference_dtype = None
         if reference_dtype is not None:
@@ -100,6 +105,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                              actor_micro_batch=actor_micro_batch,
                              experience_micro_batch=experience_micro_batch))
         self.actor_micro_batch = actor_micro_batch
+        if int(rollout_log_interval) < 0:
+            raise ValueError(f"train_cfg.rollout_log_interval={rollout_log_interval}: need a "
+                             "number of GRPO iterations >= 1, or 0 for no rollout log")
+        self.rollout_log_interval = int(rollout_log_interval)
         self.experience_micro_batch = experience_micro_batch
         self.stages = stages
         super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
@@ -237,13 +246,41 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             s["rollouts"] = rollouts[i * g:(i + 1) * g]
             s["advantages"] = adv[i * g:(i + 1) * g]
             s["ref_logprobs"] = None if ref_logps is None else ref_logps[i * g:(i + 1) * g]
+        if self.rollout_log_interval and (
+                (self._iter - self.grpo_start()) % self.rollout_log_interval == 0):
+            self._log_rollouts(samples, groups, total, breakdown, adv)
         extra = {"reward/total": float(total.mean())}
         extra.update({f"reward/{k}": float(v.float().mean()) for k, v in breakdown.items()})
         extra["reward/group_std"] = float(total.view(-1, g).std(dim=1).mean())
+        # groups whose rollouts all got the same reward: advantage 0, nothing to learn from
+        extra["adv/zero_group_frac"] = float((adv.view(-1, g) == 0).all(dim=1).float().mean())
         extra["rollout/response_tokens"] = float(np.mean([len(r.token_ids) for r in rollouts]))
         extra["rollout/distinct_frac"] = float(np.mean(  # distinct responses per group / G
             [len({tuple(r.token_ids) for r in grp}) / g for grp in groups]))
         return extra
+
+    def rollout_log_path(self) -> Path:
+        """``<work_dir>/rollouts.jsonl``, or ``rollouts.rank<k>.jsonl`` in distributed runs."""
+        name = "rollouts.jsonl" if get_world_size() == 1 else f"rollouts.rank{get_rank()}.jsonl"
+        return Path(self.runner.work_dir) / name
+
+    def _log_rollouts(self, samples, groups, total, breakdown, adv) -> None:
+        """Append one JSON line per rollout of this iteration (see ``rollout_log_interval``)."""
+        g = self.group_size
+        lines = []
+        for i, s in enumerate(samples):
+            for j, r in enumerate(groups[i]):
+                n = i * g + j
+                rec = {"iter": self._iter + 1, "sample_id": s.get("sample_id"),
+                       "instruction": s["instruction"], "rollout": j, "response": r.text,
+                       "tokens": len(r.token_ids), "reward": float(total[n]),
+                       **{f"reward/{k}": float(v[n]) for k, v in breakdown.items()},
+                       "advantage": float(adv[n])}
+                lines.append(json.dumps(rec, default=str) + "\n")
+        path = self.rollout_log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.writelines(lines)
 
     def _experience_parts(self, num_samples: int) -> list[list[tuple[int, int, int]]]:
         """(sample, first rollout, end rollout) slices of the batch's rollouts, one list per

@@ -103,7 +103,7 @@ class _RecordOutputs(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.records[self.name].append({k: float(v) for k, v in outputs.items()
-                                        if k.startswith(("loss", "reward/"))})
+                                        if k.startswith(("loss", "reward/", "adv/"))})
 
 
 def test_micro_batched_run_equals_the_run_without(tmp_path, small_run):
@@ -137,6 +137,32 @@ def test_micro_batched_run_equals_the_run_without(tmp_path, small_run):
     assert sum(not torch.equal(fresh[k], a[k]) for k in a) > 10
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-3, msg=k)
+
+
+def test_rollout_log_holds_every_logged_rollout_with_its_reward_and_advantage(tmp_path,
+                                                                            small_run):
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.custom_hooks.append(dict(type="_RecordOutputs", name="rollout_log"))
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=3",
+                 "train_cfg.rollout_log_interval=2", *small_run]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "w" / "rollouts.jsonl").read_text().splitlines()]
+    # GRPO iterations 2-4 of the run; every second one from the first: 2 and 4; 2 prompts x 2
+    assert [x["iter"] for x in lines] == [2] * 4 + [4] * 4
+    assert {"sample_id", "instruction", "response", "tokens", "reward/mask", "reward/format",
+            "advantage"} <= set(lines[0])
+    records = _RecordOutputs.records["rollout_log"]
+    for it in (2, 4):
+        group = [x for x in lines if x["iter"] == it]
+        assert sum(x["reward"] for x in group) / 4 == pytest.approx(
+            records[it - 1]["reward/total"], abs=1e-6)
+        for x in group:  # the reward is the configured weighted sum of its parts
+            assert x["reward"] == pytest.approx(0.7 * x["reward/mask"] + 0.3 * x["reward/format"],
+                                                abs=1e-6)
+        for k in (0, 2):  # advantages are centred within each group
+            assert group[k]["advantage"] + group[k + 1]["advantage"] == pytest.approx(0, abs=1e-5)
+    assert "adv/zero_group_frac" in records[1] and 0 <= records[1]["adv/zero_group_frac"] <= 1
 
 
 def test_a_micro_batch_that_splits_groups_unevenly_fails_before_training(tmp_path, train,

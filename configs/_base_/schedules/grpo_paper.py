@@ -10,6 +10,9 @@ train_cfg = dict(
     group_size=8,
     actor_micro_batch=2,
     experience_micro_batch=8,
+    # every 100th iteration's rollouts (response, reward breakdown, advantage) to
+    # <work_dir>/rollouts.rank<k>.jsonl
+    rollout_log_interval=100,
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, top_k=None,
                         max_new_tokens=2000),
 )
