@@ -61,6 +61,7 @@ train_cfg = dict(
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, max_new_tokens=96),
     reward=reward,
     response_key='response_coprs',
+    rollout_log_interval=5,
     val_interval=1500,
 )
 optim_wrapper = dict(
