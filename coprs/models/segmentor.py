@@ -73,7 +73,9 @@ class ReasoningSegmentor(BaseModel):
         seg_loss: MODELS config of the segmentation loss (``SegmentationLoss``: BCE on the
             prior + λ_d·Dice + λ_f·Focal on the mask, times λ_SEG); None: that default.
         rl: GRPO settings: ``clip_eps`` (0.2), ``kl_coef`` β (0.2), ``kl_kind``
-            ('low_var_kl'), ``agg`` ('token-mean'); ``lm_coef`` (1.0), the weight of the
+            ('low_var_kl'), ``agg`` ('token-mean'), ``entropy_coef`` (0.0 as in the paper; > 0
+            adds ``loss_entropy`` = −coef · the rollouts' token entropy, aggregated as ``agg``;
+            the entropy is logged as ``pg/entropy`` either way); ``lm_coef`` (1.0), the weight of the
             token cross-entropy in supervised (teacher-forced) steps; ``answer_coef`` (0.0, off
             as in the paper), the weight of the answer-naming loss in supervised steps
             (:meth:`answer_loss`: the special token's state, read through the LM head, names
@@ -93,7 +95,7 @@ class ReasoningSegmentor(BaseModel):
         self.seg_loss = MODELS.build(seg_loss if seg_loss is not None else
                                      dict(type="SegmentationLoss"))
         self.rl = dict(clip_eps=0.2, kl_coef=0.2, kl_kind="low_var_kl", agg="token-mean",
-                       lm_coef=1.0, answer_coef=0.0, answer_key="gold_answer")
+                       entropy_coef=0.0, lm_coef=1.0, answer_coef=0.0, answer_key="gold_answer")
         unknown = set(rl or {}) - set(self.rl)
         if unknown:
             raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
@@ -302,7 +304,12 @@ class ReasoningSegmentor(BaseModel):
         pil = [Image.fromarray(im) for im in images]
         instructions = repeat_each([s["instruction"] for s in samples], g)
         fwd = self.policy.forward_responses(repeat_each(pil, g), instructions, rollouts)
-        logp, mask = self.policy.response_logprobs(fwd)
+        grpo = "rollouts" in samples[0]
+        if grpo:
+            logp, mask, entropy = self.policy.response_logprobs(
+                fwd, with_entropy=True, entropy_grad=self.rl["entropy_coef"] > 0)
+        else:
+            logp, mask = self.policy.response_logprobs(fwd)
         keys, _ = self.encode_images(images)
         keys = keys.repeat_interleave(g, 0)
         policy_out = fwd.policy_output([r.text for r in rollouts])
@@ -312,7 +319,7 @@ class ReasoningSegmentor(BaseModel):
                             valid.repeat_interleave(g, 0))
         losses = {k: v if k.startswith("loss") else v.detach() for k, v in seg.items()}
         losses["format_ok"] = torch.tensor(float(np.mean(prior.valid)))
-        if "rollouts" not in samples[0]:
+        if not grpo:
             ce = -(logp * mask).sum() / mask.sum().clamp(min=1)
             losses["loss_lm"] = self.rl["lm_coef"] * ce
             if self.rl["answer_coef"] > 0:
@@ -330,6 +337,12 @@ class ReasoningSegmentor(BaseModel):
                                 agg=self.rl["agg"])
         losses["loss_pg"] = pg
         losses.update({f"pg/{k}": torch.tensor(float(v)) for k, v in stats.items()})
+        if self.rl["entropy_coef"] > 0:
+            ent = agg_loss(entropy, mask, self.rl["agg"])
+            losses["loss_entropy"] = -self.rl["entropy_coef"] * ent
+            losses["pg/entropy"] = ent.detach()
+        else:
+            losses["pg/entropy"] = agg_loss(entropy, mask, self.rl["agg"])
         if self.rl["kl_coef"] > 0 and samples[0].get("ref_logprobs") is not None:
             ref = torch.zeros_like(logp)
             for i, lp in enumerate(x for s in samples for x in s["ref_logprobs"]):
@@ -387,7 +400,8 @@ class ReasoningSegmentor(BaseModel):
         """What each loss of :meth:`loss` is averaged over, counted for a batch of samples.
 
         ``loss_seg``: images with valid pixels (per-image means); ``loss_lm``: response tokens;
-        ``loss_answer``: samples whose answer has content words; ``loss_pg`` and ``loss_kl``:
+        ``loss_answer``: samples whose answer has content words; ``loss_pg``, ``loss_kl`` and
+        ``loss_entropy``:
         response tokens (``rl.agg='token-mean'``) or sequences with tokens (the per-sequence
         modes); ``_seqs``: sequences. Micro-batches weight their losses by their share of these
         (:func:`coprs.models.micro_batch.split_batch`).
@@ -398,7 +412,7 @@ class ReasoningSegmentor(BaseModel):
         if "rollouts" in samples[0]:
             per = tokens if self.rl["agg"] == "token-mean" else sum(
                 1 for r in rollouts if r.token_ids)
-            out.update(loss_pg=per, loss_kl=per)
+            out.update(loss_pg=per, loss_kl=per, loss_entropy=per)
         else:
             tok, key = self.policy.tokenizer, self.rl["answer_key"]
             out["loss_lm"] = tokens

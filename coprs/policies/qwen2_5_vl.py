@@ -639,15 +639,24 @@ class Qwen25VLPolicy(BasePolicy):
         encoded.pooler_output = tuple(per_image[distinct.index(k)] for k in rows)
         return {"mm_encoder_outputs": {"image": encoded}}
 
-    def response_logprobs(self, fwd: ResponseForward) -> tuple[torch.Tensor, torch.Tensor]:
+    def response_logprobs(self, fwd: ResponseForward, with_entropy: bool = False,
+                          entropy_grad: bool = True) -> tuple[torch.Tensor, ...]:
         """Log-probabilities of each rollout's own tokens under the forwarded model.
 
         Logits are computed only at the response positions (not the whole sequence). Tokens the
         policy may never write (vision tokens) are masked as in generation, so these match the
         rollout-time log-probs.
 
+        Args:
+            fwd: :meth:`forward_responses` output.
+            with_entropy: also return the entropy (nats) of the next-token distribution at each
+                response position, over the tokens the policy may write.
+            entropy_grad: the entropy keeps its gradient (for an entropy loss); False computes it
+                without one, so nothing of it is held for the backward (for logging).
+
         Returns:
             (logp B x T, mask B x T) with T the longest response; mask is 1 on real tokens.
+            With ``with_entropy``: (logp, mask, entropy B x T), entropy 0 on padding.
         """
         b = len(fwd.token_ids)
         t_max = max(1, max(len(t) for t in fwd.token_ids))
@@ -668,5 +677,13 @@ class Qwen25VLPolicy(BasePolicy):
         logits = fwd.lm_head(hidden).float()  # B x T x V
         if self.suppress_token_ids:
             logits[..., self.suppress_token_ids] = -float("inf")
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
-        return logp * mask, mask
+        log_probs = torch.log_softmax(logits, dim=-1)
+        logp = log_probs.gather(-1, targets[..., None])[..., 0]
+        if not with_entropy:
+            return logp * mask, mask
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+            # suppressed tokens (log-prob -inf, probability 0) add nothing; their log-prob is
+            # replaced by 0 first, as 0 * -inf (and its gradient) would be NaN
+            finite = log_probs.masked_fill(torch.isinf(log_probs), 0.0)
+            entropy = -(log_probs.exp() * finite).sum(-1)
+        return logp * mask, mask, entropy * mask

@@ -161,3 +161,25 @@ def test_an_iteration_is_one_count_of_mmengines_gradient_accumulation(tiny_segme
     for whole, micro, exp in zip(*deltas, expected):
         torch.testing.assert_close(whole, exp, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(micro, exp, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_bonus_raises_the_entropy_and_splits_like_the_policy_loss(tiny_segmentor, batch):
+    """``rl.entropy_coef`` > 0: ``loss_entropy`` = −coef · entropy (``pg/entropy`` logged), a step
+    on it alone raises the entropy, and micro-batches give the whole batch's step."""
+    model = copy.deepcopy(tiny_segmentor)
+    model.rl.update(entropy_coef=1.0, kl_coef=0.0, clip_eps=0.2)
+    images, samples = batch
+    samples = _grpo_samples(model, images, samples)
+    for s in samples:  # no advantage: the step follows the entropy bonus (and L_SEG) alone
+        s["advantages"] = torch.zeros(4)
+    full = _step(model, images, samples, None)
+    logs = full[1]
+    assert float(logs["loss_entropy"]) == pytest.approx(-float(logs["pg/entropy"]), rel=1e-5)
+    _assert_same_step(full, _step(model, images, samples, 2))
+    stepped = copy.deepcopy(model).train()
+    params = [p for p in stepped.parameters() if p.requires_grad]
+    for p, d in zip(params, full[0]):  # apply the step: p - lr * grad, lr 0.01
+        p.data -= 0.01 * d
+    after = stepped.train_step(dict(inputs=list(images), data_samples=[dict(s) for s in samples]),
+                               OptimWrapper(torch.optim.SGD(params, lr=0.0)))
+    assert float(after["pg/entropy"]) > float(logs["pg/entropy"])

@@ -349,3 +349,34 @@ def test_generation_after_a_forced_prefix(tiny_policy, monkeypatch):
         tiny_policy.generate(imgs, instructions, do_sample=True, prefixes=prefixes)
     with pytest.raises(ValueError, match="2 prompts"):
         tiny_policy.generate(imgs, instructions, prefixes=prefixes[:1])
+
+
+def test_entropy_at_each_response_token_over_the_writable_vocabulary(tiny_policy):
+    """``with_entropy``: −Σ p log p of the next-token distribution at every response position,
+    the suppressed (vision) tokens excluded, 0 on padding; with a gradient only when asked."""
+    policy = tiny_policy
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (112, 112, 3), np.uint8))
+    texts = ["<think>a b c</think><REF_POS>", "<think>a</think><REF_POS>"]
+    rollouts = [Rollout(text=t, token_ids=policy.tokenizer.encode(t, add_special_tokens=False))
+                for t in texts]
+    fwd = policy.forward_responses([image, image], ["find it"] * 2, rollouts)
+    logp, mask, ent = policy.response_logprobs(fwd, with_entropy=True)
+    assert torch.equal(logp, policy.response_logprobs(fwd)[0])
+    assert ent.requires_grad
+    for i, r in enumerate(rollouts):
+        n = len(r.token_ids)
+        pos = torch.arange(fwd.resp_start[i] - 1, fwd.resp_start[i] - 1 + n)
+        logits = fwd.lm_head(fwd.last_hidden[i, pos]).float()
+        keep = torch.ones(logits.shape[-1], dtype=torch.bool)
+        keep[policy.suppress_token_ids] = False
+        p = torch.softmax(logits[:, keep], dim=-1)
+        expected = -(p * p.log()).sum(-1)
+        torch.testing.assert_close(ent[i, :n], expected, rtol=1e-5, atol=1e-5)
+        assert not ent[i, n:].any()  # padding
+        assert (expected > 0).all() and (expected <= np.log(int(keep.sum())) + 1e-4).all()
+    assert not policy.response_logprobs(fwd, with_entropy=True, entropy_grad=False)[2].requires_grad
+    policy.zero_grad()
+    ent.sum().backward()  # finite although the suppressed tokens have probability 0
+    grads = [p.grad for p in policy.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    policy.zero_grad()
