@@ -73,6 +73,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         experience_micro_batch: sequences per no-grad forward when the rollouts' masks are
             scored and the reference log-probs computed (paper: 8); same rule; None: all at
             once.
+        scale_advantages: divide each group's centred rewards by the group's std (GRPO, the
+            paper); False only centres them (Dr. GRPO), so groups with small reward spreads
+            weigh less.
         rollout_log_interval: every this many GRPO iterations (from the first), append each
             rollout of the iteration (instruction, response, reward breakdown, advantage) as a
             JSON line to ``<work_dir>/rollouts.jsonl`` (``rollouts.rank<k>.jsonl`` per rank in
@@ -84,7 +87,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                  rollout_engine: dict | None = None, reward: dict | None = None,
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
                  reference_dtype: str | None = None, actor_micro_batch: int | None = None,
-                 experience_micro_batch: int | None = None, rollout_log_interval: int = 0,
+                 experience_micro_batch: int | None = None, scale_advantages: bool = True,
+                 rollout_log_interval: int = 0,
                  val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
         self.reference_dtype = None
         if reference_dtype is not None:
@@ -109,6 +113,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             raise ValueError(f"train_cfg.rollout_log_interval={rollout_log_interval}: need a "
                              "number of GRPO iterations >= 1, or 0 for no rollout log")
         self.rollout_log_interval = int(rollout_log_interval)
+        self.scale_advantages = bool(scale_advantages)
         self.experience_micro_batch = experience_micro_batch
         self.stages = stages
         super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
@@ -228,7 +233,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             total, breakdown = self.reward.score([r.text for r in rollouts], probs,
                                                  gt.repeat_interleave(g, 0) > 0.5,
                                                  valid.repeat_interleave(g, 0) > 0.5, **extra_args)
-            adv = group_advantages(total.float().cpu(), g)
+            adv = group_advantages(total.float().cpu(), g, scale=self.scale_advantages)
             timings["reward"] = time.perf_counter() - t0
 
             ref_logps = None

@@ -10,7 +10,8 @@ from mmengine.hooks import Hook
 
 from coprs.cli import main
 from coprs.engine import drop_validation
-from coprs.registry import HOOKS
+from coprs.registry import HOOKS, REWARDS
+from coprs.rewards.base import BaseReward
 
 from ..conftest import SMALL_RUN, TINY_CONFIG  # noqa: TID252
 
@@ -163,6 +164,49 @@ def test_rollout_log_holds_every_logged_rollout_with_its_reward_and_advantage(tm
         for k in (0, 2):  # advantages are centred within each group
             assert group[k]["advantage"] + group[k + 1]["advantage"] == pytest.approx(0, abs=1e-5)
     assert "adv/zero_group_frac" in records[1] and 0 <= records[1]["adv/zero_group_frac"] <= 1
+
+
+class _LengthReward(BaseReward):
+    """Rewards a response by its length: rollouts of a group differ (a mask reward of the random
+    tiny policy barely does)."""
+
+    name = "length"
+
+    def __call__(self, responses, pred_probs=None, gt=None, valid=None):
+        return torch.tensor([len(r) / 100 for r in responses])
+
+
+REWARDS.register_module(module=_LengthReward, force=True)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_advantages_are_centred_and_scaled_by_the_group_std_unless_switched_off(tmp_path,
+                                                                                small_run, scale):
+    """``train_cfg.scale_advantages=False`` (Dr. GRPO): reward minus the group's mean; True (the
+    paper): divided by the group's (unbiased) std too."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.train_cfg.reward = dict(type="WeightedSumReward",
+                                rewards=[dict(reward=dict(type="_LengthReward"), weight=1.0)])
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=2",
+                 f"train_cfg.scale_advantages={scale}", "train_cfg.rollout_log_interval=1",
+                 "train_cfg.rollout_engine.temperature=3.0", *small_run]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "w" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(lines) == 8  # 2 iterations x 2 prompts x 2 rollouts
+    spread = 0
+    for a, b in zip(lines[::2], lines[1::2]):
+        assert (a["sample_id"], a["iter"]) == (b["sample_id"], b["iter"])
+        diff = a["reward"] - b["reward"]
+        if abs(diff) <= 1e-6:  # a flat group gets exactly 0
+            assert a["advantage"] == b["advantage"] == 0
+            continue
+        spread += 1
+        # two rewards: centred ±diff/2; their unbiased std is |diff|/√2
+        want = diff / 2 / (abs(diff) / 2 ** 0.5 + 1e-6) if scale else diff / 2
+        assert a["advantage"] == pytest.approx(want, rel=1e-4)
+        assert b["advantage"] == pytest.approx(-want, rel=1e-4)
+    assert spread > 0
 
 
 def test_a_micro_batch_that_splits_groups_unevenly_fails_before_training(tmp_path, train,

@@ -29,7 +29,7 @@ EXAMPLE = """example:
 
 #: plotted when ``--keys`` is not given, those of them that a log has (and every */gIoU)
 DEFAULT_KEYS = ("loss", "loss_lm", "loss_seg", "reward/total", "reward/mask", "reward/format",
-                "kl_ref")
+                "kl_ref", "pg/entropy")
 #: GRPO's phases, as logged by the loop (seconds per iteration)
 PHASES = ("time/rollout", "time/reward", "time/reference", "time/actor")
 
