@@ -6,6 +6,7 @@ from .hooks import (
     AtomicLocalBackend,
     PlainCheckpointStateHook,
     SegLossScheduleHook,
+    TrainProgressBarHook,
     TrainTimeBudgetHook,
 )
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
@@ -23,7 +24,7 @@ __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop",
     "REASONING_MODES", "flat_metrics", "drop_validation",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
-    "AtomicCheckpointHook", "TrainTimeBudgetHook",
+    "AtomicCheckpointHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",
     "GroupedOptimWrapperConstructor",
 ]

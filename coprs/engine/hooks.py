@@ -19,7 +19,7 @@ from mmengine.model import is_model_wrapper
 from ..registry import HOOKS
 
 __all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
-           "AtomicCheckpointHook", "TrainTimeBudgetHook",
+           "AtomicCheckpointHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
            "to_plain", "history_to_plain", "history_from_plain"]
 
 
@@ -232,3 +232,51 @@ class TrainTimeBudgetHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self._start is not None and time.perf_counter() - self._start >= self.seconds:
             runner.train_loop.stop_training = True
+
+
+@HOOKS.register_module()
+class TrainProgressBarHook(Hook):
+    """A progress bar over the training iterations (tqdm, on stderr, rank 0).
+
+    The bar shows the stage of the current iteration (``train (sft)`` / ``train (grpo)``), the
+    iterations done of ``max_iters`` (from the resumed iteration after ``--resume``), the rate,
+    the time left and the latest values of ``keys`` that the iteration logged. The logger's
+    lines still carry every value.
+
+    Args:
+        keys: logged values shown after the bar, when the iteration has them.
+        disable: None (default) shows the bar only when stderr is a terminal, so log files and
+            CI output stay clean; False always shows it; True never.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, keys: tuple[str, ...] = ("loss", "reward/mask"),
+                 disable: bool | None = None) -> None:
+        self.keys = tuple(keys)
+        self.disable = disable
+        self.bar = None
+
+    def before_train(self, runner) -> None:
+        if not is_main_process():
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train",
+                        unit="it", dynamic_ncols=True, disable=self.disable)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.bar is None:
+            return
+        outputs = outputs or {}
+        stage = "grpo" if float(outputs.get("stage_grpo", 0.0)) > 0 else "sft"
+        self.bar.set_description(f"train ({stage})", refresh=False)
+        shown = {k: f"{float(outputs[k]):.4g}" for k in self.keys if k in outputs}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+
+    def after_train(self, runner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -209,6 +209,17 @@ def test_advantages_are_centred_and_scaled_by_the_group_std_unless_switched_off(
     assert spread > 0
 
 
+def test_progress_bar_counts_the_iterations_and_names_the_stage(tmp_path, train, capsys):
+    """``TrainProgressBarHook`` (the schedules' ``default_hooks.progress_bar``): off when stderr
+    is not a terminal (as under pytest), shown with ``disable=False``."""
+    assert train(tmp_path / "quiet", sft=1, grpo=1) == 0
+    assert "train (grpo)" not in capsys.readouterr().err
+    assert train(tmp_path / "w", "default_hooks.progress_bar.disable=False", sft=2, grpo=2) == 0
+    err = capsys.readouterr().err
+    assert "train (sft)" in err and "train (grpo)" in err and "4/4" in err
+    assert "reward/mask=" in err  # the GRPO iterations' value after the bar
+
+
 def test_a_micro_batch_that_splits_groups_unevenly_fails_before_training(tmp_path, train,
                                                                         capsys):
     assert train(tmp_path / "w", "train_cfg.actor_micro_batch=3") == 2

@@ -7,7 +7,8 @@ paper's per-GPU batch), each rollout a teacher-forced response of ``--tokens`` t
 the whole batch at once and with micro-batches of 8 and 2 sequences. Each variant runs in a
 fresh process so its peak is its own: on CPU the growth of the process's peak resident memory
 during the first step, on CUDA ``torch.cuda.max_memory_allocated`` above what the model holds.
-It reports each variant's peak and median step time over the whole batch's, and whether the
+``--quick`` runs the three in this process (its peaks mean nothing). It reports each variant's
+peak and median step time over the whole batch's, and whether the
 variants give the same loss (the whole batch's, to float rounding).
 
 Prints one JSON object last::
@@ -126,6 +127,11 @@ def main(argv=None) -> dict:
         return {}
     runs = {}
     for name in ("whole", "8", "2"):
+        if args.quick:  # one process for the smoke test: its peaks mean nothing
+            with configured(args):
+                runs[name] = child(None if name == "whole" else int(name), tokens, repeats,
+                                   args.device)
+            continue
         cmd = [sys.executable, __file__, "--child", name, "--tokens", str(tokens), "--repeats",
                str(repeats), "--threads", str(args.threads), "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False,

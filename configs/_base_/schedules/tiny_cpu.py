@@ -51,4 +51,6 @@ default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1500, max_keep_ckpts=2,
                     save_last=True, backend_args=dict(backend='atomic_local')),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # a tqdm bar over the iterations when stderr is a terminal
+    progress_bar=dict(type='TrainProgressBarHook'),
 )

@@ -89,6 +89,7 @@ default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1500, max_keep_ckpts=2,
                     save_last=True, backend_args=dict(backend='atomic_local')),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    progress_bar=dict(type='TrainProgressBarHook'),
 )
 
 test_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
