@@ -80,6 +80,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             rollout of the iteration (instruction, response, reward breakdown, advantage) as a
             JSON line to ``<work_dir>/rollouts.jsonl`` (``rollouts.rank<k>.jsonl`` per rank in
             distributed runs); 0: off.
+        rollout_log_panels: at those iterations, also draw the first prompt's best- and
+            worst-rewarded rollouts (image | heatmap | mask | response, with their rewards) to
+            the visualizer's backends as ``rollouts_<sample id>`` (LocalVisBackend:
+            ``vis_data/vis_image/rollouts_<id>_<iter>.png``; TensorBoard: an image), from rank 0.
         val_begin, val_interval: as ``IterBasedTrainLoop``.
     """
 
@@ -88,7 +92,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
                  reference_dtype: str | None = None, actor_micro_batch: int | None = None,
                  experience_micro_batch: int | None = None, scale_advantages: bool = True,
-                 rollout_log_interval: int = 0,
+                 rollout_log_interval: int = 0, rollout_log_panels: bool = False,
                  val_begin: int = 1, val_interval: int = 10 ** 9) -> None:
         self.reference_dtype = None
         if reference_dtype is not None:
@@ -114,6 +118,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                              "number of GRPO iterations >= 1, or 0 for no rollout log")
         self.rollout_log_interval = int(rollout_log_interval)
         self.scale_advantages = bool(scale_advantages)
+        self.rollout_log_panels = bool(rollout_log_panels)
         self.experience_micro_batch = experience_micro_batch
         self.stages = stages
         super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
@@ -235,6 +240,13 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                                  valid.repeat_interleave(g, 0) > 0.5, **extra_args)
             adv = group_advantages(total.float().cpu(), g, scale=self.scale_advantages)
             timings["reward"] = time.perf_counter() - t0
+            logging = self.rollout_log_interval and (
+                (self._iter - self.grpo_start()) % self.rollout_log_interval == 0)
+            panel = None
+            if logging and self.rollout_log_panels:  # every rank decodes (FSDP gathers)
+                order = [int(total[:g].argmax()), int(total[:g].argmin())]
+                panel = (order, model.rollout_maps(images[0], samples[0],
+                                                   [groups[0][j] for j in order]))
 
             ref_logps = None
             if model.rl["kl_coef"] > 0:
@@ -251,9 +263,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             s["rollouts"] = rollouts[i * g:(i + 1) * g]
             s["advantages"] = adv[i * g:(i + 1) * g]
             s["ref_logprobs"] = None if ref_logps is None else ref_logps[i * g:(i + 1) * g]
-        if self.rollout_log_interval and (
-                (self._iter - self.grpo_start()) % self.rollout_log_interval == 0):
+        if logging:
             self._log_rollouts(samples, groups, total, breakdown, adv)
+        if panel is not None and is_main_process():
+            self._draw_rollouts(images[0], samples[0], groups[0], total[:g], *panel)
         extra = {"reward/total": float(total.mean())}
         extra.update({f"reward/{k}": float(v.float().mean()) for k, v in breakdown.items()})
         extra["reward/group_std"] = float(total.view(-1, g).std(dim=1).mean())
@@ -286,6 +299,24 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
             f.writelines(lines)
+
+    def _draw_rollouts(self, image, sample: dict, group: list, rewards, order: list[int],
+                       maps: list) -> None:
+        """The best- and worst-rewarded rollouts of one prompt (``order``, with their
+        :meth:`~coprs.models.ReasoningSegmentor.rollout_maps`), one panel each, stacked."""
+        import re
+
+        from ..visualization import render_panel
+
+        panels = [render_panel(image, f"{sample['instruction']}  [{label} of {len(group)}: "
+                               f"reward {float(rewards[j]):.3f}]", heat, mask, group[j].text,
+                               format_ok=ok)
+                  for label, j, (heat, mask, ok) in zip(("best", "worst"), order, maps)]
+        width = max(p.shape[1] for p in panels)
+        panel = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)),
+                                       constant_values=255) for p in panels])
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sample.get("sample_id", "sample")))
+        self.runner.visualizer.add_image(f"rollouts_{stem}", panel, step=self._iter + 1)
 
     def _experience_parts(self, num_samples: int) -> list[list[tuple[int, int, int]]]:
         """(sample, first rollout, end rollout) slices of the batch's rollouts, one list per

@@ -385,16 +385,38 @@ class ReasoningSegmentor(BaseModel):
         return torch.stack(terms).mean() if terms else logp.sum() * 0.0
 
     @torch.no_grad()
-    def score_rollouts(self, images: list[np.ndarray], samples: list[dict],
-                       rollouts: list[Rollout], g: int) -> torch.Tensor:
-        """No-grad decode of every rollout's mask: N x m x m probabilities (N = B·G)."""
+    def decode_rollouts(self, images: list[np.ndarray], samples: list[dict],
+                        rollouts: list[Rollout], g: int
+                        ) -> tuple[PriorOutput, dict[str, torch.Tensor]]:
+        """No-grad prior and decoder outputs of B·G rollouts (G consecutive ones per sample)."""
         pil = [Image.fromarray(im) for im in images]
         instructions = repeat_each([s["instruction"] for s in samples], g)
         out = self.policy.readout(repeat_each(pil, g), instructions, rollouts)
         keys, _ = self.encode_images(images)
-        _, dec = self.decode(out, keys.repeat_interleave(g, 0),
-                             repeat_each([im.shape[:2] for im in images], g))
+        return self.decode(out, keys.repeat_interleave(g, 0),
+                           repeat_each([im.shape[:2] for im in images], g))
+
+    @torch.no_grad()
+    def score_rollouts(self, images: list[np.ndarray], samples: list[dict],
+                       rollouts: list[Rollout], g: int) -> torch.Tensor:
+        """No-grad decode of every rollout's mask: N x m x m probabilities (N = B·G)."""
+        _, dec = self.decode_rollouts(images, samples, rollouts, g)
         return torch.sigmoid(dec["mask_logits"][:, 0].float())
+
+    @torch.no_grad()
+    def rollout_maps(self, image: np.ndarray, sample: dict, rollouts: list[Rollout]
+                     ) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """(heatmap, mask, format ok) of each rollout of one sample, at the image's size, as
+        :meth:`predict_images` gives them (the heatmap is the sigmoid of the mask logits for
+        priors without one)."""
+        prior, dec = self.decode_rollouts([image], [sample], rollouts, len(rollouts))
+        size, ori = self.vision_backbone.img_size, image.shape[:2]
+        valid = self.vision_backbone.valid_hw(ori)
+        heat = prior.heatmap if prior.heatmap is not None else dec["mask_logits"]
+        return [(torch.sigmoid(postprocess_logits(heat[k, :1], size, valid, ori)).cpu().numpy(),
+                 (postprocess_logits(dec["mask_logits"][k, :1], size, valid, ori) > 0
+                  ).cpu().numpy(), bool(prior.valid[k]))
+                for k in range(len(rollouts))]
 
     def loss_normalizers(self, samples: list[dict]) -> dict[str, int]:
         """What each loss of :meth:`loss` is averaged over, counted for a batch of samples.

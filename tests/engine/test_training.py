@@ -7,6 +7,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from PIL import Image
 
 from coprs.cli import main
 from coprs.engine import drop_validation
@@ -147,7 +148,8 @@ def test_rollout_log_holds_every_logged_rollout_with_its_reward_and_advantage(tm
     cfg.dump(str(tmp_path / "cfg.py"))
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
                  "--cfg-options", "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=3",
-                 "train_cfg.rollout_log_interval=2", *small_run]) == 0
+                 "train_cfg.rollout_log_interval=2", "train_cfg.rollout_log_panels=True",
+                 f"visualizer.name=vis_{tmp_path.name}", *small_run]) == 0
     lines = [json.loads(x) for x in (tmp_path / "w" / "rollouts.jsonl").read_text().splitlines()]
     # GRPO iterations 2-4 of the run; every second one from the first: 2 and 4; 2 prompts x 2
     assert [x["iter"] for x in lines] == [2] * 4 + [4] * 4
@@ -164,6 +166,13 @@ def test_rollout_log_holds_every_logged_rollout_with_its_reward_and_advantage(tm
         for k in (0, 2):  # advantages are centred within each group
             assert group[k]["advantage"] + group[k + 1]["advantage"] == pytest.approx(0, abs=1e-5)
     assert "adv/zero_group_frac" in records[1] and 0 <= records[1]["adv/zero_group_frac"] <= 1
+    # rollout_log_panels: the first prompt's best and worst rollouts at the same iterations
+    first = lines[0]["sample_id"].replace("/", "_")
+    panels = sorted(p.name for p in (tmp_path / "w").rglob("vis_image/rollouts_*.png"))
+    assert panels == [f"rollouts_{first}_2.png", f"rollouts_{lines[4]['sample_id']}_4.png"
+                      .replace("/", "_")]
+    with Image.open(next((tmp_path / "w").rglob("vis_image/rollouts_*.png"))) as im:
+        assert im.height > im.width / 2  # two panels stacked
 
 
 class _LengthReward(BaseReward):
@@ -291,12 +300,10 @@ def test_validation_during_training_logs_keeps_best_and_changes_nothing(tmp_path
                  "default_hooks.checkpoint.rule=greater", "val_cfg.vis_samples=1",
                  sft=2, grpo=1) == 0
     # vis_samples: the first sample's panel at every validation, through the visualizer
-    panels = sorted(p.name for p in (tmp_path / "v").rglob("vis_image/*.png"))
+    panels = sorted(p.name for p in (tmp_path / "v").rglob("vis_image/shapes_*.png"))
     assert [p.rsplit("_", 1)[1] for p in panels] == ["1.png", "2.png", "3.png"]
     assert len({p.rsplit("_", 1)[0] for p in panels}) == 1 and panels[0].startswith("shapes_val_")
-    from PIL import Image
-
-    with Image.open(next((tmp_path / "v").rglob("vis_image/*.png"))) as im:
+    with Image.open(next((tmp_path / "v").rglob("vis_image/shapes_*.png"))) as im:
         assert im.size[0] > 3 * im.size[1]  # image | heatmap | mask | response
     log = capsys.readouterr().out
     assert log.count("shapes/val (gold reasoning): gIoU=") == 3  # iterations 1, 2 and 3

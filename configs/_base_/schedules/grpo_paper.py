@@ -11,8 +11,9 @@ train_cfg = dict(
     actor_micro_batch=2,
     experience_micro_batch=8,
     # every 100th iteration's rollouts (response, reward breakdown, advantage) to
-    # <work_dir>/rollouts.rank<k>.jsonl
+    # <work_dir>/rollouts.rank<k>.jsonl; the first prompt's best and worst drawn to the visualizer
     rollout_log_interval=100,
+    rollout_log_panels=True,
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, top_k=None,
                         max_new_tokens=2000),
 )

@@ -10,8 +10,10 @@ train_cfg = dict(
     group_size=8,
     rollout_engine=dict(type='HFRolloutEngine', temperature=1.0, top_p=1.0, max_new_tokens=96),
     response_key='response_coprs',
-    # every 5th GRPO iteration's rollouts to <work_dir>/rollouts.jsonl (docs/training.md)
+    # every 5th GRPO iteration's rollouts to <work_dir>/rollouts.jsonl, and the first prompt's
+    # best and worst rollouts drawn to vis_data/vis_image (docs/training.md)
     rollout_log_interval=5,
+    rollout_log_panels=True,
     # validate at the λ_d/λ_f change, the end of the warm-up and the end (a config with val_cfg)
     val_interval=sft_iters // 2,
 )

@@ -62,6 +62,7 @@ train_cfg = dict(
     reward=reward,
     response_key='response_coprs',
     rollout_log_interval=5,
+    rollout_log_panels=True,
     val_interval=1500,
 )
 optim_wrapper = dict(
