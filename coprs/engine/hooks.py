@@ -269,9 +269,13 @@ class TrainProgressBarHook(Hook):
         if self.bar is None:
             return
         outputs = outputs or {}
-        stage = "grpo" if float(outputs.get("stage_grpo", 0.0)) > 0 else "sft"
+
+        def value(v) -> float:
+            return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+        stage = "grpo" if value(outputs.get("stage_grpo", 0.0)) > 0 else "sft"
         self.bar.set_description(f"train ({stage})", refresh=False)
-        shown = {k: f"{float(outputs[k]):.4g}" for k in self.keys if k in outputs}
+        shown = {k: f"{value(outputs[k]):.4g}" for k in self.keys if k in outputs}
         if shown:
             self.bar.set_postfix(shown, refresh=False)
         self.bar.update(1)

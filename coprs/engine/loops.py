@@ -225,11 +225,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
             t0 = time.perf_counter()
             probs = torch.cat([  # N x m x m
-                model.score_rollouts([images[i] for i, _, _ in part],
-                                     [samples[i] for i, _, _ in part],
-                                     [r for i, lo, hi in part for r in groups[i][lo:hi]],
-                                     part[0][2] - part[0][1])
-                for part in self._experience_parts(len(samples))])
+                model.score_rollouts([images[i] for i in idx], [samples[i] for i in idx], part, k)
+                for idx, part, k in self._experience_parts(groups)])
             gt, valid = model.vision_targets(samples)  # B x S x S; the reward resizes them to m x m
             extra_args = {}
             if getattr(self.reward, "needs_geometry", False):  # coordinates in the text (Seg-Zero)
@@ -240,10 +237,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                                  valid.repeat_interleave(g, 0) > 0.5, **extra_args)
             adv = group_advantages(total.float().cpu(), g, scale=self.scale_advantages)
             timings["reward"] = time.perf_counter() - t0
-            logging = self.rollout_log_interval and (
+            log_now = self.rollout_log_interval and (
                 (self._iter - self.grpo_start()) % self.rollout_log_interval == 0)
             panel = None
-            if logging and self.rollout_log_panels:  # every rank decodes (FSDP gathers)
+            if log_now and self.rollout_log_panels:  # every rank decodes (FSDP gathers)
                 order = [int(total[:g].argmax()), int(total[:g].argmin())]
                 panel = (order, model.rollout_maps(images[0], samples[0],
                                                    [groups[0][j] for j in order]))
@@ -251,19 +248,17 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             ref_logps = None
             if model.rl["kl_coef"] > 0:
                 t0 = time.perf_counter()
-                ref_logps = [lp for part in self._experience_parts(len(samples))
+                ref_logps = [lp for idx, part, k in self._experience_parts(groups)
                              for lp in self._reference_logprobs(
-                                 model, [pil[i] for i, _, _ in part],
-                                 [instructions[i] for i, _, _ in part],
-                                 [r for i, lo, hi in part for r in groups[i][lo:hi]],
-                                 part[0][2] - part[0][1])]
+                                 model, [pil[i] for i in idx], [instructions[i] for i in idx],
+                                 part, k)]
                 timings["reference"] = time.perf_counter() - t0
 
         for i, s in enumerate(samples):
             s["rollouts"] = rollouts[i * g:(i + 1) * g]
             s["advantages"] = adv[i * g:(i + 1) * g]
             s["ref_logprobs"] = None if ref_logps is None else ref_logps[i * g:(i + 1) * g]
-        if logging:
+        if log_now:
             self._log_rollouts(samples, groups, total, breakdown, adv)
         if panel is not None and is_main_process():
             self._draw_rollouts(images[0], samples[0], groups[0], total[:g], *panel)
@@ -318,13 +313,15 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sample.get("sample_id", "sample")))
         self.runner.visualizer.add_image(f"rollouts_{stem}", panel, step=self._iter + 1)
 
-    def _experience_parts(self, num_samples: int) -> list[list[tuple[int, int, int]]]:
-        """(sample, first rollout, end rollout) slices of the batch's rollouts, one list per
-        no-grad forward (``experience_micro_batch`` sequences; all at once by default)."""
+    def _experience_parts(self, groups: list[list]) -> list[tuple[list[int], list, int]]:
+        """The no-grad forwards over a batch's rollout groups (``experience_micro_batch``
+        sequences each; all at once by default): (sample indices, their rollouts in order,
+        rollouts per sample) of each."""
         g = self.group_size
-        if self.experience_micro_batch is None:
-            return [[(i, 0, g) for i in range(num_samples)]]
-        return micro_batch_slices(num_samples, g, self.experience_micro_batch)
+        size = self.experience_micro_batch or g * len(groups)
+        return [([i for i, _, _ in part], [r for i, lo, hi in part for r in groups[i][lo:hi]],
+                 part[0][2] - part[0][1])
+                for part in micro_batch_slices(len(groups), g, size)]
 
     def _sample_rollouts(self, policy, pil, instructions, g) -> list[list]:
         """G rollouts per prompt, from the random stream of (seed, rank, iteration)."""

@@ -42,6 +42,19 @@ def postprocess_logits(logits: torch.Tensor, img_size: int, valid_hw: tuple[int,
     return x[0, 0]
 
 
+def image_maps(prior: PriorOutput, dec: dict, b: int, img_size: int, valid_hw: tuple[int, int],
+               ori_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``b``'s heatmap (float32 probabilities) and mask (bool) at the original image size.
+
+    The heatmap is the prior's, or the sigmoid of the mask logits for priors without one; the
+    mask is the mask logits above 0 (see :func:`postprocess_logits`).
+    """
+    heat = prior.heatmap if prior.heatmap is not None else dec["mask_logits"]
+    heatmap = torch.sigmoid(postprocess_logits(heat[b, :1], img_size, valid_hw, ori_hw))
+    mask = postprocess_logits(dec["mask_logits"][b, :1], img_size, valid_hw, ori_hw) > 0
+    return heatmap.cpu().numpy().astype(np.float32), mask.cpu().numpy()
+
+
 def _declared(registry, cfg: dict, offered: dict) -> dict:
     """The ``offered`` connecting widths that the configured class names in its ``__init__``."""
     cls = cfg.get("type")
@@ -229,16 +242,13 @@ class ReasoningSegmentor(BaseModel):
         results = []
         size = self.vision_backbone.img_size
         for b, (img, rollout) in enumerate(zip(images, rollouts)):
-            ori = img.shape[:2]
-            mask = postprocess_logits(dec["mask_logits"][b, :1], size, valid[b], ori) > 0
-            heat = prior.heatmap if prior.heatmap is not None else dec["mask_logits"]
-            heatmap = torch.sigmoid(postprocess_logits(heat[b, :1], size, valid[b], ori))
+            heatmap, mask = image_maps(prior, dec, b, size, valid[b], img.shape[:2])
             parsed = self.prior.parse_response(rollout.text)
             results.append(SegmentationResult(
                 cot=parsed.cot,
                 response=rollout.text,
-                heatmap=heatmap.cpu().numpy().astype(np.float32),
-                mask=mask.cpu().numpy(),
+                heatmap=heatmap,
+                mask=mask,
                 format_ok=bool(parsed.valid and policy_out.has_token[b] and prior.valid[b]),
             ))
         return results
@@ -412,10 +422,7 @@ class ReasoningSegmentor(BaseModel):
         prior, dec = self.decode_rollouts([image], [sample], rollouts, len(rollouts))
         size, ori = self.vision_backbone.img_size, image.shape[:2]
         valid = self.vision_backbone.valid_hw(ori)
-        heat = prior.heatmap if prior.heatmap is not None else dec["mask_logits"]
-        return [(torch.sigmoid(postprocess_logits(heat[k, :1], size, valid, ori)).cpu().numpy(),
-                 (postprocess_logits(dec["mask_logits"][k, :1], size, valid, ori) > 0
-                  ).cpu().numpy(), bool(prior.valid[k]))
+        return [(*image_maps(prior, dec, k, size, valid, ori), bool(prior.valid[k]))
                 for k in range(len(rollouts))]
 
     def loss_normalizers(self, samples: list[dict]) -> dict[str, int]:
@@ -423,9 +430,8 @@ class ReasoningSegmentor(BaseModel):
 
         ``loss_seg``: images with valid pixels (per-image means); ``loss_lm``: response tokens;
         ``loss_answer``: samples whose answer has content words; ``loss_pg``, ``loss_kl`` and
-        ``loss_entropy``:
-        response tokens (``rl.agg='token-mean'``) or sequences with tokens (the per-sequence
-        modes); ``_seqs``: sequences. Micro-batches weight their losses by their share of these
+        ``loss_entropy``: response tokens (``rl.agg='token-mean'``) or sequences with tokens (the
+        per-sequence modes); ``_seqs``: sequences. Micro-batches weight their losses by their share of these
         (:func:`coprs.models.micro_batch.split_batch`).
         """
         rollouts, g = self.rollouts_for_training(samples)

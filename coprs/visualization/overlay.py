@@ -59,19 +59,27 @@ def render_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def _printable(text: str) -> str:
+    """Control characters (which a random-initialised policy can write, and which no font draws)
+    as ``\\x..`` escapes; line breaks are kept."""
+    return "".join(c if c.isprintable() or c == "\n" else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+
+
 def _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 4.4), dpi=100)
     axes = fig.subplots(1, 4)
     axes[0].imshow(image)
-    axes[0].set_title("\n".join(textwrap.wrap(instruction or "(empty instruction)", 40)),
-                      fontsize=9)
+    axes[0].set_title("\n".join(textwrap.wrap(_printable(instruction or "(empty instruction)"),
+                                             40)), fontsize=9)
     axes[1].imshow(heatmap_overlay(image, heatmap))
     axes[1].set_title("positional prior (heatmap)", fontsize=9)
     axes[2].imshow(mask_overlay(image, mask))
     axes[2].set_title("mask", fontsize=9)
-    text = "\n".join(textwrap.fill(p, wrap) for p in (response or "(empty)").splitlines() or [""])
+    text = "\n".join(textwrap.fill(p, wrap)
+                     for p in _printable(response or "(empty)").splitlines() or [""])
     if format_ok is not None:
         text = f"[format {'ok' if format_ok else 'NOT ok'}]\n" + text
     axes[3].text(0.0, 1.0, text[:2500], va="top", ha="left", fontsize=8, family="monospace",
