@@ -104,7 +104,8 @@ class _RecordOutputs(Hook):
         self.records[name] = []
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.records[self.name].append({k: float(v) for k, v in outputs.items()
+        self.records[self.name].append({k: float(torch.as_tensor(v).detach())
+                                        for k, v in outputs.items()
                                         if k.startswith(("loss", "reward/", "adv/"))})
 
 
