@@ -525,3 +525,34 @@ def test_analyze_logs_plots_a_panel_per_key(train_logs, tmp_path, capsys):
     assert analyze_logs.main(["plot_curve", str(train_logs / "20260101_120000")]) == 2
     assert "scalars.json" in capsys.readouterr().err
     assert analyze_logs.main(["plot_curve", str(train_logs), "--legend", "a", "b"]) == 2
+
+
+def test_pass_at_k_summary_by_hand():
+    tool = _load("pass_at_k")
+    out = tool.summarize([0.2, 0.9], [[0.1, 0.6, 0.3], [0.4, 0.4, 0.4]], threshold=0.5)
+    assert out["n"] == 2 and out["greedy_giou"] == pytest.approx(0.55)
+    assert out["sampled_giou"] == pytest.approx(2.2 / 6, abs=1e-4)
+    assert out["best_of_k_giou"] == pytest.approx(0.5)  # (0.6 + 0.4) / 2
+    assert out["pass_at_k"] == 0.5 and out["greedy_found"] == 0.5
+    assert out["flat_groups"] == 0.5  # the second sample's three IoUs are equal
+
+
+def test_pass_at_k_samples_k_responses_and_scores_each(tmp_path, capsys):
+    tool = _load("pass_at_k")
+    out = tmp_path / "records.jsonl"
+    assert tool.main([TINY_CONFIG, "--k", "3", "--num-samples", "2", "--batch-size", "2",
+                      "--max-new-tokens", "8", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["k"] == 3 and set(report["splits"]) == {"shapes/test", "shapes/test_novel"}
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert len(r["ious"]) == len(r["responses"]) == 3
+        assert all(0.0 <= v <= 1.0 for v in r["ious"])
+    test = [r for r in records if r["split"] == "shapes/test"]
+    split = report["splits"]["shapes/test"]
+    assert split["best_of_k_giou"] == pytest.approx(
+        np.mean([max(r["ious"]) for r in test]), abs=1e-4)
+    assert split["greedy_giou"] == pytest.approx(np.mean([r["greedy_iou"] for r in test]),
+                                                 abs=1e-4)
+    assert split["best_of_k_giou"] >= split["sampled_giou"]
