@@ -116,6 +116,14 @@ def _named_corpus(name: str) -> list[str]:
     raise ValueError(f"unknown tiny corpus {name!r}; use 'default', 'shapes' or a list of lines")
 
 
+
+def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last dimension from log-probabilities. Suppressed tokens (log-prob -inf,
+    probability 0) add nothing: their log-prob is replaced by 0 first, as 0 * -inf (and its
+    gradient) would be NaN."""
+    finite = log_probs.masked_fill(torch.isinf(log_probs), 0.0)
+    return -(log_probs.exp() * finite).sum(-1)
+
 @POLICIES.register_module()
 class Qwen25VLPolicy(BasePolicy):
     """Qwen2.5-VL that reasons in ``<think>…</think>`` and then writes a special token.
@@ -681,9 +689,11 @@ class Qwen25VLPolicy(BasePolicy):
         logp = log_probs.gather(-1, targets[..., None])[..., 0]
         if not with_entropy:
             return logp * mask, mask
-        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-            # suppressed tokens (log-prob -inf, probability 0) add nothing; their log-prob is
-            # replaced by 0 first, as 0 * -inf (and its gradient) would be NaN
-            finite = log_probs.masked_fill(torch.isinf(log_probs), 0.0)
-            entropy = -(log_probs.exp() * finite).sum(-1)
+        if torch.is_grad_enabled() and entropy_grad:
+            entropy = _entropy(log_probs)
+        else:  # for logging: a few positions at a time, so no extra B x T x V tensor is held
+            with torch.no_grad():
+                rows = log_probs.detach().flatten(0, -2)
+                entropy = torch.cat([_entropy(rows[i:i + 1024])
+                                     for i in range(0, rows.shape[0], 1024)]).view(mask.shape)
         return logp * mask, mask, entropy * mask
