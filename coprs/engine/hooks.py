@@ -268,6 +268,9 @@ class TrainProgressBarHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.bar is None:
             return
+        if self.bar.disable:  # not a terminal: nothing to draw
+            self.bar.update(1)
+            return
         outputs = outputs or {}
 
         def value(v) -> float:

@@ -24,13 +24,10 @@ def check_micro_batch(size: int, group_size: int, what: str = "actor_micro_batch
     """Raise a clear error unless ``size`` sequences cut groups of ``group_size`` evenly."""
     if int(size) != size or size < 1:
         raise ValueError(f"train_cfg.{what}={size!r}: need a positive number of sequences")
-    if size < group_size and group_size % size:
-        raise ValueError(f"train_cfg.{what}={size} does not divide group_size={group_size}: a "
+    if group_size % size if size < group_size else size % group_size:
+        relation = ("does not divide" if size < group_size else "is not a multiple of")
+        raise ValueError(f"train_cfg.{what}={size} {relation} group_size={group_size}: a "
                          "micro-batch holds a whole number of groups or an equal slice of one; "
-                         f"use a divisor of {group_size} or a multiple of it")
-    if size > group_size and size % group_size:
-        raise ValueError(f"train_cfg.{what}={size} is not a multiple of group_size={group_size}: "
-                         "a micro-batch holds a whole number of groups or an equal slice of one; "
                          f"use a divisor of {group_size} or a multiple of it")
 
 

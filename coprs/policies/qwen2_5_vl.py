@@ -116,13 +116,13 @@ def _named_corpus(name: str) -> list[str]:
     raise ValueError(f"unknown tiny corpus {name!r}; use 'default', 'shapes' or a list of lines")
 
 
-
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     """Entropy over the last dimension from log-probabilities. Suppressed tokens (log-prob -inf,
     probability 0) add nothing: their log-prob is replaced by 0 first, as 0 * -inf (and its
     gradient) would be NaN."""
     finite = log_probs.masked_fill(torch.isinf(log_probs), 0.0)
     return -(log_probs.exp() * finite).sum(-1)
+
 
 @POLICIES.register_module()
 class Qwen25VLPolicy(BasePolicy):
