@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 __all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
-           "repeat_each", "fork_rng"]
+           "repeat_each", "fork_rng", "state_dict_mismatch"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -89,3 +89,28 @@ def fork_rng():
 
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     return torch.random.fork_rng(devices=cuda)
+
+
+def state_dict_mismatch(model, state: dict, loaded_elsewhere: tuple[str, ...] = ()
+                        ) -> dict[str, list[str]]:
+    """How a checkpoint's ``state`` fails to fit ``model``, before anything is loaded.
+
+    Returns ``missing`` (trainable parameters of ``model`` the state lacks; frozen parameters,
+    tied aliases of them and buffers may be absent: the frozen vision backbone, and under LoRA
+    the base policy, load from their own weights), ``unexpected`` (keys ``model`` does not
+    have) and ``shapes`` (``"key (state shape) vs (model shape)"``). Keys starting with a
+    prefix in ``loaded_elsewhere`` (e.g. ``"policy."`` when the policy comes from an export
+    folder) are neither missing nor unexpected. All three lists empty: the state fits.
+    """
+    own = model.state_dict()
+    optional = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    optional |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    skip = tuple(loaded_elsewhere)
+    return {
+        "missing": [k for k in own
+                    if k not in state and k not in optional and not k.startswith(skip)],
+        "unexpected": [k for k in state if k not in own and not k.startswith(skip)],
+        "shapes": [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                   if k in state and hasattr(state[k], "shape")
+                   and tuple(state[k].shape) != tuple(v.shape)],
+    }

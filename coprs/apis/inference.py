@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from ..image import load_image
 from ..structures import SegmentationResult
-from ..utils import register_all_modules
+from ..utils import register_all_modules, state_dict_mismatch
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
            "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST"]
@@ -161,7 +161,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
     folder (:func:`init_segmentor` does that).
     """
     export = export_dir(checkpoint)
-    loaded_elsewhere: set[str] = set()
+    loaded_elsewhere: tuple[str, ...] = ()
     if export is not None:
         built_from = getattr(getattr(model, "policy", None), "model_path", None)
         if built_from is None or Path(built_from).resolve() != (export / "policy").resolve():
@@ -169,7 +169,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
                 f"'{export}' is a coprs export: its policy weights are in '{export / 'policy'}'. "
                 "Build the model with init_segmentor(config, checkpoint=that folder), or point "
                 "model.policy.model_path at its policy/ folder first")
-        loaded_elsewhere = {k for k in model.state_dict() if k.startswith("policy.")}
+        loaded_elsewhere = ("policy.",)
         path = export / "seg_head.pth"
     else:
         path = checkpoint_file(checkpoint)
@@ -179,16 +179,16 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         raise ValueError(f"cannot read checkpoint '{path}': {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = {n for n, p in model.named_parameters(remove_duplicate=False)
-              if not p.requires_grad}  # tied aliases too
-    frozen |= {n for n, _ in model.named_buffers()} | loaded_elsewhere
-    missing = [k for k in missing if k not in frozen]
-    if missing or unexpected:
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state dict")
+    bad = state_dict_mismatch(model, state, loaded_elsewhere)
+    if any(bad.values()):
         raise ValueError(
-            f"checkpoint '{path}' does not match the model: missing {missing[:5]} "
-            f"unexpected {unexpected[:5]}; was it trained with this config?"
+            f"checkpoint '{path}' does not match the model: missing {bad['missing'][:5]} "
+            f"unexpected {bad['unexpected'][:5]} shapes {bad['shapes'][:3]}; was it trained "
+            "with this config?"
         )
+    model.load_state_dict(state, strict=False)
 
 
 def segment(model, image, instruction: str, allow_empty: bool = False,

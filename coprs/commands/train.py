@@ -66,6 +66,19 @@ def start_from_export(cfg):
     return export
 
 
+def add_checkpoint_match_hook(cfg, export=None) -> None:
+    """Report in the run's log how ``load_from`` / ``--resume`` fits the model
+    (:class:`~coprs.engine.CheckpointMatchHook`), unless the config names the hook itself."""
+    hooks = list(cfg.get("custom_hooks") or [])
+    named = [h for h in [*hooks, *(cfg.get("default_hooks") or {}).values()]
+             if isinstance(h, dict) and h.get("type") in ("CheckpointMatchHook",
+                                                          "coprs.CheckpointMatchHook")]
+    if not named:
+        hooks.append(dict(type="CheckpointMatchHook",
+                          loaded_elsewhere=("policy.",) if export is not None else ()))
+        cfg.custom_hooks = hooks
+
+
 def check_weight_paths(cfg) -> None:
     """Fail before any compute when a configured weight file or folder does not exist."""
     model = cfg.model
@@ -115,6 +128,7 @@ def run(args) -> int:
         if not Path(args.resume).is_file():
             raise UsageError(f"checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume
+    add_checkpoint_match_hook(cfg, export)
     if args.launcher != "none":
         init_distributed(args.launcher)
     register_all_modules()

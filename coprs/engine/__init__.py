@@ -4,6 +4,7 @@ MODEL_WRAPPERS / STRATEGIES registries)."""
 from .hooks import (
     AtomicCheckpointHook,
     AtomicLocalBackend,
+    CheckpointMatchHook,
     PlainCheckpointStateHook,
     SegLossScheduleHook,
     TrainProgressBarHook,
@@ -24,7 +25,7 @@ __all__ = [
     "ReasoningSegTrainLoop", "STAGE_KINDS", "ReasonSegTestLoop", "ReasonSegValLoop",
     "REASONING_MODES", "flat_metrics", "drop_validation",
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
-    "AtomicCheckpointHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
+    "AtomicCheckpointHook", "CheckpointMatchHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",
     "GroupedOptimWrapperConstructor",
 ]

@@ -17,6 +17,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
+from ..utils import state_dict_mismatch
 
 __all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
            "AtomicCheckpointHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
@@ -287,3 +288,61 @@ class TrainProgressBarHook(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@HOOKS.register_module()
+class CheckpointMatchHook(Hook):
+    """Say in the run's log how a loaded checkpoint fits the model (``load_from``, ``--resume``).
+
+    mmengine loads ``load_from`` non-strictly: tensors the checkpoint lacks keep their initial
+    values, tensors of another shape are skipped, and its own report goes to stdout only. This
+    hook compares the checkpoint with the model before it is loaded and writes the result to the
+    run's logger (its log file): one INFO line when every trainable tensor is there, else a
+    WARNING with the trainable parameters the checkpoint lacks, the keys the model does not
+    have and the shape mismatches (:func:`coprs.utils.state_dict_mismatch`; frozen parameters
+    and buffers may be absent, as they load from their own weights). ``coprs train`` adds it to
+    every run whose config does not name it.
+
+    Args:
+        strict: make a mismatch an error, raised before anything is loaded.
+        loaded_elsewhere: key prefixes that come from elsewhere and are not checked
+            (``coprs train`` sets ``("policy.",)`` when ``load_from`` is an export folder, whose
+            policy is built from its ``policy/`` folder).
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, strict: bool = False, loaded_elsewhere: tuple[str, ...] = ()) -> None:
+        self.strict = strict
+        self.loaded_elsewhere = tuple(loaded_elsewhere)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if getattr(runner, "strategy", None) is not None:  # FlexibleRunner: sharded names
+            runner.logger.info("CheckpointMatchHook: checkpoint keys are not compared under "
+                               "FlexibleRunner (its strategy loads and reports them)")
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        state = checkpoint.get("state_dict", checkpoint)
+        state = {k[len("module."):] if k.startswith("module.") else k: v
+                 for k, v in state.items()}  # mmengine's revise_keys
+        bad = state_dict_mismatch(model, state, self.loaded_elsewhere)
+        source = getattr(runner, "_load_from", None) or "the checkpoint"
+        if not any(bad.values()):
+            trainable = sum(1 for p in model.parameters() if p.requires_grad)
+            runner.logger.info(f"{source}: every trainable tensor of the model is in it "
+                               f"({trainable} trainable parameters), with its shape")
+            return
+        lines = [f"{source} does not fit the model; mmengine loads it in part:"]
+        for name, what in (("missing", "trainable parameters it lacks (they keep their initial "
+                                        "values)"),
+                           ("unexpected", "keys the model does not have (ignored)"),
+                           ("shapes", "tensors of another shape (not loaded)")):
+            if bad[name]:
+                shown = ", ".join(bad[name][:8]) + (", ..." if len(bad[name]) > 8 else "")
+                lines.append(f"  {len(bad[name])} {what}: {shown}")
+        lines.append("  If this is not meant, use the config the checkpoint was trained with; "
+                     "CheckpointMatchHook(strict=True) makes this an error.")
+        message = "\n".join(lines)
+        if self.strict:
+            raise ValueError(message)
+        runner.logger.warning(message)

@@ -107,6 +107,11 @@ def test_checkpoint_round_trip_through_init_segmentor(tmp_path):
     torch.save({"state_dict": {"prior.nope": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not match the model"):
         init_segmentor(str(TINY_CONFIG), checkpoint=str(tmp_path / "bad.pth"))
+    # a tensor of another shape (another assembly's head) is the same clear error, not torch's
+    reshaped = dict(trainable, **{"prior.w_q.weight": trainable["prior.w_q.weight"][:1]})
+    torch.save({"state_dict": reshaped}, tmp_path / "shape.pth")
+    with pytest.raises(ValueError, match=r"shapes \['prior.w_q.weight \(1, "):
+        init_segmentor(str(TINY_CONFIG), checkpoint=str(tmp_path / "shape.pth"))
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         init_segmentor(str(TINY_CONFIG), checkpoint=str(tmp_path / "absent.pth"))
     # a training work dir stands for the checkpoint its last_checkpoint names, as on the CLI

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from coprs.engine.hooks import AtomicLocalBackend, SegLossScheduleHook
+from coprs.engine.hooks import AtomicLocalBackend, CheckpointMatchHook, SegLossScheduleHook
 from coprs.engine.optim import GroupedOptimWrapperConstructor
 from coprs.losses import SegmentationLoss
 from coprs.models.segmentor import apply_update
@@ -201,3 +201,49 @@ def test_plain_copy_without_fsdp_is_a_frozen_equal_copy(tiny_policy):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
         assert a[k].data_ptr() != b[k].data_ptr() or a[k].numel() == 0
+
+
+class _Logged:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, msg):
+        self.lines.append(("INFO", msg))
+
+    def warning(self, msg):
+        self.lines.append(("WARNING", msg))
+
+
+def _runner(model, load_from="ckpt.pth"):
+    return types.SimpleNamespace(model=model, logger=_Logged(), _load_from=load_from)
+
+
+def test_checkpoint_match_hook_names_what_a_partial_load_leaves_out():
+    model = _Tied()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hook = CheckpointMatchHook()
+    runner = _runner(model)
+    full = {"state_dict": {f"module.{k}": v for k, v in state.items()}}  # DDP-saved keys too
+    hook.after_load_checkpoint(runner, full)
+    assert runner.logger.lines == [("INFO", "ckpt.pth: every trainable tensor of the model is in "
+                                    "it (3 trainable parameters), with its shape")]
+    del state["frozen.weight"], state["frozen.bias"]  # frozen: loaded from its own weights
+    hook.after_load_checkpoint(runner, {"state_dict": state})
+    assert runner.logger.lines[-1][0] == "INFO"
+    del state["prior.bias"]
+    state["prior.weight"] = torch.zeros(5, 4)
+    state["old_head.weight"] = torch.zeros(2)
+    hook.after_load_checkpoint(runner, {"state_dict": state})
+    level, msg = runner.logger.lines[-1]
+    assert level == "WARNING" and msg.startswith("ckpt.pth does not fit the model")
+    assert "1 trainable parameters it lacks (they keep their initial values): prior.bias" in msg
+    assert "1 keys the model does not have (ignored): old_head.weight" in msg
+    assert "1 tensors of another shape (not loaded): prior.weight (5, 4) vs (4, 4)" in msg
+    assert "frozen" not in msg
+    with pytest.raises(ValueError, match="prior.bias"):
+        CheckpointMatchHook(strict=True).after_load_checkpoint(_runner(model), {"state_dict": state})
+    # keys of a part built from elsewhere (an export's policy) are not checked
+    runner = _runner(model)
+    CheckpointMatchHook(loaded_elsewhere=("prior.", "old_head.")).after_load_checkpoint(
+        runner, {"state_dict": {k: v for k, v in state.items() if k != "prior.weight"}})
+    assert runner.logger.lines[-1][0] == "INFO"

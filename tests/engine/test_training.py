@@ -86,11 +86,23 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_
     assert not (tmp_path / "b" / last).exists()
     assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "b"), "--resume",
                  "--cfg-options", *stages, *small_run]) == 0
+    resumed_log = sorted((tmp_path / "b").glob("*/*.log"))[-1].read_text()
+    assert "every trainable tensor of the model is in it" in resumed_log
     a, b = _state(tmp_path / "a" / last), _state(tmp_path / "b" / last)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
+
+
+def test_load_from_a_checkpoint_that_does_not_fit_is_reported_in_the_run_log(tmp_path, train):
+    # e.g. a checkpoint of another assembly: mmengine would load it in part, reporting on stdout
+    torch.save({"state_dict": {"prior.old_head.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    assert train(tmp_path / "w", f"load_from={tmp_path / 'other.pth'}", sft=1, grpo=1) == 0
+    log = next((tmp_path / "w").glob("*/*.log")).read_text()
+    assert "other.pth does not fit the model; mmengine loads it in part" in log
+    assert "trainable parameters it lacks (they keep their initial values): policy." in log
+    assert "1 keys the model does not have (ignored): prior.old_head.weight" in log
 
 
 @HOOKS.register_module(force=True)
