@@ -11,13 +11,18 @@ gradient of the whole batch's loss, and one optimiser step follows.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from contextlib import nullcontext
 
 import torch
 
 __all__ = ["micro_batch_slices", "check_micro_batch", "check_train_cfg", "split_batch",
-           "run_train_step"]
+           "run_train_step", "WHOLE_BATCH"]
+
+#: the whole batch's samples while its micro-batches are forwarded (None otherwise), for checks
+#: that concern the batch rather than one part of it
+WHOLE_BATCH: contextvars.ContextVar = contextvars.ContextVar("coprs_whole_batch", default=None)
 
 
 def check_micro_batch(size: int, group_size: int, what: str = "actor_micro_batch") -> None:
@@ -140,21 +145,25 @@ def run_train_step(model, module, data: dict, optim_wrapper, micro_batch: int | 
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     merged: dict = {}
     bad, backward_seconds = False, 0.0
-    for j, (part, shares) in enumerate(parts):
-        last = j == len(parts) - 1
-        with model.no_sync() if ddp and not last else nullcontext():
-            with optim_wrapper.optim_context(model):
-                losses = model._run_forward(part, mode="loss")
-            losses = {k: v * shares.get(k, shares["_seqs"]) if "loss" in k else v
-                      for k, v in losses.items()}
-            parsed, log_vars = module.parse_losses(losses)
-            _merge_logs(merged, log_vars, shares["_seqs"])
-            if not last:  # every rank runs every backward (FSDP's collectives need them all)
-                bad = bad or not bool(torch.isfinite(parsed))
-                t0 = time.perf_counter()
-                optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
-                backward_seconds += time.perf_counter() - t0
-                optim_wrapper._inner_count -= 1  # the last part's update_params counts the step
+    whole = WHOLE_BATCH.set(data["data_samples"])
+    try:
+        for j, (part, shares) in enumerate(parts):
+            last = j == len(parts) - 1
+            with model.no_sync() if ddp and not last else nullcontext():
+                with optim_wrapper.optim_context(model):
+                    losses = model._run_forward(part, mode="loss")
+                losses = {k: v * shares.get(k, shares["_seqs"]) if "loss" in k else v
+                          for k, v in losses.items()}
+                parsed, log_vars = module.parse_losses(losses)
+                _merge_logs(merged, log_vars, shares["_seqs"])
+                if not last:  # every rank runs every backward (FSDP's collectives need them all)
+                    bad = bad or not bool(torch.isfinite(parsed))
+                    t0 = time.perf_counter()
+                    optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
+                    backward_seconds += time.perf_counter() - t0
+                    optim_wrapper._inner_count -= 1  # the last part's update_params counts the step
+    finally:
+        WHOLE_BATCH.reset(whole)
     log_vars = apply_update(parsed, merged, optim_wrapper, nonfinite=bad)
     if "time/backward_step" in log_vars:  # every part's backward, and the step
         log_vars["time/backward_step"] += backward_seconds

@@ -380,9 +380,12 @@ class ReasoningSegmentor(BaseModel):
             lm_head: the policy's output projection.
             samples: B data samples.
         """
+        from .micro_batch import WHOLE_BATCH
+
         tok = self.policy.tokenizer
         key = self.rl["answer_key"]
-        if samples and not any(key in sample for sample in samples):
+        batch = WHOLE_BATCH.get() or samples  # a micro-batch part: the batch it belongs to
+        if batch and not any(key in sample for sample in batch):
             warnings.warn(f"model.rl.answer_key={key!r}: no sample in the batch has this field, so "
                           "the answer-naming loss is 0; name a field the dataset provides "
                           "(e.g. 'gold_answer') or set model.rl.answer_coef=0", stacklevel=2)

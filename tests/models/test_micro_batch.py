@@ -1,13 +1,19 @@
 """Micro-batched train steps: the parts' gradients add up to the whole batch's (paper B.3)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 
-from coprs.models.micro_batch import check_micro_batch, micro_batch_slices, split_batch
+from coprs.models.micro_batch import (
+    WHOLE_BATCH,
+    check_micro_batch,
+    micro_batch_slices,
+    split_batch,
+)
 from coprs.registry import DATASETS, ROLLOUT_ENGINES
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
@@ -98,7 +104,13 @@ def test_supervised_step_in_micro_batches_equals_the_whole_batch(tiny_segmentor,
     samples[1].pop("gold_answer_region")  # one sample without an answer to name
     full = _step(tiny_segmentor, images, samples, None)
     assert {"loss_lm", "loss_answer", "loss_seg"} <= set(full[1])
-    _assert_same_step(full, _step(tiny_segmentor, images, samples, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        micro = _step(tiny_segmentor, images, samples, 1)
+    _assert_same_step(full, micro)
+    # the part holding only that sample is no batch without answers: no answer-key warning
+    assert not [w for w in caught if "no sample in the batch" in str(w.message)]
+    assert WHOLE_BATCH.get() is None  # set for the parts only
 
 
 def test_shares_of_each_loss_add_up_to_one(tiny_segmentor, batch):
