@@ -8,6 +8,7 @@ Subcommands (one module each in ``coprs.commands``):
     extract-features  precompute frozen backbone features into the feature cache
     browse-dataset    dump what a dataset loader produces as JSON lines and/or PNG panels
     export-hf         the policy (LoRA merged) as a transformers folder + the seg head
+    publish-model     a training checkpoint stripped to state_dict + meta, named by its sha256
     list              registered components per registry, with their origin (core or plugin)
     bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
     print-config      a config with its _base_ files and --cfg-options merged
@@ -36,6 +37,7 @@ from .commands import (
     extract_features,
     infer,
     print_config,
+    publish_model,
     test,
     train,
 )
@@ -45,7 +47,7 @@ from .commands.common import UsageError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
-             list_components, bench_paradigms, print_config, collect_env, demo)
+             publish_model, list_components, bench_paradigms, print_config, collect_env, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
