@@ -10,7 +10,8 @@ from pathlib import Path
 __all__ = [
     "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
-    "config_or_export", "read_jsonl",
+    "config_or_export", "read_jsonl", "torch_load_reason", "check_checkpoint_readable",
+    "finish_distributed",
 ]
 
 #: ``--launcher`` choices: ``pytorch`` under torchrun (``tools/dist_train.sh``), ``slurm`` under
@@ -90,6 +91,49 @@ def resolve_checkpoint(path: str | None) -> str | None:
         return str(checkpoint_file(path))
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def torch_load_reason(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed: the unpickler's own reason
+    (torch's message around it suggests ``weights_only=False``, which coprs never uses)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return text.split(marker, 1)[1].strip().split(". ", 1)[0].splitlines()[0].rstrip(".")
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def check_checkpoint_readable(path: str | Path, what: str) -> None:
+    """Fail before any compute unless ``torch.load(path, weights_only=True)`` reads the file, as
+    mmengine will when it loads it (torch >= 2.6). Tensors are memory-mapped, not read, so a
+    checkpoint of many GB costs little here.
+
+    Args:
+        path: the checkpoint file.
+        what: how the user named it, for the message (``"--resume"``, ``"load_from"``).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
+    except pickle.UnpicklingError as exc:
+        raise UsageError(
+            f"{what} '{path}' cannot be read with torch.load(weights_only=True) "
+            f"({torch_load_reason(exc)}). coprs loads checkpoints only that way, so that a file "
+            "cannot run code; checkpoints of coprs train load so (PlainCheckpointStateHook "
+            "saves plain state). For another file, save its state_dict alone, as a dict of "
+            "tensors, and pass that as load_from") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unreadable: name it
+        raise UsageError(f"{what} '{path}' is not a readable checkpoint "
+                         f"({torch_load_reason(exc)})") from exc
 
 
 def config_or_export(config: str | None, checkpoint: str | None) -> str:
@@ -190,3 +234,14 @@ def init_distributed(launcher: str = "pytorch") -> None:
                          "tools/dist_train.sh CONFIG GPUS")
     if not torch.cuda.is_available():
         dist.init_process_group(backend="gloo")
+
+
+def finish_distributed() -> None:
+    """The end of a distributed command: wait for every rank, then leave the process group.
+    torch asks for ``destroy_process_group`` before exit; left to the interpreter's teardown,
+    the communication threads can abort a rank that has finished its work."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import NamedTuple
 
-from .common import UsageError
+from .common import UsageError, torch_load_reason
 
 __all__ = ["add_parser", "run", "publish_checkpoint", "Published"]
 
@@ -70,17 +70,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_error(exc: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed: the unpickler's own reason
-    (torch's message around it suggests ``weights_only=False``, which we never use)."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        return text.split(marker, 1)[1].strip().split(". ", 1)[0].splitlines()[0].rstrip(".")
-    first = (text.strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
     """(the file, its contents) for a checkpoint file or a training work dir; a UsageError names
     the input when it is missing, unreadable, or not a training checkpoint."""
@@ -96,7 +85,7 @@ def _read_training_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
         raise UsageError(f"cannot read checkpoint '{path}' with torch.load(weights_only=True) "
-                         f"({_load_error(exc)}); give a .pth written by coprs train") from exc
+                         f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(f"'{path}' has no 'state_dict': it is not a coprs/mmengine training "
                          "checkpoint; give an iter_<N>.pth written by coprs train, or its work "

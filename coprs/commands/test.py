@@ -10,6 +10,7 @@ from .common import (
     add_cfg_options,
     add_launcher,
     config_stem,
+    finish_distributed,
     init_distributed,
     load_config,
     resolve_checkpoint,
@@ -198,7 +199,9 @@ def run(args) -> int:
             print(f"\n## reasoning: {mode}\n")
         print(format_results_table(by_mode[mode]))
         print(f"per-sample records: {runner.test_loop.out_dir}")
-    if not is_main_process():
+    main_process = is_main_process()
+    finish_distributed()  # what is left is rank 0's printing
+    if not main_process:
         return 0
     if several:
         print("\n## reasoning modes compared\n")

@@ -8,7 +8,9 @@ from .common import (
     UsageError,
     add_cfg_options,
     add_launcher,
+    check_checkpoint_readable,
     config_stem,
+    finish_distributed,
     init_distributed,
     load_config,
 )
@@ -64,6 +66,24 @@ def start_from_export(cfg):
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"load_from: {exc}") from exc
     return export
+
+
+def check_start_checkpoint(cfg, export=None) -> None:
+    """Fail before any compute when the checkpoint a run starts from (``load_from``, ``--resume``
+    or, for ``--resume`` without a file, the work dir's ``last_checkpoint``) is missing or cannot
+    be read with ``torch.load(weights_only=True)``."""
+    what, path = "load_from", cfg.get("load_from")
+    if cfg.get("resume"):
+        what = "--resume"
+        pointer = Path(cfg.work_dir) / "last_checkpoint"
+        if path is None and pointer.is_file():
+            what, path = f"--resume ({pointer})", pointer.read_text().strip()
+    if path is None or (export is not None and not cfg.get("resume")):
+        return  # an export's seg_head.pth is checked against the model (check_export_heads)
+    if not Path(path).expanduser().is_file():
+        raise UsageError(f"{what} '{path}' does not exist; give a local checkpoint file (coprs "
+                         "never downloads)")
+    check_checkpoint_readable(Path(path).expanduser(), what)
 
 
 def add_checkpoint_match_hook(cfg, export=None) -> None:
@@ -128,6 +148,7 @@ def run(args) -> int:
         if not Path(args.resume).is_file():
             raise UsageError(f"checkpoint '{args.resume}' does not exist")
         cfg.resume, cfg.load_from = True, args.resume
+    check_start_checkpoint(cfg, export)
     add_checkpoint_match_hook(cfg, export)
     if args.launcher != "none":
         init_distributed(args.launcher)
@@ -147,5 +168,6 @@ def run(args) -> int:
         except ValueError as exc:
             raise UsageError(f"load_from: {exc}") from exc
     runner.train()
+    finish_distributed()
     return 0
 

@@ -272,6 +272,37 @@ def test_missing_weight_path_fails_before_compute(capsys):
     assert "model.policy.model_path '/nowhere/qwen' does not exist" in capsys.readouterr().err
 
 
+def test_a_start_checkpoint_that_cannot_be_read_safely_fails_before_compute(tmp_path, capsys,
+                                                                              monkeypatch):
+    from mmengine.logging import HistoryBuffer
+
+    # mmengine's own state (what plain mmengine saves): torch's safe unpickler refuses it
+    torch.save({"meta": {"iter": 1}, "state_dict": {},
+                "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, tmp_path / "mm.pth")
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 half a checkpoint")
+    monkeypatch.setattr("mmengine.runner.Runner.from_cfg",
+                        lambda cfg: pytest.fail("built a runner"))
+    work = tmp_path / "w"
+    cases = [
+        (["--resume", str(tmp_path / "mm.pth")],
+         f"--resume '{tmp_path / 'mm.pth'}' cannot be read with torch.load(weights_only=True) "
+         "(Unsupported global: GLOBAL mmengine.logging.history_buffer.HistoryBuffer"),
+        (["--cfg-options", f"load_from={tmp_path / 'absent.pth'}"],
+         f"load_from '{tmp_path / 'absent.pth'}' does not exist; give a local checkpoint file"),
+        (["--cfg-options", f"load_from={tmp_path / 'cut.pth'}"],
+         f"load_from '{tmp_path / 'cut.pth'}' is not a readable checkpoint"),
+    ]
+    work.mkdir()
+    (work / "last_checkpoint").write_text(str(tmp_path / "cut.pth"))
+    cases.append((["--resume"], f"--resume ({work / 'last_checkpoint'}) '{tmp_path / 'cut.pth'}' "
+                                "is not a readable checkpoint"))
+    for extra, message in cases:
+        assert main(["train", str(TINY_CONFIG), "--work-dir", str(work), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "weights_only=False" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_configs_chain_warmup_then_grpo():
     cfg = Config.fromfile(str(TINY_CONFIG))
     assert [s["kind"] for s in cfg.train_cfg.stages] == ["sft", "grpo"]
