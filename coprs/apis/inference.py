@@ -183,11 +183,10 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         raise ValueError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state dict")
     bad = state_dict_mismatch(model, state, loaded_elsewhere)
     if any(bad.values()):
-        raise ValueError(
-            f"checkpoint '{path}' does not match the model: missing {bad['missing'][:5]} "
-            f"unexpected {bad['unexpected'][:5]} shapes {bad['shapes'][:3]}; was it trained "
-            "with this config?"
-        )
+        what = " ".join(f"{k} {v[:5]}" + (f" (+{len(v) - 5} more)" if len(v) > 5 else "")
+                        for k, v in bad.items() if v)
+        raise ValueError(f"checkpoint '{path}' does not match the model: {what}; was it trained "
+                         "with this config?")
     model.load_state_dict(state, strict=False)
 
 
