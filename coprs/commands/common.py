@@ -240,8 +240,12 @@ def finish_distributed() -> None:
     """The end of a distributed command: wait for every rank, then leave the process group.
     torch asks for ``destroy_process_group`` before exit; left to the interpreter's teardown,
     the communication threads can abort a rank that has finished its work."""
+    import torch
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # this rank's GPU, not one NCCL would guess
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
         dist.destroy_process_group()

@@ -233,3 +233,20 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
             path = tmp_path / name / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
             ids = [json.loads(x)["sample_id"] for x in path.read_text().splitlines()]
             assert len(ids) == len(set(ids)) == 5
+
+
+def test_a_finished_command_leaves_the_process_group(tmp_path):
+    import torch.distributed as dist
+
+    from coprs.commands.common import finish_distributed
+
+    finish_distributed()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        assert dist.is_initialized()
+        finish_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
