@@ -72,12 +72,18 @@ def check_start_checkpoint(cfg, export=None) -> None:
     """Fail before any compute when the checkpoint a run starts from (``load_from``, ``--resume``
     or, for ``--resume`` without a file, the work dir's ``last_checkpoint``) is missing or cannot
     be read with ``torch.load(weights_only=True)``."""
+    from coprs.apis import checkpoint_file
+
     what, path = "load_from", cfg.get("load_from")
     if cfg.get("resume"):
         what = "--resume"
         pointer = Path(cfg.work_dir) / "last_checkpoint"
         if path is None and pointer.is_file():
-            what, path = f"--resume ({pointer})", pointer.read_text().strip()
+            what = f"--resume ({pointer})"
+            try:
+                path = checkpoint_file(cfg.work_dir)  # the file the pointer names
+            except FileNotFoundError as exc:
+                raise UsageError(f"{what}: {exc}") from exc
     if path is None or (export is not None and not cfg.get("resume")):
         return  # an export's seg_head.pth is checked against the model (check_export_heads)
     if not Path(path).expanduser().is_file():
