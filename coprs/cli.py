@@ -11,7 +11,7 @@ Subcommands (one module each in ``coprs.commands``):
     publish-model     a training checkpoint stripped to state_dict + meta, named by its sha256
     list              registered components per registry, with their origin (core or plugin)
     bench-paradigms   train + evaluate CoPRS / LISA / Seg-Zero assemblies under one budget
-    print-config      a config with its _base_ files and --cfg-options merged
+    print-config      a config with its _base_ files and --cfg-options merged, or a checkpoint's
     collect-env       versions, devices and plugins, for a bug report
     demo              a web page (gradio): image + instruction in; reasoning, heatmap, mask out
 

@@ -1,10 +1,11 @@
-"""``coprs print-config``: the config a command would run, with its bases and overrides merged."""
+"""``coprs print-config``: the config a command would run, with its bases and overrides merged,
+or the config a checkpoint was trained with."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, load_config, torch_load_reason
 
 __all__ = ["add_parser", "run"]
 
@@ -15,18 +16,53 @@ def add_parser(sub) -> None:
         help="print a config with its _base_ files and --cfg-options merged",
         description="Load CONFIG as train/test/infer do (its _base_ chain, then --cfg-options) "
                     "and print the result as one Python config; --save-path also writes it, "
-                    "a file that loads without the bases (what a run saves in its work dir).",
+                    "a file that loads without the bases (what a run saves in its work dir). "
+                    "Given a checkpoint (.pth, e.g. from coprs train or coprs publish-model) or "
+                    "a training work dir instead, print the config it was trained with (the "
+                    "checkpoint's meta).",
         epilog="example: coprs print-config configs/coprs/coprs_tiny_shapes_cpu.py "
                "--cfg-options train_cfg.stages.1.iters=100 --save-path work_dirs/flat.py",
     )
-    p.add_argument("config", help="config file (or PLUGIN::path.py)")
+    p.add_argument("config", help="config file (or PLUGIN::path.py), or a checkpoint / training "
+                                  "work dir whose training config to print")
     p.add_argument("--save-path", metavar="FILE", help="also write the merged config here (.py)")
     add_cfg_options(p)
     p.set_defaults(func=run)
 
 
+def config_of_checkpoint(checkpoint: str, cfg_options=None):
+    """The config a ``coprs train`` checkpoint (or a work dir's last one) was trained with: the
+    merged config text mmengine keeps in its ``meta``, read with ``weights_only=True`` and the
+    tensors memory-mapped."""
+    import torch
+    from mmengine.config import Config
+
+    from coprs.apis import checkpoint_file
+
+    try:
+        path = checkpoint_file(checkpoint)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
+        raise UsageError(f"cannot read checkpoint '{path}' ({torch_load_reason(exc)})") from exc
+    text = ckpt.get("meta", {}).get("cfg") if isinstance(ckpt, dict) else None
+    if not isinstance(text, str):
+        raise UsageError(f"checkpoint '{path}' carries no config (meta['cfg']); only checkpoints "
+                         "written by coprs train (or published from one) do")
+    cfg = Config.fromstring(text, file_format=".py")
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
 def run(args) -> int:
-    cfg = load_config(args.config, args.cfg_options)
+    given = Path(args.config)
+    if given.suffix == ".pth" or given.is_dir():
+        cfg = config_of_checkpoint(args.config, args.cfg_options)
+    else:
+        cfg = load_config(args.config, args.cfg_options)
     print(cfg.pretty_text)
     if args.save_path:
         path = Path(args.save_path)

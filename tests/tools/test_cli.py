@@ -173,6 +173,30 @@ def test_print_config_merges_bases_and_overrides(tmp_path, capsys):
     assert "must end in .py" in capsys.readouterr().err
 
 
+def test_print_config_of_a_checkpoint_is_the_config_it_was_trained_with(tmp_path, capsys):
+    import torch
+    from mmengine.config import Config
+
+    trained = Config.fromfile(str(TINY_CONFIG))
+    trained.merge_from_dict({"model.prior.num_heads": 2})
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save({"meta": {"iter": 4, "cfg": trained.pretty_text},
+                "state_dict": {"w": torch.zeros(2)}}, work / "iter_4.pth")
+    (work / "last_checkpoint").write_text(str(work / "iter_4.pth"))
+    for source in (work / "iter_4.pth", work):  # the file, or the work dir's last checkpoint
+        assert main(["print-config", str(source), "--save-path", str(tmp_path / "c.py")]) == 0
+        capsys.readouterr()
+        assert Config.fromfile(str(tmp_path / "c.py")).to_dict() == trained.to_dict()
+    assert main(["print-config", str(work), "--cfg-options", "model.prior.num_heads=8"]) == 0
+    assert "num_heads=8" in capsys.readouterr().out
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "plain.pth")
+    assert main(["print-config", str(tmp_path / "plain.pth")]) == 2
+    assert "carries no config (meta['cfg'])" in capsys.readouterr().err
+    assert main(["print-config", str(tmp_path / "absent.pth")]) == 2
+    assert "absent.pth' does not exist" in capsys.readouterr().err
+
+
 def test_version_and_collect_env(capsys):
     from importlib import metadata
 
