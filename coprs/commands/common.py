@@ -11,7 +11,7 @@ __all__ = [
     "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
     "config_or_export", "read_jsonl", "torch_load_reason", "check_checkpoint_readable",
-    "finish_distributed",
+    "finish_distributed", "read_checkpoint",
 ]
 
 #: ``--launcher`` choices: ``pytorch`` under torchrun (``tools/dist_train.sh``), ``slurm`` under
@@ -104,6 +104,37 @@ def torch_load_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _torch_load(path, mmap: bool = False):
+    """``torch.load(weights_only=True)`` on the CPU; ``mmap`` maps the tensors instead of reading
+    them, except for files in torch's legacy format, which cannot be mapped."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if not mmap or "mmap can only be used" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(checkpoint, mmap: bool = False) -> tuple[Path, object]:
+    """(the file, what it holds) for a checkpoint file or a training work dir (its
+    ``last_checkpoint``), read with ``torch.load(weights_only=True)``; ``mmap`` maps the tensors
+    instead of reading them. A missing or unreadable file is a :class:`UsageError` naming it."""
+
+    from coprs.apis import checkpoint_file
+
+    try:
+        path = checkpoint_file(checkpoint)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return path, _torch_load(path, mmap)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
+        raise UsageError(f"cannot read checkpoint '{path}' with torch.load(weights_only=True) "
+                         f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
+
+
 def check_checkpoint_readable(path: str | Path, what: str) -> None:
     """Fail before any compute unless ``torch.load(path, weights_only=True)`` reads the file, as
     mmengine will when it loads it (torch >= 2.6). Tensors are memory-mapped, not read, so a
@@ -115,15 +146,9 @@ def check_checkpoint_readable(path: str | Path, what: str) -> None:
     """
     import pickle
 
-    import torch
 
     try:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-            torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
+        _torch_load(path, mmap=True)
     except pickle.UnpicklingError as exc:
         raise UsageError(
             f"{what} '{path}' cannot be read with torch.load(weights_only=True) "

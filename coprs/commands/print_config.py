@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, add_cfg_options, load_config, torch_load_reason
+from .common import UsageError, add_cfg_options, load_config, read_checkpoint
 
 __all__ = ["add_parser", "run"]
 
@@ -34,19 +34,9 @@ def config_of_checkpoint(checkpoint: str, cfg_options=None):
     """The config a ``coprs train`` checkpoint (or a work dir's last one) was trained with: the
     merged config text mmengine keeps in its ``meta``, read with ``weights_only=True`` and the
     tensors memory-mapped."""
-    import torch
     from mmengine.config import Config
 
-    from coprs.apis import checkpoint_file
-
-    try:
-        path = checkpoint_file(checkpoint)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
-        raise UsageError(f"cannot read checkpoint '{path}' ({torch_load_reason(exc)})") from exc
+    path, ckpt = read_checkpoint(checkpoint, mmap=True)
     text = ckpt.get("meta", {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(text, str):
         raise UsageError(f"checkpoint '{path}' carries no config (meta['cfg']); only checkpoints "

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import NamedTuple
 
-from .common import UsageError, torch_load_reason
+from .common import UsageError, read_checkpoint
 
 __all__ = ["add_parser", "run", "publish_checkpoint", "Published"]
 
@@ -73,19 +73,7 @@ def _sha256(path: Path) -> str:
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
     """(the file, its contents) for a checkpoint file or a training work dir; a UsageError names
     the input when it is missing, unreadable, or not a training checkpoint."""
-    import torch
-
-    from coprs.apis.inference import checkpoint_file
-
-    try:
-        path = checkpoint_file(checkpoint)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
-        raise UsageError(f"cannot read checkpoint '{path}' with torch.load(weights_only=True) "
-                         f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
+    path, ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(f"'{path}' has no 'state_dict': it is not a coprs/mmengine training "
                          "checkpoint; give an iter_<N>.pth written by coprs train, or its work "
