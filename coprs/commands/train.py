@@ -96,10 +96,9 @@ def add_checkpoint_match_hook(cfg, export=None) -> None:
     """Report in the run's log how ``load_from`` / ``--resume`` fits the model
     (:class:`~coprs.engine.CheckpointMatchHook`), unless the config names the hook itself."""
     hooks = list(cfg.get("custom_hooks") or [])
-    named = [h for h in [*hooks, *(cfg.get("default_hooks") or {}).values()]
-             if isinstance(h, dict) and h.get("type") in ("CheckpointMatchHook",
-                                                          "coprs.CheckpointMatchHook")]
-    if not named:
+    if not any(isinstance(h, dict) and h.get("type") in ("CheckpointMatchHook",
+                                                         "coprs.CheckpointMatchHook")
+               for h in [*hooks, *(cfg.get("default_hooks") or {}).values()]):
         hooks.append(dict(type="CheckpointMatchHook",
                           loaded_elsewhere=("policy.",) if export is not None else ()))
         cfg.custom_hooks = hooks

@@ -15,6 +15,7 @@ from PIL import Image
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import ImageGeometry, PolicyOutput, PriorOutput, Rollout, SegmentationResult
 from ..utils import repeat_each
+from .micro_batch import WHOLE_BATCH
 
 __all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update", "answer_token_ids"]
 
@@ -380,8 +381,6 @@ class ReasoningSegmentor(BaseModel):
             lm_head: the policy's output projection.
             samples: B data samples.
         """
-        from .micro_batch import WHOLE_BATCH
-
         tok = self.policy.tokenizer
         key = self.rl["answer_key"]
         batch = WHOLE_BATCH.get() or samples  # a micro-batch part: the batch it belongs to
