@@ -68,6 +68,8 @@ __all__ = [
     "PerturbAnswerPlace",
     "PLACES",
     "parse_final_answer",
+    "parse_inventory",
+    "cot_sentences",
     "sample_seed",
     "templates_for_split",
     "split_words",
@@ -219,6 +221,69 @@ def parse_final_answer(response: str) -> tuple[str, str, str | None] | None:
     none: "… So the target is the red star in the lower left." → ("red", "star", "lower left")."""
     m = _FINAL_ANSWER.search(response)
     return None if m is None else m.group(1, 2, 3)
+
+
+def _alternatives(words) -> str:
+    """A regex group matching any of ``words`` (longest first)."""
+    return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+_OBJECT_RE = _alternatives(COLOURS) + " " + _alternatives(SHAPES)
+#: the words each slot of the gold sentences takes; the other slots (inventories, groups,
+#: counts, properties) take any text
+_SLOT_RES = {
+    "colour": _alternatives(COLOURS),
+    "shape": _alternatives(SHAPES),
+    "plural": _alternatives(_PLURALS.values()),
+    "sup": _alternatives(_SUPERLATIVES),
+    "rel": _alternatives(_RELATIONS.values()),
+    "region": _alternatives(PLACES),
+    "target": _OBJECT_RE,
+    "ref": _OBJECT_RE,
+}
+
+
+def _sentence_re(fmt: str) -> re.Pattern:
+    parts = []
+    for literal, slot, _, _ in string.Formatter().parse(fmt):
+        parts.append(re.escape(literal))
+        if slot is not None:
+            parts.append(_SLOT_RES.get(slot, ".+?"))
+    return re.compile("".join(parts))
+
+
+#: each kind of gold reasoning sentence (a key of ``_COT``) as a pattern of the whole sentence
+_SENTENCE_RES = {kind: _sentence_re(fmt) for kind, fmt in _COT.items()}
+_INVENTORY_ITEM = re.compile(r"\b(?:a|an) (" + _alternatives(COLOURS) + ") ("
+                             + _alternatives(SHAPES) + r")\b")
+
+
+def cot_sentences(cot: str) -> list[tuple[str | None, str]]:
+    """Split a chain of thought into sentences, each with the kind of gold sentence it has the
+    form of: ``"see"`` (the inventory), ``"final"`` (the answer), or a step such as
+    ``"sup_overall"`` ("Comparing sizes, the red star is the largest."); None for a sentence of
+    no known form. Tags (``<think>``, ``<REF_POS>``, …) are dropped first.
+
+    >>> cot_sentences("<think>I see a red star. It is a star.</think><REF_POS>")
+    [('see', 'I see a red star.'), ('ref_shape', 'It is a star.')]
+    """
+    text = re.sub(r"<[^<>\s]*>", " ", cot)
+    sentences = [s.strip() for s in re.split(r"(?<=\.)\s+", text) if s.strip()]
+    return [(next((k for k, p in _SENTENCE_RES.items() if p.fullmatch(s)), None), s)
+            for s in sentences]
+
+
+def parse_inventory(cot: str) -> list[tuple[str, str]] | None:
+    """The (colour, shape) of every object the first "I see …." sentence of ``cot`` lists, in its
+    order, or None if it has no such sentence.
+
+    >>> parse_inventory("I see a red star and an orange circle. The red star is the one asked for.")
+    [('red', 'star'), ('orange', 'circle')]
+    """
+    for kind, sentence in cot_sentences(cot):
+        if kind == "see":
+            return [m.group(1, 2) for m in _INVENTORY_ITEM.finditer(sentence)]
+    return None
 
 
 @dataclass

@@ -20,7 +20,9 @@ from coprs.datasets.shapes import (
     ShapesSample,
     ShapesWorld,
     corpus,
+    cot_sentences,
     parse_final_answer,
+    parse_inventory,
     sample_seed,
     split_words,
     templates_for_split,
@@ -489,3 +491,15 @@ def test_perturb_answer_place_rejects_bad_input():
                    response_coprs="<think>a man</think><REF_POS>", gold_cot="a man")
     with pytest.raises(ValueError, match="refcoco_7.*synthetic world only"):
         PerturbAnswerPlace(prob=1.0)(foreign)
+
+
+def test_world_sentences_are_recognised():
+    ds = ShapesReasonDataset(split="test", num_samples=60)
+    for s in (ds.get_data_info(i) for i in range(len(ds))):
+        kinds = [k for k, _ in cot_sentences(s["response_coprs"])]
+        assert None not in kinds and kinds[0] == "see" and kinds[-1] == "final"
+        assert sorted(parse_inventory(s["gold_cot"])) == sorted(
+            (o["colour"], o["shape"]) for o in s["objects"])
+    assert cot_sentences("<think>Hello there. It is a star.</think><REF_POS>") == [
+        (None, "Hello there."), ("ref_shape", "It is a star.")]
+    assert parse_inventory("The red star is the one asked for.") is None
