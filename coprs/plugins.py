@@ -90,6 +90,11 @@ class CoprsHookSpecs:
         """Register rollout engines into ``ROLLOUT_ENGINES``."""
 
     @hookspec
+    def register_cot_judges(self, register: Callable) -> None:
+        """Register chain-of-thought judges into ``COT_JUDGES`` (contract:
+        :class:`coprs.evaluation.consistency.BaseCoTJudge`)."""
+
+    @hookspec
     def register_modules(self, register: Callable) -> None:
         """Register into any registry: ``register(kind, cls, name=None)``, ``kind`` a key of
         :data:`coprs.registry.ALL_REGISTRIES` (``'datasets'``, ``'transforms'``,

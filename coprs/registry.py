@@ -92,6 +92,8 @@ DECODERS = Registry("decoder", scope="coprs", locations=["coprs.decoders"])
 REWARDS = Registry("reward", scope="coprs", locations=["coprs.rewards"])
 # engines that sample G responses per prompt
 ROLLOUT_ENGINES = Registry("rollout_engine", scope="coprs", locations=["coprs.rollout"])
+# judges of a chain of thought's consistency (paper Sec. 4.3; tools/analysis/cot_consistency.py)
+COT_JUDGES = Registry("cot_judge", scope="coprs", locations=["coprs.evaluation"])
 
 # --- kinds the mmengine Runner builds (children of mmengine's roots) ----------------------------
 # segmentors, losses, data preprocessors
@@ -143,6 +145,7 @@ COMPONENT_REGISTRIES = {
     "decoders": DECODERS,
     "rewards": REWARDS,
     "rollout_engines": ROLLOUT_ENGINES,
+    "cot_judges": COT_JUDGES,
 }
 
 #: every registry of coprs, by name
