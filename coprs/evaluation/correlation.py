@@ -277,6 +277,8 @@ def plot_correlation(
     xlabel: str = "heatmap IoU",
     ylabel: str = "mask IoU",
     level: float = 0.95,
+    span: tuple[float, float] | None = None,
+    points: str = "samples",
 ) -> OLSFit:
     """Scatter plot with the OLS line, its shaded mean-confidence band and R in the legend.
 
@@ -291,6 +293,9 @@ def plot_correlation(
         xlabel (str): x-axis label.
         ylabel (str): y-axis label.
         level (float): confidence level of the band.
+        span (tuple[float, float] | None): x range of the line and band; None: [0, 1] when every
+            x lies in it (IoU-like data), else the data's range.
+        points (str): what a point is, for the legend ("samples (n = 200)").
 
     Returns:
         OLSFit: the fit that was drawn.
@@ -305,7 +310,9 @@ def plot_correlation(
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     lo, hi = float(x.min()), float(x.max())
-    if 0.0 <= lo and hi <= 1.0:  # IoU-like data: show the whole unit interval
+    if span is not None:
+        lo, hi = span
+    elif 0.0 <= lo and hi <= 1.0:  # IoU-like data: show the whole unit interval
         lo, hi = 0.0, 1.0
     xs = np.linspace(lo, hi, 200)
     lower, upper = fit.band(xs)
@@ -313,7 +320,7 @@ def plot_correlation(
     fig = Figure(figsize=(5.0, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter(x, y, s=10, alpha=0.5, color="tab:blue", label=f"samples (n = {fit.n})")
+    ax.scatter(x, y, s=10, alpha=0.5, color="tab:blue", label=f"{points} (n = {fit.n})")
     ax.plot(xs, fit.predict(xs), color="tab:red", label=f"OLS fit (R = {fit.r:.3f})")
     ax.fill_between(
         xs, lower, upper, color="tab:red", alpha=0.2, label=f"{level:.0%} confidence band"

@@ -527,6 +527,42 @@ def test_analyze_logs_plots_a_panel_per_key(train_logs, tmp_path, capsys):
     assert analyze_logs.main(["plot_curve", str(train_logs), "--legend", "a", "b"]) == 2
 
 
+def test_analyze_logs_train_correlation(tmp_path, capsys):
+    """Paper Fig. 3 (a)-(d): 1 - prior BCE against 1 - mask Dice, one point per training record;
+    validation records, records without both losses and (with --stage) other stages are left
+    out."""
+    w = tmp_path / "work"
+    rng = np.random.default_rng(0)
+    bce = rng.uniform(0.05, 0.3, size=12)
+    dice = np.clip(0.1 + 2.0 * bce + rng.normal(scale=0.02, size=12), 0, 1)
+    lines = [dict(step=10 * (i + 1), time=0.1, stage_grpo=int(i >= 8),
+                  **{"seg/bce": float(b), "seg/dice": float(d)})
+             for i, (b, d) in enumerate(zip(bce, dice))]
+    lines += [dict(step=130, time=0.1, stage_grpo=1), {"shapes/val/gIoU": 0.5, "step": 120}]
+    _write_run(w, "20260101_100000", lines)
+    out = tmp_path / "tc" / "train.png"
+    assert analyze_logs.main(["train_correlation", str(w), "--out", str(out)]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n"] == 12 and summary["x"] == "1 - seg/bce"
+    assert summary["pearson_r"] == pytest.approx(np.corrcoef(1 - bce, 1 - dice)[0, 1])
+    slope, intercept = np.polyfit(1 - bce, 1 - dice, 1)
+    assert summary["slope"] == pytest.approx(slope)
+    assert summary["intercept"] == pytest.approx(intercept)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == summary
+
+    assert analyze_logs.main(["train_correlation", str(w), "--stage", "warm-up", "--raw",
+                              "--out", str(out)]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n"] == 8 and summary["y"] == "seg/dice"
+    assert summary["pearson_r"] == pytest.approx(np.corrcoef(bce[:8], dice[:8])[0, 1])
+    capsys.readouterr()
+    assert analyze_logs.main(["train_correlation", str(w), "--x", "seg/focal",
+                              "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "0 training record(s) with both seg/focal and seg/dice" in err and "seg/bce" in err
+
+
 def test_pass_at_k_summary_by_hand():
     tool = _load("pass_at_k")
     out = tool.summarize([0.2, 0.9], [[0.1, 0.6, 0.3], [0.4, 0.4, 0.4]], threshold=0.5)

@@ -11,6 +11,9 @@ validation gIoU that are present) with one line per log (``--smooth`` averages t
 records, never validation ones), and marks where the warm-up ends and GRPO begins
 (``stage_grpo``). ``cal_train_time`` estimates each stage's time from the logged ``time`` (the
 mean seconds per iteration over each logging interval) and, for GRPO, the share of each phase.
+``train_correlation`` is the paper's Figure 3 (a)–(d): one point per logged training record,
+1 − BCE of the positional prior (``seg/bce``) against 1 − Dice of the mask (``seg/dice``), with
+Pearson R and the OLS line and band (per batch with ``default_hooks.logger.interval=1``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ EXAMPLE = """example:
   python tools/analysis/analyze_logs.py plot_curve work_dirs/coprs_tiny_shapes_cpu --out work_dirs/coprs_tiny_shapes_cpu/curves.png
   python tools/analysis/analyze_logs.py plot_curve work_dirs/a work_dirs/b --keys reward/mask kl_ref --legend a b --smooth 5 --out compare.png
   python tools/analysis/analyze_logs.py cal_train_time work_dirs/coprs_tiny_shapes_cpu
+  python tools/analysis/analyze_logs.py train_correlation work_dirs/coprs_tiny_shapes_cpu --out work_dirs/coprs_tiny_shapes_cpu/train_correlation.png
 """
 
 #: plotted when ``--keys`` is not given, those of them that a log has (and every */gIoU)
@@ -54,6 +58,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     time = sub.add_parser("cal_train_time", help="time per stage and per GRPO phase",
                           epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     time.add_argument("logs", nargs="+", metavar="LOG", help="a work dir or a scalars.json")
+    corr = sub.add_parser(
+        "train_correlation", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="per training record: 1 - prior BCE vs 1 - mask Dice, Pearson R, OLS (Fig. 3 a-d)")
+    corr.add_argument("logs", nargs=1, metavar="LOG", help="a work dir or a scalars.json")
+    corr.add_argument("--x", default="seg/bce", help="logged loss on the x axis (default: "
+                                                      "seg/bce, the prior's BCE)")
+    corr.add_argument("--y", default="seg/dice", help="logged loss on the y axis (default: "
+                                                       "seg/dice, the mask's Dice loss)")
+    corr.add_argument("--raw", action="store_true", help="plot the losses, not 1 - loss")
+    corr.add_argument("--stage", choices=("all", "warm-up", "grpo"), default="all",
+                      help="records of one stage only (default: all)")
+    corr.add_argument("--level", type=float, default=0.95,
+                      help="confidence level of the band (default: 0.95)")
+    corr.add_argument("--out", default="train_correlation.png", metavar="PNG",
+                      help="output PNG (default: train_correlation.png); the fit goes to "
+                           "the same name with .json")
     return parser.parse_args(argv)
 
 
@@ -204,6 +224,50 @@ def train_time(records: dict[int, dict]) -> dict:
     return out
 
 
+def train_pairs(records: dict[int, dict], x: str, y: str, stage: str = "all"
+                ) -> list[tuple[float, float]]:
+    """(x, y) of every training record that logged both, in one stage or all."""
+    pairs = []
+    for r in records.values():
+        if "time" not in r or not all(isinstance(r.get(k), (int, float)) for k in (x, y)):
+            continue  # validation records, and records without both keys
+        if stage != "all" and (stage == "grpo") != (r.get("stage_grpo") == 1):
+            continue
+        pairs.append((float(r[x]), float(r[y])))
+    return pairs
+
+
+def train_correlation(args, records: dict[int, dict]) -> int:
+    from coprs.evaluation.correlation import plot_correlation
+
+    pairs = train_pairs(records, args.x, args.y, args.stage)
+    if len(pairs) < 3:
+        print(f"error: {len(pairs)} training record(s) with both {args.x} and {args.y} "
+              f"(stage {args.stage}); need 3; logged keys: "
+              f"{', '.join(sorted(logged_keys([records])))}", file=sys.stderr)
+        return 2
+
+    def axis(key: str) -> tuple[list[float], str]:
+        values = [p[0] if key == args.x else p[1] for p in pairs]
+        return (values, key) if args.raw else ([1.0 - v for v in values], f"1 - {key}")
+
+    (xs, xlabel), (ys, ylabel) = axis(args.x), axis(args.y)
+    out = Path(args.out)
+    try:
+        fit = plot_correlation(xs, ys, out, title=f"training: {ylabel} vs {xlabel}",
+                               xlabel=xlabel, ylabel=ylabel, level=args.level,
+                               span=(min(xs), max(xs)), points="logged training records")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {"n": fit.n, "pearson_r": fit.r, "slope": fit.slope, "intercept": fit.intercept,
+               "level": fit.level, "x": xlabel, "y": ylabel, "stage": args.stage}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -215,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         if not records:
             print(f"error: '{log}' has no scalar records", file=sys.stderr)
             return 2
+    if args.task == "train_correlation":
+        return train_correlation(args, logs[0])
     if args.task == "cal_train_time":
         for log, records in zip(args.logs, logs):
             stages = train_time(records)
