@@ -38,6 +38,8 @@ import numpy as np
 
 from coprs.registry import COT_JUDGES
 
+from .functional import read_json_records
+
 __all__ = [
     "PAPER_WEIGHTS", "PAPER_EDGES", "DIMENSIONS", "Judgement", "BaseCoTJudge", "ShapesCoTJudge",
     "ScoresFileJudge", "VLMJudge", "consistency_score", "consistency_table", "judge_prompt",
@@ -262,20 +264,11 @@ class ScoresFileJudge(BaseCoTJudge):
         if not self.path.is_file():
             raise FileNotFoundError(f"scores file '{path}' does not exist")
         self.scores: dict[str, dict] = {}
-        with self.path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n} is not JSON: {exc}") from exc
-                if not isinstance(obj, dict) or "sample_id" not in obj:
-                    raise ValueError(f"{path}:{n} must be a JSON object with a 'sample_id'")
-                sid = str(obj["sample_id"])
-                if sid in self.scores:
-                    raise ValueError(f"{path}:{n}: sample_id {sid!r} appears twice")
-                self.scores[sid] = obj
+        for n, obj in enumerate(read_json_records(self.path, ("sample_id",)), 1):
+            sid = str(obj["sample_id"])
+            if sid in self.scores:
+                raise ValueError(f"{path}: sample_id {sid!r} appears twice (record {n})")
+            self.scores[sid] = obj
 
     def __call__(self, record, sample=None):
         obj = self.scores.get(str(record.get("sample_id")))

@@ -49,6 +49,7 @@ __all__ = [
     "results_subdir",
     "write_per_sample",
     "read_per_sample",
+    "read_json_records",
     "find_per_sample",
 ]
 
@@ -420,17 +421,10 @@ def write_per_sample(path: str | os.PathLike, records: Iterable[Mapping[str, Any
     return path
 
 
-def read_per_sample(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a per-sample results file written by :func:`write_per_sample`.
-
-    Blank lines are skipped. Only ``sample_id`` and the count keys (:data:`COUNT_KEYS`) are
-    required, so any protocol can be recomputed from files of other producers too.
-
-    Args:
-        path (str | os.PathLike): a ``per_sample.jsonl`` file.
-
-    Returns:
-        list[dict[str, Any]]: one dict per sample, in file order.
+def read_json_records(path: str | os.PathLike, required: Sequence[str] = ()
+                      ) -> list[dict[str, Any]]:
+    """Read a JSON-lines file of objects, each with the ``required`` keys; blank lines are
+    skipped.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -451,11 +445,31 @@ def read_per_sample(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ValueError(
                     f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
                 )
-            missing = [k for k in _REQUIRED_READ_KEYS if k not in record]
+            missing = [k for k in required if k not in record]
             if missing:
                 raise ValueError(f"{path}:{lineno}: missing keys {missing}")
             records.append(record)
     return records
+
+
+def read_per_sample(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a per-sample results file written by :func:`write_per_sample`.
+
+    Blank lines are skipped. Only ``sample_id`` and the count keys (:data:`COUNT_KEYS`) are
+    required, so any protocol can be recomputed from files of other producers too.
+
+    Args:
+        path (str | os.PathLike): a ``per_sample.jsonl`` file.
+
+    Returns:
+        list[dict[str, Any]]: one dict per sample, in file order.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: on a line that is not a JSON object with the required keys, naming the file
+            and line number.
+    """
+    return read_json_records(path, _REQUIRED_READ_KEYS)
 
 
 def find_per_sample(results_dir: str | os.PathLike) -> dict[str, Path]:

@@ -125,7 +125,7 @@ def test_scores_file_judge(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"sample_id": "a", "consistency": 1}\n[1, 2]\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2 must be a JSON object"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object, got list"):
         ScoresFileJudge(str(bad))
     bad.write_text('{"sample_id": "a", "consistency": 1}\n{"sample_id": "a", "consistency": 1}\n')
     with pytest.raises(ValueError, match="appears twice"):
