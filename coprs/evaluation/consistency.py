@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from coprs.registry import COT_JUDGES
-
+from ..registry import COT_JUDGES
 from .functional import read_json_records
 
 __all__ = [
@@ -212,7 +211,7 @@ class ShapesCoTJudge(BaseCoTJudge):
     needs_sample = True
 
     def __call__(self, record, sample=None):
-        from coprs.datasets.shapes import cot_sentences, parse_final_answer, parse_inventory
+        from ..datasets.shapes import cot_sentences, parse_final_answer, parse_inventory
 
         if sample is None or not all(k in sample for k in ("gold_cot", "objects",
                                                              "gold_answer_region")):
@@ -315,8 +314,8 @@ def parse_judge_output(text: str, dimensions: Sequence[str] = DIMENSIONS) -> dic
     """The scores of the first JSON object in ``text`` that has every dimension.
 
     Raises:
-        ValueError: no such object, or a score that is not a number in [0, 1] (the message
-            quotes the start of the output).
+        ValueError: no such object (the message quotes the start of the output), or a score
+            that is not a number in [0, 1].
     """
     for m in _JSON_OBJECT.finditer(text):
         try:
@@ -389,8 +388,8 @@ class VLMJudge(BaseCoTJudge):
                                            skip_special_tokens=True)[0]
 
     def __call__(self, record, sample=None):
-        from coprs.image import load_image
-        from coprs.policies.prompts import parse_think_response
+        from ..image import load_image
+        from ..policies.prompts import parse_think_response
 
         if sample is None:
             return Judgement.failed("VLMJudge needs the sample (its image)")
