@@ -253,13 +253,15 @@ class ScoresFileJudge(BaseCoTJudge):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: a line is not a JSON object with a ``sample_id`` (names the line), or a
-            sample id appears twice.
+        ValueError: ``path`` is a folder or holds no records, a line is not a JSON object with a
+            ``sample_id`` (names the line), or a sample id appears twice.
     """
 
     def __init__(self, path: str, weights: Mapping[str, float] | None = None) -> None:
         super().__init__(weights)
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"scores file '{path}' is a folder; give the JSON-lines file")
         if not self.path.is_file():
             raise FileNotFoundError(f"scores file '{path}' does not exist")
         self.scores: dict[str, dict] = {}
@@ -268,6 +270,8 @@ class ScoresFileJudge(BaseCoTJudge):
             if sid in self.scores:
                 raise ValueError(f"{path}: sample_id {sid!r} appears twice (record {n})")
             self.scores[sid] = obj
+        if not self.scores:
+            raise ValueError(f"scores file '{path}' holds no records")
 
     def __call__(self, record, sample=None):
         obj = self.scores.get(str(record.get("sample_id")))
@@ -325,7 +329,8 @@ def parse_judge_output(text: str, dimensions: Sequence[str] = DIMENSIONS) -> dic
         if isinstance(obj, dict) and all(k in obj for k in dimensions):
             return {k: _check_unit(k, obj[k]) for k in dimensions}
     head = text.strip().replace("\n", " ")[:120]
-    raise ValueError(f"the judge's output has no JSON object with {list(dimensions)}: {head!r}")
+    raise ValueError(f"the judge's output has no JSON object with {list(dimensions)}: "
+                     + (repr(head) if head else "(an empty output)"))
 
 
 @COT_JUDGES.register_module()
@@ -333,7 +338,8 @@ class VLMJudge(BaseCoTJudge):
     """A multimodal LLM from a local folder judges each response (greedy), given the image, the
     instruction and the chain of thought, with :data:`JUDGE_PROMPT`; its answer is parsed by
     :func:`parse_judge_output`. An output without the four scores is a failed judgement that
-    quotes it, not an error.
+    quotes it, not an error. A response without reasoning scores 0 in every dimension, as with
+    :class:`ShapesCoTJudge`, and the model is not asked.
 
     The folder is anything ``transformers.AutoModelForImageTextToText`` and ``AutoProcessor``
     load (Qwen2.5-VL-7B/72B-Instruct, …), read with ``local_files_only=True``: coprs never
@@ -399,8 +405,9 @@ class VLMJudge(BaseCoTJudge):
         except (KeyError, FileNotFoundError, ValueError) as exc:
             return Judgement.failed(f"cannot read the sample's image: {exc}")
         reasoning = parse_think_response(str(record.get("response") or "")).cot
-        if not reasoning:
-            return Judgement.failed("the response has no reasoning to judge")
+        if not reasoning:  # as ShapesCoTJudge scores it: nothing is consistent
+            return self.judged(dict.fromkeys(self.weights, 0.0), output="",
+                               note="no reasoning: 0 in every dimension, the model not asked")
         output = self.generate(image, judge_prompt(str(record.get("instruction", "")), reasoning,
                                                    self.prompt))
         try:

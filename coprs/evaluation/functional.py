@@ -501,5 +501,5 @@ def require_per_sample(results_dir: str | os.PathLike) -> dict[str, Path]:
     if not files:
         raise FileNotFoundError(
             f"no {PER_SAMPLE_FILENAME} under {str(results_dir)!r}; expected "
-            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by tools/test.py")
+            f"<RESULTS_DIR>/<dataset>_<split>/{PER_SAMPLE_FILENAME} as written by coprs test")
     return files

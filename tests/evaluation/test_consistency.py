@@ -132,6 +132,11 @@ def test_scores_file_judge(tmp_path):
         ScoresFileJudge(str(bad))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ScoresFileJudge(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="is a folder"):
+        ScoresFileJudge(str(tmp_path))
+    bad.write_text("\n")
+    with pytest.raises(ValueError, match="holds no records"):
+        ScoresFileJudge(str(bad))
 
 
 def test_parse_judge_output():
@@ -141,6 +146,8 @@ def test_parse_judge_output():
                                         "visual_consistency": 0.0, "localization_accuracy": 0.75}
     with pytest.raises(ValueError, match="no JSON object with"):
         parse_judge_output("I think it is fine.")
+    with pytest.raises(ValueError, match=r"\(an empty output\)"):
+        parse_judge_output("\n\n")
     with pytest.raises(ValueError, match="task_relevance must be a number"):
         parse_judge_output('{"logical_correctness": 0.5, "task_relevance": 9, '
                            '"visual_consistency": 0, "localization_accuracy": 0}')
@@ -170,6 +177,7 @@ def test_vlm_judge_on_a_local_folder(tiny_qwen_dir, shapes_samples, monkeypatch)
     assert j.score == pytest.approx(0.3 + 0.2 + 0.15)
     assert np.array_equal(seen["image"], s["img"]) and s["instruction"] in seen["text"]
     assert s["gold_cot"] in seen["text"] and "<think>" not in seen["text"]
-    assert "no reasoning" in judge({"response": "", "instruction": "x"}, s).error
+    empty = judge({"response": "", "instruction": "x"}, s)  # scored 0, as by ShapesCoTJudge
+    assert empty.score == 0.0 and "no reasoning" in empty.detail["note"]
     with pytest.raises(FileNotFoundError, match="coprs never downloads"):
         VLMJudge(model_path="Qwen/Qwen2.5-VL-7B-Instruct")
