@@ -70,8 +70,51 @@ def test_shapes_judge_writes_table_plots_and_scores(results, tmp_path, capsys):
         assert (sub / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr()
     assert "| [0.75, 1] | 6 | 0.800 | 0.900 |" in printed.out
-    assert "11 of 13 judged" in printed.out
+    assert "11 of 13 judged" in printed.out and "consistency_mask.png" in printed.out
     assert "not judged: test/000011" in printed.err
+
+    # a rerun whose scores are all equal draws no plot: the earlier run's PNGs go too
+    scores = tmp_path / "flat.jsonl"
+    scores.write_text("".join(json.dumps({"sample_id": f"test/{i:06d}", "consistency": 0.5})
+                              + "\n" for i in range(12)))
+    assert cot_consistency.main([str(root), "--judge", f"scores:{scores}", "--out",
+                                 str(out)]) == 0
+    assert not (sub / "consistency_mask.png").exists()
+    assert json.loads((sub / "consistency.json").read_text())["pearson_r_iou"] is None
+    printed = capsys.readouterr()
+    assert "no mask IoU plot" in printed.err and ".png" not in printed.out
+
+
+def test_one_file_weights_and_a_judge_that_raises(results, tmp_path, capsys):
+    from coprs.evaluation.consistency import BaseCoTJudge
+    from coprs.registry import COT_JUDGES
+
+    root, config = results
+    per_sample = root / "shapes_test" / "per_sample.jsonl"
+    out = tmp_path / "one"
+    assert cot_consistency.main([str(per_sample), "--config", str(config), "--out", str(out),
+                                 "--judge-cfg", 'weights={"localization_accuracy": 1}']) == 0
+    summary = json.loads((out / "shapes_test" / "consistency.json").read_text())
+    assert list(summary["mean_dims"]) == ["localization_accuracy"]
+    assert summary["mean_score"] == pytest.approx(6 / 11)
+    capsys.readouterr()
+
+    class Fragile(BaseCoTJudge):  # raises on every second sample
+        def __call__(self, record, sample=None):
+            if int(record["sample_id"].split("/")[1]) % 2:
+                raise ZeroDivisionError("division by zero")
+            return self.judged(dict.fromkeys(self.weights, 1.0))
+
+    COT_JUDGES.register_module(name="FragileTestJudge", module=Fragile)
+    try:
+        assert cot_consistency.main([str(root), "--judge", "FragileTestJudge", "--out",
+                                     str(tmp_path / "fragile")]) == 0
+    finally:
+        COT_JUDGES.module_dict.pop("FragileTestJudge")
+    summary = json.loads((tmp_path / "fragile" / "shapes_test" / "consistency.json").read_text())
+    assert summary["n_judged"] == 7 and summary["n_failed"] == 6  # odd ids of 0-11 raise
+    assert any("the judge raised ZeroDivisionError: division by zero" in f
+               for f in summary["failures"])
 
 
 def test_scores_file_judge_needs_no_config(results, tmp_path, capsys):
@@ -93,7 +136,17 @@ def test_bad_arguments(results, tmp_path, capsys):
     assert cot_consistency.main([str(root), "--judge", "vlm"]) == 2
     assert "use shapes, scores:FILE, vlm:DIR" in capsys.readouterr().err
     assert cot_consistency.main([str(root), "--judge", "NoSuchJudge"]) == 2
-    assert "NoSuchJudge" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'NoSuchJudge': no such judge; use shapes, scores:FILE, vlm:DIR" in err
+    assert "ShapesCoTJudge" in err
+    # checked before a judge model would be loaded
+    assert cot_consistency.main([str(root), "--judge", f"vlm:{tmp_path / 'no-model'}"]) == 2
+    assert "VLMJudge needs the samples: give --config" in capsys.readouterr().err
+    for bad in (["--edges", "0", "0.5"], ["--edges", "1", "0"], ["--level", "2"],
+                ["--judge-cfg", "weights={1"]):
+        assert cot_consistency.main([str(root), "--config", str(config), *bad]) == 2, bad
+        assert "error" in capsys.readouterr().err
+    assert not (root / "shapes_test" / "consistency.jsonl").exists()  # nothing was judged
     assert cot_consistency.main([str(root), "--judge", f"scores:{tmp_path / 'none.jsonl'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cot_consistency.main([str(tmp_path / "missing"), "--config", str(config)]) == 2
@@ -111,4 +164,4 @@ def test_no_judged_sample_is_a_failure(tmp_path, capsys):
     scores.write_text(json.dumps({"sample_id": "other", "consistency": 1}) + "\n")
     assert cot_consistency.main([str(root), "--judge", f"scores:{scores}"]) == 1
     err = capsys.readouterr().err
-    assert "no sample could be judged (no score for sample 'test/000000'" in err
+    assert "none of its 1 samples could be judged (no score for sample 'test/000000'" in err

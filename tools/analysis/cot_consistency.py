@@ -6,8 +6,9 @@ thought in [0, 1] (the paper's weighted average of logical correctness, task rel
 consistency and localization accuracy; ``coprs.evaluation.consistency``). Then, per results
 subdirectory (``--out/<subdir>``, or next to the per-sample file):
 
-* ``consistency.jsonl``: each sample's score, dimension scores, mask and heatmap IoU, and why it
-  could not be judged (``error``) if so;
+* ``consistency.jsonl``: each sample's score, dimension scores, mask and heatmap IoU, why it
+  could not be judged (``error``) if so, and what else the judge reports (``detail``, e.g. a VLM
+  judge's raw ``output``); files of an earlier run in the same folder are replaced;
 * ``consistency.json``: the table (per score range: samples, heatmap mIoU, mask mIoU), Pearson R
   of the score with each IoU, the mean score and the mean of each dimension, and the failures;
 * ``consistency_heatmap.png`` / ``consistency_mask.png``: score against heatmap / mask IoU with
@@ -22,8 +23,11 @@ It prints the tables. Judges (``--judge``):
   ``--config`` for the images; ``--judge-cfg device=cuda torch_dtype=bfloat16``);
 * any other registered judge by its type name, configured with ``--judge-cfg KEY=VALUE``.
 
-Responses that cannot be judged are counted and listed, not fatal. Exit status 0, or 1 when no
-results subdirectory had a judged sample, 2 on bad arguments.
+RESULTS_DIR may also be one ``per_sample.jsonl``; its records need ``sample_id``, ``response``
+and, to enter the table, ``iou`` (and ``heatmap_iou`` for the heatmap column). Responses that
+cannot be judged, or on which a judge raises, are counted and listed, not fatal. Exit status 0,
+or 1 when no results subdirectory had a judged sample, 2 on bad arguments (checked before any
+judging, and before a judge model is loaded).
 """
 
 from __future__ import annotations
@@ -69,59 +73,94 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+SHORTCUTS = "shapes, scores:FILE, vlm:DIR"
+
+
 def judge_config(spec: str, extra: dict) -> dict:
-    """The COT_JUDGES config of a ``--judge`` value."""
+    """The COT_JUDGES config of a ``--judge`` value and its ``--judge-cfg`` (a ``weights`` given
+    as a JSON object string is parsed)."""
     kind, sep, arg = spec.partition(":")
     if kind == "shapes" and not sep:
         cfg = dict(type="ShapesCoTJudge")
-    elif kind == "scores" and sep:
+    elif kind == "scores" and sep and arg:
         cfg = dict(type="ScoresFileJudge", path=arg)
-    elif kind == "vlm" and sep:
+    elif kind == "vlm" and sep and arg:
         cfg = dict(type="VLMJudge", model_path=arg)
     elif kind in ("shapes", "scores", "vlm") or sep:
-        raise UsageError(f"--judge {spec!r}: use shapes, scores:FILE, vlm:DIR or a registered "
-                         "judge's type name")
+        raise UsageError(f"--judge {spec!r}: use {SHORTCUTS} or a registered judge's type name")
     else:
         cfg = dict(type=spec)
+    extra = dict(extra)
+    if isinstance(extra.get("weights"), str):
+        try:
+            extra["weights"] = json.loads(extra["weights"])
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--judge-cfg weights={extra['weights']} is not a JSON object, e.g. "
+                             'weights=\'{"visual_consistency": 1, "logical_correctness": 1}\'') \
+                from exc
     return {**cfg, **extra}
 
 
-def build_judge(spec: str, extra: dict):
+def judge_class(cfg: dict):
+    """The registered judge class ``cfg`` names (plugins included)."""
     from coprs.registry import COT_JUDGES
     from coprs.utils import register_all_modules
 
     register_all_modules()
-    cfg = judge_config(spec, extra)
+    cls = COT_JUDGES.get(cfg["type"])
+    if cls is None:
+        names = ", ".join(sorted(COT_JUDGES.module_dict))
+        raise UsageError(f"--judge {cfg['type']!r}: no such judge; use {SHORTCUTS} or a "
+                         f"registered one ({names}; `coprs list cot_judges`)")
+    return cls
+
+
+def build_judge(spec: str, cfg: dict):
+    from coprs.registry import COT_JUDGES
+
     try:
         return COT_JUDGES.build(cfg)
-    except KeyError as exc:
-        raise UsageError(f"--judge {spec!r}: {exc.args[0] if exc.args else exc}") from exc
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, TypeError, RuntimeError, OSError) as exc:
         raise UsageError(f"--judge {spec!r}: {exc}") from exc
 
 
-def sample_lookup(config: str):
-    """``subdir name -> (dataset, {sample_id: index})`` for every dataset the config evaluates."""
+def sample_lookup(config: str) -> tuple[dict, list[str]]:
+    """``(subdir name -> (dataset, {sample_id: index}), failures)`` for the datasets the config
+    evaluates (``test_cfg.datasets``); one that cannot be built is a failure, not an error."""
+    import copy
+
     from mmengine.config import Config
     from mmengine.dataset import BaseDataset
 
-    from coprs.commands.datasets import build_selected
     from coprs.evaluation.functional import results_subdir
+    from coprs.registry import DATASETS
+    from coprs.utils import register_all_modules
 
     if not Path(config).is_file():
         raise UsageError(f"config '{config}' does not exist")
     cfg = Config.fromfile(config)
-    found = {}
-    for ds in build_selected(cfg, pipeline=[]):
+    if not (cfg.get("test_cfg") or {}).get("datasets"):
+        raise UsageError(f"config '{config}' has no test_cfg.datasets (the datasets coprs test "
+                         "evaluates)")
+    register_all_modules()
+    found, failures = {}, []
+    for ds_cfg in cfg.test_cfg.datasets:
+        ds_cfg = {**copy.deepcopy(dict(ds_cfg)), "pipeline": []}
+        try:
+            ds = DATASETS.build(ds_cfg)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+            failures.append(f"{ds_cfg.get('type')} split={ds_cfg.get('split')!r}: {exc}")
+            continue
         name = results_subdir(ds.metainfo.get("dataset_name"), ds.metainfo.get("split"))
         # the stored light entries (the subclass's get_data_info may load or generate images)
         ids = {str(BaseDataset.get_data_info(ds, i).get("sample_id")): i for i in range(len(ds))}
         found[name] = (ds, ids)
-    return found
+    return found, failures
 
 
 def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
-    """Score every record (with a progress bar); one output row per record."""
+    """Score every record (with a progress bar); one output row per record. A judge that raises
+    on a sample loses that sample only."""
     from tqdm import tqdm
 
     ds, ids = (None, {}) if lookup is None else lookup
@@ -130,44 +169,59 @@ def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
                   file=sys.stderr, disable=len(records) < 50):
         row = {"sample_id": r.get("sample_id"), "score": None, "dims": None, "iou": r.get("iou"),
                "heatmap_iou": r.get("heatmap_iou"), "error": None}
-        sample = None
-        if judge.needs_sample:
-            if r.get("sample_id") not in ids:
-                rows.append({**row, "error": f"the config's {name} dataset has no sample "
-                                             f"{r.get('sample_id')!r}"})
-                continue
-            sample = ds.get_data_info(ids[r["sample_id"]])
-        j = judge(r, sample)
-        row.update(score=j.score, dims=j.dims, error=j.error)
-        if "output" in j.detail:
-            row["judge_output"] = j.detail["output"]
         rows.append(row)
+        sample = None
+        try:
+            if judge.needs_sample:
+                if str(r.get("sample_id")) not in ids:
+                    row["error"] = (f"the config's {name} dataset has no sample "
+                                    f"{r.get('sample_id')!r}")
+                    continue
+                sample = ds.get_data_info(ids[str(r["sample_id"])])
+            j = judge(r, sample)
+        except Exception as exc:  # a long judging run reports the sample and goes on
+            row["error"] = f"the judge raised {type(exc).__name__}: {exc}"
+            continue
+        row.update(score=j.score, dims=j.dims, error=j.error)
+        if j.detail:
+            row["detail"] = j.detail
     return rows
 
 
-def summarise(rows: list[dict], edges, level: float, out_dir: Path, name: str) -> dict | None:
-    """Write the table, the plots and the per-sample scores of one subdirectory."""
-    from coprs.evaluation.consistency import PAPER_EDGES, consistency_table
+OUTPUTS = ("consistency.json", "consistency.jsonl", "consistency_heatmap.png",
+           "consistency_mask.png")
+
+
+def summarise(rows: list[dict], edges, level: float, out_dir: Path, name: str
+              ) -> tuple[dict | None, list[str]]:
+    """Write the per-sample scores, and the table and plots when a sample was judged; files of
+    an earlier run in ``out_dir`` are removed first. Returns the summary and the written files."""
+    from coprs.evaluation.consistency import consistency_table
     from coprs.evaluation.correlation import plot_correlation
 
-    judged = [r for r in rows if r["score"] is not None and r["iou"] is not None]
-    failed = [r for r in rows if r["score"] is None]
-    with_dims = [r for r in judged if r["dims"] is not None]
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in OUTPUTS:
+        (out_dir / stale).unlink(missing_ok=True)
     with (out_dir / "consistency.jsonl").open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    written = ["consistency.jsonl"]
+    judged = [r for r in rows if r["score"] is not None and r["iou"] is not None]
+    failed = [r for r in rows if r not in judged]
     if not judged:
-        return None
+        return None, written
+    with_dims = [r for r in judged if r["dims"] is not None]
     summary = {
         "n": len(rows), "n_judged": len(judged), "n_failed": len(failed),
-        "failures": [f"{r['sample_id']}: {r['error']}" for r in failed[:MAX_LISTED_FAILURES]],
+        "failures": [f"{r['sample_id']}: {r['error'] or 'no mask IoU in the record'}"
+                     for r in failed[:MAX_LISTED_FAILURES]],
         "mean_score": sum(r["score"] for r in judged) / len(judged),
+        "n_with_dims": len(with_dims),
         "mean_dims": {k: sum(r["dims"][k] for r in with_dims) / len(with_dims)
                       for k in (with_dims[0]["dims"] if with_dims else ())},
         "table": consistency_table([r["score"] for r in judged],
                                    [r["heatmap_iou"] for r in judged],
-                                   [r["iou"] for r in judged], edges or PAPER_EDGES),
+                                   [r["iou"] for r in judged], edges),
     }
     for key, label, png in (("heatmap_iou", "heatmap IoU", "consistency_heatmap.png"),
                             ("iou", "mask IoU", "consistency_mask.png")):
@@ -177,52 +231,84 @@ def summarise(rows: list[dict], edges, level: float, out_dir: Path, name: str) -
                                    title=f"{name}: CoT consistency vs {label}",
                                    xlabel="CoT consistency score", ylabel=label, level=level)
             summary[f"pearson_r_{key}"] = fit.r
-        except ValueError as exc:  # too few samples, or a constant score
+            written.append(png)
+        except ValueError as exc:  # too few samples, or a constant score or IoU
             summary[f"pearson_r_{key}"] = None
             print(f"{name}: no {label} plot: {exc}", file=sys.stderr)
     (out_dir / "consistency.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return summary, ["consistency.json", *written]
 
 
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-@exit_on_usage_error
-def main(argv: list[str] | None = None) -> int:
-    from coprs.evaluation.functional import read_per_sample, require_per_sample
+def check_args(args) -> tuple[float, ...]:
+    from coprs.evaluation.consistency import PAPER_EDGES
 
-    args = parse_args(argv)
+    edges = tuple(args.edges) if args.edges else PAPER_EDGES
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] > 0 \
+            or edges[-1] < 1:
+        raise UsageError(f"--edges {' '.join(f'{e:g}' for e in edges)}: give at least two "
+                         "increasing numbers from at most 0 to at least 1 (scores lie in [0, 1])")
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level {args.level} must be strictly between 0 and 1")
+    return edges
+
+
+def per_sample_files(results: str) -> dict[str, Path]:
+    """RESULTS_DIR's per-sample files by subdirectory, or RESULTS_DIR itself if it is one."""
+    from coprs.evaluation.functional import require_per_sample
+
+    path = Path(results)
+    if path.is_file():
+        return {path.parent.name: path}
     try:
-        files = require_per_sample(args.results_dir)
+        return require_per_sample(path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
-    judge = build_judge(args.judge, dict(args.judge_cfg))
-    lookup = None
-    if judge.needs_sample:
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> int:
+    from coprs.evaluation.functional import read_json_records
+
+    args = parse_args(argv)
+    edges = check_args(args)
+    files = per_sample_files(args.results_dir)
+    records = {}
+    for name, path in files.items():
+        try:
+            records[name] = [r for r in read_json_records(path, ("sample_id",))
+                             if not r.get("skipped")]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    cfg = judge_config(args.judge, dict(args.judge_cfg))
+    needs_sample = judge_class(cfg).needs_sample
+    lookup, failures = None, []
+    if needs_sample:  # checked before a judge model is loaded
         if args.config is None:
-            raise UsageError(f"{type(judge).__name__} needs the samples: give --config, the "
-                             "config the results were evaluated with")
-        lookup = sample_lookup(args.config)
+            raise UsageError(f"{cfg['type']} needs the samples: give --config, the config the "
+                             "results were evaluated with")
+        lookup, failures = sample_lookup(args.config)
+    judge = build_judge(args.judge, cfg)
 
     done = 0
     for name, path in files.items():
-        try:
-            records = read_per_sample(path)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        records = [r for r in records if not r.get("skipped")]
         leaf = Path(name).name
-        if judge.needs_sample and leaf not in lookup:
-            print(f"skipping {name}: the config evaluates no dataset named {leaf!r} (it has "
-                  f"{', '.join(lookup) or 'none'})", file=sys.stderr)
+        if needs_sample and leaf not in lookup:
+            why = "; ".join(failures) if failures else f"it has {', '.join(lookup) or 'none'}"
+            print(f"skipping {name}: no dataset of the config is {leaf!r} ({why})",
+                  file=sys.stderr)
             continue
         out_dir = path.parent if args.out is None else Path(args.out) / name
-        rows = judge_records(judge, records, None if lookup is None else lookup[leaf], name)
-        summary = summarise(rows, args.edges, args.level, out_dir, name)
+        rows = judge_records(judge, records[name], None if lookup is None else lookup[leaf],
+                             name)
+        summary, written = summarise(rows, edges, args.level, out_dir, name)
         if summary is None:
-            reasons = sorted({r["error"] for r in rows if r["error"]})[:3]
-            print(f"skipping {name}: no sample could be judged ({'; '.join(reasons)})",
+            reasons = sorted({r["error"] or "no mask IoU in the record" for r in rows})
+            print(f"skipping {name}: none of its {len(rows)} samples could be judged "
+                  f"({'; '.join(reasons[:3])}{'; …' if len(reasons) > 3 else ''})",
                   file=sys.stderr)
             continue
         done += 1
@@ -231,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(summary['pearson_r_heatmap_iou'])}, with mask IoU "
               f"{_fmt(summary['pearson_r_iou'])}\n")
         if summary["mean_dims"]:
-            print("mean per dimension: " + ", ".join(
+            print(f"mean per dimension ({summary['n_with_dims']} samples): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in summary["mean_dims"].items()) + "\n")
         print("| consistency score | samples | heatmap mIoU | mask mIoU |")
         print("|---|---:|---:|---:|")
@@ -240,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_fmt(row['mask_miou'])} |")
         for failure in summary["failures"]:
             print(f"not judged: {failure}", file=sys.stderr)
-        print(f"\nwrote {out_dir}/consistency.{{json,jsonl}} and consistency_{{heatmap,mask}}.png")
+        more = summary["n_failed"] - len(summary["failures"])
+        if more > 0:
+            print(f"not judged: {more} more, see {out_dir / 'consistency.jsonl'}",
+                  file=sys.stderr)
+        print(f"\nwrote {', '.join(str(out_dir / f) for f in written)}")
     if not done:
         print("error: no results subdirectory had a judged sample", file=sys.stderr)
         return 1
