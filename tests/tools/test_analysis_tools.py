@@ -204,6 +204,17 @@ def test_correlation_tool(tmp_path, capsys):
     assert "skipping tiny_val (2 samples with heatmap IoU)" in captured.err
 
 
+def test_correlation_tool_reads_files_with_only_the_two_ious(tmp_path, capsys):
+    root = tmp_path / "other"
+    (root / "mine").mkdir(parents=True)
+    rows = [{"sample_id": f"s{i}", "iou": i / 10, "heatmap_iou": i / 12} for i in range(6)]
+    (root / "mine" / "per_sample.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows + [{"sample_id": "x"}]))
+    assert correlation.main([str(root)]) == 0
+    summary = json.loads((root / "mine" / "correlation.json").read_text())
+    assert summary["n"] == 6 and summary["pearson_r"] == pytest.approx(1.0)
+
+
 def test_correlation_tool_out_dir_and_errors(tmp_path, capsys):
     root = tmp_path / "test"
     _write_correlated(root, "reason_seg_test", 10, seed=3)

@@ -1,7 +1,8 @@
 """Per-sample heatmap IoU vs mask IoU: Pearson R, OLS line and its confidence band (paper Sec. 4.3).
 
-For every ``per_sample.jsonl`` under RESULTS_DIR (written by ``tools/test.py``), records whose
-``heatmap_iou`` or ``iou`` is null are skipped; the rest give ``correlation.png`` (scatter, OLS line,
+For every ``per_sample.jsonl`` under RESULTS_DIR (written by ``coprs test``, or any JSON lines
+with ``sample_id``, ``iou`` and ``heatmap_iou``), records whose ``heatmap_iou`` or ``iou`` is null
+or absent are skipped; the rest give ``correlation.png`` (scatter, OLS line,
 shaded mean-confidence band, R in the legend) and ``correlation.json``
 (``{"n", "pearson_r", "slope", "intercept", "level"}``) in the results subdirectory, or in
 ``--out/<subdir>``.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from coprs.evaluation.correlation import plot_correlation
 from coprs.evaluation.functional import (
-    read_per_sample,
+    read_json_records,
     require_per_sample,
 )
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, path in files.items():
         try:
-            records = read_per_sample(path)
+            # only the two IoUs are used: files of other producers need no count keys
+            records = read_json_records(path, ("sample_id",))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
