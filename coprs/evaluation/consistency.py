@@ -175,6 +175,11 @@ class BaseCoTJudge(abc.ABC):
                  ) -> Judgement:
         """Judge ``record['response']`` (a per-sample record of ``coprs test``)."""
 
+    def judge_many(self, records: Sequence[Mapping[str, Any]],
+                   samples: Sequence[Mapping[str, Any] | None]) -> list[Judgement]:
+        """Judge several records at once (one by one here; a model judge batches them)."""
+        return [self(r, s) for r, s in zip(records, samples, strict=True)]
+
 
 def _f1(pred: Iterable, gold: Iterable) -> float:
     """Multiset F1 of two collections; 1.0 when both are empty."""
@@ -351,6 +356,8 @@ class VLMJudge(BaseCoTJudge):
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'`` …
         torch_dtype: ``'float32'``, ``'bfloat16'`` or ``'float16'``.
         prompt: the question (``{instruction}`` and ``{reasoning}`` are filled in).
+        batch_size: questions generated together (left-padded) by :meth:`judge_many`; greedy
+            answers are the same as one at a time up to floating-point rounding.
         weights: dimension weights (default: the paper's).
 
     Raises:
@@ -360,7 +367,7 @@ class VLMJudge(BaseCoTJudge):
     needs_sample = True
 
     def __init__(self, model_path: str, max_new_tokens: int = 128, device: str = "cpu",
-                 torch_dtype: str = "float32", prompt: str = JUDGE_PROMPT,
+                 torch_dtype: str = "float32", prompt: str = JUDGE_PROMPT, batch_size: int = 1,
                  weights: Mapping[str, float] | None = None) -> None:
         super().__init__(weights)
         import torch
@@ -373,27 +380,36 @@ class VLMJudge(BaseCoTJudge):
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if torch_dtype not in dtypes:
             raise ValueError(f"torch_dtype {torch_dtype!r} must be one of {list(dtypes)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.processor = AutoProcessor.from_pretrained(model_path, local_files_only=True)
+        self.processor.tokenizer.padding_side = "left"  # batched generation continues each row
         self.model = AutoModelForImageTextToText.from_pretrained(
             model_path, local_files_only=True, dtype=dtypes[torch_dtype]).to(device).eval()
         self.device, self.max_new_tokens, self.prompt = device, max_new_tokens, prompt
+        self.batch_size = batch_size
 
-    def generate(self, image: np.ndarray, text: str) -> str:
-        """The model's greedy answer to ``text`` about ``image``."""
+    def generate_batch(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[str]:
+        """The model's greedy answers to ``texts``, each about its image, in one batch."""
         import torch
 
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": text}]}]
-        chat = self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-        inputs = self.processor(text=[chat], images=[image], return_tensors="pt").to(self.device)
+        chats = [self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}],
+            add_generation_prompt=True, tokenize=False) for t in texts]
+        inputs = self.processor(text=chats, images=list(images), padding=True,
+                                return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                           skip_special_tokens=True)[0]
+                                           skip_special_tokens=True)
 
-    def __call__(self, record, sample=None):
+    def generate(self, image: np.ndarray, text: str) -> str:
+        """The model's greedy answer to ``text`` about ``image``."""
+        return self.generate_batch([image], [text])[0]
+
+    def _prepare(self, record, sample) -> Judgement | tuple[np.ndarray, str]:
+        """The image and question for the model, or the judgement when none is needed."""
         from ..image import load_image
         from ..policies.prompts import parse_think_response
 
@@ -408,10 +424,32 @@ class VLMJudge(BaseCoTJudge):
         if not reasoning:  # as ShapesCoTJudge scores it: nothing is consistent
             return self.judged(dict.fromkeys(self.weights, 0.0), output="",
                                note="no reasoning: 0 in every dimension, the model not asked")
-        output = self.generate(image, judge_prompt(str(record.get("instruction", "")), reasoning,
-                                                   self.prompt))
+        return image, judge_prompt(str(record.get("instruction", "")), reasoning, self.prompt)
+
+    def _parse(self, output: str) -> Judgement:
         try:
             dims = parse_judge_output(output, tuple(self.weights))
         except ValueError as exc:
             return Judgement.failed(str(exc), output=output)
         return self.judged(dims, output=output)
+
+    def judge_many(self, records, samples):
+        """Judge ``records``, asking the model ``batch_size`` questions at a time."""
+        out: list[Judgement | None] = []
+        asks: list[tuple[int, np.ndarray, str]] = []
+        for r, s in zip(records, samples, strict=True):
+            prepared = self._prepare(r, s)
+            if isinstance(prepared, Judgement):
+                out.append(prepared)
+            else:
+                out.append(None)
+                asks.append((len(out) - 1, *prepared))
+        for k in range(0, len(asks), self.batch_size):
+            chunk = asks[k:k + self.batch_size]
+            outputs = self.generate_batch([a[1] for a in chunk], [a[2] for a in chunk])
+            for (i, _, _), output in zip(chunk, outputs, strict=True):
+                out[i] = self._parse(output)
+        return out
+
+    def __call__(self, record, sample=None):
+        return self.judge_many([record], [sample])[0]

@@ -158,26 +158,45 @@ def test_parse_judge_output():
 def test_vlm_judge_on_a_local_folder(tiny_qwen_dir, shapes_samples, monkeypatch):
     register_all_modules()
     judge = COT_JUDGES.build(dict(type="VLMJudge", model_path=str(tiny_qwen_dir),
-                                  max_new_tokens=8))
+                                  max_new_tokens=8, batch_size=2))
     s = shapes_samples[0]
     record = {"response": s["response_coprs"], "instruction": s["instruction"]}
     # a random-initialised model writes no scores: a failed judgement that quotes it
     j = judge(record, s)
     assert j.score is None and "no JSON object" in j.error and isinstance(j.detail["output"], str)
 
-    seen = {}
+    # batched greedy answers are the ones asked one at a time (left padding, prompts of
+    # different lengths)
+    texts = [judge_prompt(x["instruction"], x["gold_cot"][:30 + 20 * i])
+             for i, x in enumerate(shapes_samples[:3])]
+    images = [x["img"] for x in shapes_samples[:3]]
+    assert judge.generate_batch(images, texts) == [judge.generate(i, t)
+                                                   for i, t in zip(images, texts)]
 
-    def fake_generate(image, text):
-        seen.update(image=image, text=text)
-        return ('{"logical_correctness": 1, "task_relevance": 1, "visual_consistency": 0.5, '
-                '"localization_accuracy": 0}')
+    calls = []
 
-    monkeypatch.setattr(judge, "generate", fake_generate)
+    def fake_generate_batch(images, texts):
+        calls.append((images, texts))
+        return ['{"logical_correctness": 1, "task_relevance": 1, "visual_consistency": 0.5, '
+                '"localization_accuracy": 0}'] * len(texts)
+
+    monkeypatch.setattr(judge, "generate_batch", fake_generate_batch)
     j = judge(record, s)
     assert j.score == pytest.approx(0.3 + 0.2 + 0.15)
-    assert np.array_equal(seen["image"], s["img"]) and s["instruction"] in seen["text"]
-    assert s["gold_cot"] in seen["text"] and "<think>" not in seen["text"]
+    (image,), (text,) = calls[0]
+    assert np.array_equal(image, s["img"]) and s["instruction"] in text
+    assert s["gold_cot"] in text and "<think>" not in text
     empty = judge({"response": "", "instruction": "x"}, s)  # scored 0, as by ShapesCoTJudge
     assert empty.score == 0.0 and "no reasoning" in empty.detail["note"]
+
+    calls.clear()  # five records, one without reasoning: the model is asked 2 + 2 at a time
+    records = [{"response": x["response_coprs"], "instruction": x["instruction"]}
+               for x in shapes_samples[:5]]
+    records[2]["response"] = ""
+    judged = judge.judge_many(records, shapes_samples[:5])
+    assert [len(texts) for _, texts in calls] == [2, 2]
+    assert [j.score for j in judged] == pytest.approx([0.65, 0.65, 0.0, 0.65, 0.65])
     with pytest.raises(FileNotFoundError, match="coprs never downloads"):
         VLMJudge(model_path="Qwen/Qwen2.5-VL-7B-Instruct")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        VLMJudge(model_path=str(tiny_qwen_dir), batch_size=0)

@@ -99,7 +99,9 @@ def test_one_file_weights_and_a_judge_that_raises(results, tmp_path, capsys):
     assert summary["mean_score"] == pytest.approx(6 / 11)
     capsys.readouterr()
 
-    class Fragile(BaseCoTJudge):  # raises on every second sample
+    class Fragile(BaseCoTJudge):  # raises on every second sample, judged 4 at a time
+        batch_size = 4
+
         def __call__(self, record, sample=None):
             if int(record["sample_id"].split("/")[1]) % 2:
                 raise ZeroDivisionError("division by zero")

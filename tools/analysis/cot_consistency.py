@@ -20,7 +20,7 @@ It prints the tables. Judges (``--judge``):
 * ``scores:FILE``: scores made elsewhere, JSON lines of ``sample_id`` + the four dimensions or a
   ``consistency`` score (e.g. from an API model, as the paper used Gemini-2.5-Flash);
 * ``vlm:DIR``: a multimodal LLM from a local folder, asked for the four scores (needs
-  ``--config`` for the images; ``--judge-cfg device=cuda torch_dtype=bfloat16``);
+  ``--config`` for the images; ``--judge-cfg device=cuda torch_dtype=bfloat16 batch_size=8``);
 * any other registered judge by its type name, configured with ``--judge-cfg KEY=VALUE``.
 
 RESULTS_DIR may also be one ``per_sample.jsonl``; its records need ``sample_id``, ``response``
@@ -159,32 +159,55 @@ def sample_lookup(config: str) -> tuple[dict, list[str]]:
 
 
 def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
-    """Score every record (with a progress bar); one output row per record. A judge that raises
-    on a sample loses that sample only."""
+    """Score every record (with a progress bar), ``judge.batch_size`` at a time if the judge
+    has one; one output row per record. A judge that raises on a batch is asked again sample by
+    sample, so a raise loses that sample only."""
     from tqdm import tqdm
 
     ds, ids = (None, {}) if lookup is None else lookup
-    rows = []
+    size = max(1, int(getattr(judge, "batch_size", 1)))
+    rows, pending = [], []  # pending: (row, record, sample) waiting for the judge
+
+    def flush() -> None:
+        try:
+            results = judge.judge_many([p[1] for p in pending], [p[2] for p in pending])
+        except Exception:  # find the sample it raises on
+            results = []
+            for _, r, sample in pending:
+                try:
+                    results.append(judge(r, sample))
+                except Exception as exc:
+                    results.append(exc)
+        for (row, _, _), j in zip(pending, results, strict=True):
+            if isinstance(j, Exception):
+                row["error"] = f"the judge raised {type(j).__name__}: {j}"
+                continue
+            row.update(score=j.score, dims=j.dims, error=j.error)
+            if j.detail:
+                row["detail"] = j.detail
+        pending.clear()
+
     for r in tqdm(records, desc=f"{name} ({type(judge).__name__})", unit="sample",
                   file=sys.stderr, disable=len(records) < 50):
         row = {"sample_id": r.get("sample_id"), "score": None, "dims": None, "iou": r.get("iou"),
                "heatmap_iou": r.get("heatmap_iou"), "error": None}
         rows.append(row)
         sample = None
-        try:
-            if judge.needs_sample:
-                if str(r.get("sample_id")) not in ids:
-                    row["error"] = (f"the config's {name} dataset has no sample "
-                                    f"{r.get('sample_id')!r}")
-                    continue
+        if judge.needs_sample:
+            if str(r.get("sample_id")) not in ids:
+                row["error"] = (f"the config's {name} dataset has no sample "
+                                f"{r.get('sample_id')!r}")
+                continue
+            try:
                 sample = ds.get_data_info(ids[str(r["sample_id"])])
-            j = judge(r, sample)
-        except Exception as exc:  # a long judging run reports the sample and goes on
-            row["error"] = f"the judge raised {type(exc).__name__}: {exc}"
-            continue
-        row.update(score=j.score, dims=j.dims, error=j.error)
-        if j.detail:
-            row["detail"] = j.detail
+            except Exception as exc:  # an unreadable annotation: this sample only
+                row["error"] = f"cannot load the sample: {type(exc).__name__}: {exc}"
+                continue
+        pending.append((row, r, sample))
+        if len(pending) >= size:
+            flush()
+    if pending:
+        flush()
     return rows
 
 
