@@ -184,7 +184,14 @@ def run(args) -> int:
     if args.launcher != "none":
         init_distributed(args.launcher)
     register_all_modules()
+    # mmengine's Runner writes the config into the work dir when it is built; in a training work
+    # dir that would replace the training run's copy, so it is put back (the test run's config
+    # stays in its own <timestamp>/vis_data/config.py)
+    kept = Path(cfg.work_dir) / Path(cfg.filename or "").name
+    training_copy = kept.read_bytes() if cfg.filename and kept.is_file() else None
     runner = Runner.from_cfg(cfg)
+    if training_copy is not None and is_main_process():
+        kept.write_bytes(training_copy)
     if args.checkpoint is not None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         load_checkpoint(model, args.checkpoint)

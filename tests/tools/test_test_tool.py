@@ -126,8 +126,13 @@ def test_limit_evaluates_the_first_samples_of_every_split(tmp_path, capsys):
              pipeline=[dict(type="LoadImage"), dict(type="PackReasonSegInputs")]),
         dict(type="ReasonSegDataset", data_root=fx.data_root, split="val",
              pipeline=FILE_PIPELINE)])
+    training_copy = tmp_path / "work" / "cfg.py"  # as `coprs train` leaves it in its work dir
+    training_copy.parent.mkdir()
+    training_copy.write_text("# the training run's config\n")
     assert main(["test", cfg, "--limit", "2", "--reasoning", "empty", "--max-new-tokens", "2",
                  "--out", str(tmp_path / "r.json")]) == 0
+    assert training_copy.read_text() == "# the training run's config\n"  # not the test's
+    assert list((tmp_path / "work").glob("*/vis_data/config.py"))  # the test's is kept there
     res = json.loads((tmp_path / "r.json").read_text())
     assert {k: v["n"] for k, v in res.items()} == {"shapes/test": 2, "reasonseg/val": 2}
     records = tmp_path / "work" / "per_sample_empty" / "shapes_test" / "per_sample.jsonl"
