@@ -222,7 +222,8 @@ def _check_text(instruction, response, allow_empty: bool) -> None:
     if not isinstance(instruction, str):
         raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
     if not instruction.strip() and not allow_empty:
-        raise ValueError("instruction is empty; say what to segment (or pass allow_empty=True)")
+        raise ValueError("instruction is empty; say what to segment (or pass allow_empty=True, "
+                         "--allow-empty on the command line)")
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a string, got {type(response).__name__}")
 

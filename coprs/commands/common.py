@@ -161,6 +161,25 @@ def check_checkpoint_readable(path: str | Path, what: str) -> None:
                          f"({torch_load_reason(exc)})") from exc
 
 
+def check_device(device: str) -> str:
+    """``--device`` checked before a model is built: a torch device string, and a CUDA device
+    only where one is visible."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): "
+                         f"{exc}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible")
+    return device
+
+
 def config_or_export(config: str | None, checkpoint: str | None) -> str:
     """``--config``, or when it is left out and ``--checkpoint`` is a ``coprs export-hf`` folder,
     that folder's ``config.py``."""
@@ -189,9 +208,16 @@ def read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-            if not isinstance(item, dict) or "image" not in item or "instruction" not in item:
-                raise ValueError('expected {"image": ..., "instruction": ...}')
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+            if not isinstance(item, dict):
+                raise ValueError('expected a JSON object {"image": ..., "instruction": ...}')
+            missing = [k for k in ("image", "instruction") if k not in item]
+            if missing:
+                raise ValueError(f'missing {missing}; expected {{"image": ..., '
+                                 '"instruction": ...}')
             if not isinstance(item.get("response", ""), str):
                 raise ValueError('"response" must be a string')
             items.append((n, item, None))

@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    check_device,
     config_or_export,
     config_stem,
     load_config,
@@ -84,7 +85,7 @@ def run(args) -> int:
     examples = read_examples(args.examples) if args.examples else web.sample_examples()
     cfg = load_config(args.config, args.cfg_options)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    model = init_segmentor(cfg, checkpoint, device=args.device)
+    model = init_segmentor(cfg, checkpoint, device=check_device(args.device))
     weights = f"checkpoint `{checkpoint}`" if checkpoint else (
         "no checkpoint: the weights the config's parts load themselves (random for tiny models)")
     demo = web.build_demo(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import UsageError, add_cfg_options, load_config
+from .common import UsageError, add_cfg_options, check_device, load_config
 
 __all__ = ["add_parser", "run"]
 
@@ -39,6 +39,7 @@ def run(args) -> int:
 
     from .datasets import build_selected
 
+    check_device(args.device)
     cfg = load_config(args.config, args.cfg_options)
     fc = dict(cfg.model.get("feature_cache") or {})
     root = args.cache_dir or fc.get("root")

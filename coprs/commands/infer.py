@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    check_device,
     config_or_export,
     load_config,
     read_jsonl,
@@ -75,7 +76,7 @@ def run(args) -> int:
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if args.input_jsonl is None:  # check the image before building the model
         image = load_image(args.image)
-    model = init_segmentor(cfg, args.checkpoint, device=args.device)
+    model = init_segmentor(cfg, args.checkpoint, device=check_device(args.device))
     out = Path(args.out)
 
     if args.input_jsonl is None:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,12 +107,21 @@ def test_infer_batches_give_the_results_of_single_lines(tmp_path, capsys):
                  str(tmp_path / "in.jsonl"), "--batch-size", "0"]) == 2
 
 
+SAMPLE = str(Path(__file__).resolve().parents[2] / "coprs" / "assets" / "sample.png")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["infer", "--config", "configs/nope.py", "x.png", "a"], "config"),
     (["infer", "--config", str(TINY_CONFIG), "/nowhere/x.png", "a"], "does not exist"),
     (["infer", "--config", str(TINY_CONFIG), "x.png", "a", "--checkpoint", "/no.pth"],
      "checkpoint"),
     (["infer", "--config", str(TINY_CONFIG)], "IMAGE and INSTRUCTION"),
+    # before a model is built: no such GPU here (none on CPU machines, not 100 on GPU ones)
+    (["infer", "--config", str(TINY_CONFIG), SAMPLE, "a", "--device",
+      "cuda:99"], "--device cuda:99"),
+    (["infer", "--config", str(TINY_CONFIG), SAMPLE, "a", "--device",
+      "gpu0"], "is not a torch device"),
+    (["extract-features", str(TINY_CONFIG), "--device", "cuda:99"], "--device cuda:99"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):
     assert main(argv) == 2
@@ -248,3 +258,17 @@ def test_amp_switches_the_optimiser_wrapper_to_bf16_autocast(capsys):
     if not torch.cuda.is_available():
         assert main(["train", str(TINY_CONFIG), "--amp"]) == 2
         assert "--amp needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_infer_jsonl_lines_say_what_is_wrong(tmp_path):
+    from coprs.commands.common import read_jsonl
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"image": "a.png", "instruction": "x"}\n{"image": "a.png",\n[1]\n'
+                    '{"image": "a.png"}\n\n')
+    items = read_jsonl(str(path))
+    assert [n for n, _, _ in items] == [1, 2, 3, 4]
+    assert items[0][1] == {"image": "a.png", "instruction": "x"} and items[0][2] is None
+    assert "in.jsonl:2: not JSON (" in items[1][2]
+    assert "in.jsonl:3: expected a JSON object" in items[2][2]
+    assert "in.jsonl:4: missing ['instruction']" in items[3][2]
