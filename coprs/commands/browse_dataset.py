@@ -64,6 +64,8 @@ def run(args) -> int:
 
     if not args.dump and not args.show_dir:
         raise UsageError("say where to write the samples: --dump FILE.jsonl and/or --show-dir DIR")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1")
     cfg = load_config(args.config, args.cfg_options)
     datasets = build_selected(cfg, [args.split], args.dataset)
     out = Path(args.dump) if args.dump else None

@@ -10,14 +10,16 @@ __all__ = ["config_datasets", "build_selected"]
 
 
 def config_datasets(cfg) -> list[dict]:
-    """Every dataset config in ``cfg``: ``train_dataloader.dataset`` then ``test_cfg.datasets``."""
+    """Every dataset config in ``cfg``: ``train_dataloader.dataset``, then ``val_cfg.datasets``
+    (validation during training), then ``test_cfg.datasets``."""
     found = []
     train = cfg.get("train_dataloader")
     if train is not None and train.get("dataset") is not None:
         found.append(copy.deepcopy(train["dataset"]))
-    test = cfg.get("test_cfg")
-    if test is not None:
-        found += [copy.deepcopy(d) for d in test.get("datasets", [])]
+    for key in ("val_cfg", "test_cfg"):
+        loop = cfg.get(key)
+        if loop is not None:  # a dataset both validated and tested counts once
+            found += [copy.deepcopy(d) for d in loop.get("datasets") or [] if d not in found]
     return found
 
 

@@ -30,7 +30,9 @@ def test_browse_dataset_dumps_what_the_loader_produced(tmp_path):
                                   img_dir=fx.img_dir, dataset="refcoco", split="val",
                                   pipeline=pipeline)])
     out = tmp_path / "samples.jsonl"
-    assert main(["browse-dataset", cfg, "--split", "val", "--dump", str(out)]) == 0
+    # (the config also validates on the synthetic world's val split)
+    assert main(["browse-dataset", cfg, "--split", "val", "--dataset", "refcoco", "--dump",
+                 str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == fx.sentences("refcoco", "val")
     anns = {a["id"]: a for a in fx.annotations}
@@ -44,8 +46,8 @@ def test_browse_dataset_dumps_what_the_loader_produced(tmp_path):
         assert line["image"].endswith(img["file_name"])
     assert main(["browse-dataset", cfg, "--split", "nosuch", "--dump", str(out)]) == 2
     assert main(["browse-dataset", cfg, "--split", "val"]) == 2  # neither --dump nor --show-dir
-    assert main(["browse-dataset", cfg, "--split", "val", "--show-dir", str(tmp_path / "show"),
-                 "--limit", "2"]) == 0
+    assert main(["browse-dataset", cfg, "--split", "val", "--dataset", "refcoco", "--show-dir",
+                 str(tmp_path / "show"), "--limit", "2"]) == 0
     assert len(list((tmp_path / "show" / "refcoco_val").glob("*.png"))) == 2
 
 
@@ -62,6 +64,14 @@ def test_browse_dataset_draws_a_panel_per_sample(tmp_path, capsys):
     pictures = [np.asarray(Image.open(p).convert("RGB")) for p in panels]
     assert all(x.shape == pictures[0].shape for x in pictures)
     assert not np.array_equal(pictures[0], pictures[1])  # each sample its own image and mask
+    # the validation split of the config (val_cfg.datasets, 64 scenes in the tiny config)
+    assert main(["browse-dataset", cfg, "--split", "val", "--dump", str(tmp_path / "v.jsonl"),
+                 "--limit", "2"]) == 0
+    assert [json.loads(x)["sample_id"] for x in (tmp_path / "v.jsonl").read_text().splitlines()] == [
+        "val/000000", "val/000001"]
+    assert main(["browse-dataset", cfg, "--split", "test", "--dump", str(tmp_path / "x.jsonl"),
+                 "--limit", "0"]) == 2
+    assert "--limit 0 must be at least 1" in capsys.readouterr().err
 
 
 def test_extract_features_then_the_model_reads_them(tmp_path):
