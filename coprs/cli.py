@@ -66,11 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str | None, extra: list[str]):
+    """Exit (code 2) with the usage of the subcommand the unknown arguments were given to, and
+    the closest option for a mistyped one ("--chekpoint" -> "--checkpoint")."""
+    import difflib
+
+    target = parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            target = action.choices[command]
+    options = [o for a in target._actions for o in a.option_strings]
+    hints = []
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=")[0], options, n=1)
+            if close:
+                hints.append(f"{arg} (did you mean {close[0]}?)")
+                continue
+        hints.append(arg)
+    target.error(f"unrecognized arguments: {' '.join(hints)}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere: `coprs --debug infer …` or `coprs infer … --debug`
-    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    if extra:
+        _unrecognized(parser, args.command, extra)
     args.debug = debug
     if args.command is None:
         parser.print_help()

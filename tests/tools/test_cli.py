@@ -272,3 +272,16 @@ def test_infer_jsonl_lines_say_what_is_wrong(tmp_path):
     assert "in.jsonl:2: not JSON (" in items[1][2]
     assert "in.jsonl:3: expected a JSON object" in items[2][2]
     assert "in.jsonl:4: missing ['instruction']" in items[3][2]
+
+
+def test_a_mistyped_option_gets_the_subcommands_usage_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", "--config", str(TINY_CONFIG), "--chekpoint", "w", SAMPLE, "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: coprs infer")
+    assert "unrecognized arguments: --chekpoint (did you mean --checkpoint?) x" in err
+    with pytest.raises(SystemExit):
+        main(["test", str(TINY_CONFIG), "--limt", "3"])
+    assert "coprs test: error: unrecognized arguments: --limt (did you mean --limit?)" in (
+        capsys.readouterr().err)
