@@ -165,13 +165,19 @@ def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
     from tqdm import tqdm
 
     ds, ids = (None, {}) if lookup is None else lookup
+    needs_sample = getattr(judge, "needs_sample", False)
     size = max(1, int(getattr(judge, "batch_size", 1)))
+    many = getattr(judge, "judge_many", None)  # a judge not built on BaseCoTJudge may lack it
     rows, pending = [], []  # pending: (row, record, sample) waiting for the judge
 
     def flush() -> None:
-        try:
-            results = judge.judge_many([p[1] for p in pending], [p[2] for p in pending])
-        except Exception:  # find the sample it raises on
+        results = None
+        if many is not None:
+            try:
+                results = many([p[1] for p in pending], [p[2] for p in pending])
+            except Exception:  # asked again one at a time below, to find the sample
+                results = None
+        if results is None:
             results = []
             for _, r, sample in pending:
                 try:
@@ -193,7 +199,7 @@ def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
                "heatmap_iou": r.get("heatmap_iou"), "error": None}
         rows.append(row)
         sample = None
-        if judge.needs_sample:
+        if needs_sample:
             if str(r.get("sample_id")) not in ids:
                 row["error"] = (f"the config's {name} dataset has no sample "
                                 f"{r.get('sample_id')!r}")
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     cfg = judge_config(args.judge, dict(args.judge_cfg))
-    needs_sample = judge_class(cfg).needs_sample
+    needs_sample = getattr(judge_class(cfg), "needs_sample", False)
     lookup, failures = None, []
     if needs_sample:  # checked before a judge model is loaded
         if args.config is None:
