@@ -57,8 +57,8 @@ def test_a_browse_dataset_dump_loads_back(tmp_path):
     cfg.test_cfg.datasets = [dict(type="ReasonSegDataset", data_root=fx.data_root, split="val",
                                   pipeline=PIPELINE)]
     cfg.dump(str(tmp_path / "cfg.py"))
-    assert main(["browse-dataset", str(tmp_path / "cfg.py"), "--split", "val", "--dump",
-                 str(tmp_path / "dump.jsonl")]) == 0
+    assert main(["browse-dataset", str(tmp_path / "cfg.py"), "--split", "val", "--dataset",
+                 "reasonseg", "--dump", str(tmp_path / "dump.jsonl")]) == 0
     from coprs.datasets import ReasonSegDataset
 
     original = ReasonSegDataset(fx.data_root, split="val", pipeline=PIPELINE,
