@@ -26,6 +26,7 @@ def result_summary(result: SegmentationResult, instruction: str) -> dict:
         "mask_rle": mask_to_rle(result.mask),
         "mask_area": int(result.mask.sum()),
         "heatmap_peak_xy": [int(peak[1]), int(peak[0])],
+        "heatmap_peak": float(result.heatmap[peak]),
         "image_size": {"height": int(h), "width": int(w)},
     }
 

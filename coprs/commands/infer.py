@@ -87,7 +87,8 @@ def run(args) -> int:
         print(f"response{given}: {_one_line(result.response)}")
         print(f"chain of thought: {_one_line(result.cot)}")
         print(f"format ok: {result.format_ok}; mask area: {summary['mask_area']} px; "
-              f"heatmap peak (x, y): {tuple(summary['heatmap_peak_xy'])}")
+              f"heatmap peak (x, y): {tuple(summary['heatmap_peak_xy'])}, "
+              f"value {summary['heatmap_peak']:.2g}")
         print(f"wrote {out}/response.txt heatmap.png mask.png panel.png result.json")
         return 0
 

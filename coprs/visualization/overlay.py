@@ -75,7 +75,9 @@ def _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap):
     axes[0].set_title("\n".join(textwrap.wrap(_printable(instruction or "(empty instruction)"),
                                              40)), fontsize=9)
     axes[1].imshow(heatmap_overlay(image, heatmap))
-    axes[1].set_title("positional prior (heatmap)", fontsize=9)
+    # the peak, so that a faint prior (all values near 0, a flat blue overlay) reads as such
+    axes[1].set_title(f"positional prior (heatmap), peak {float(np.max(heatmap)):.2g}",
+                      fontsize=9)
     axes[2].imshow(mask_overlay(image, mask))
     axes[2].set_title("mask", fontsize=9)
     text = "\n".join(textwrap.fill(p, wrap)

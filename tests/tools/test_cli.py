@@ -37,7 +37,11 @@ def test_infer_writes_every_output(tmp_path, capsys):
     mask = np.asarray(Image.open(out / "mask.png")) > 0
     assert mask.shape == (45, 70)
     assert np.array_equal(rle_to_mask(res["mask_rle"]), mask)
-    assert "chain of thought" in capsys.readouterr().out
+    heat = np.asarray(Image.open(out / "heatmap.png"))
+    assert heat.shape == (45, 70, 3) and 0.0 <= res["heatmap_peak"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "chain of thought" in printed
+    assert f"{tuple(res['heatmap_peak_xy'])}, value {res['heatmap_peak']:.2g}" in printed
 
 
 def test_infer_batch_reports_and_skips_bad_lines(tmp_path, capsys):
