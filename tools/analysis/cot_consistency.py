@@ -235,8 +235,9 @@ def summarise(rows: list[dict], edges, level: float, out_dir: Path, name: str
         for r in rows:
             f.write(json.dumps(r) + "\n")
     written = ["consistency.jsonl"]
-    judged = [r for r in rows if r["score"] is not None and r["iou"] is not None]
-    failed = [r for r in rows if r not in judged]
+    judged, failed = [], []
+    for r in rows:
+        (judged if r["score"] is not None and r["iou"] is not None else failed).append(r)
     if not judged:
         return None, written
     with_dims = [r for r in judged if r["dims"] is not None]
