@@ -199,6 +199,12 @@ class OLSFit:
     s: float
     t: float
 
+    def summary(self) -> dict:
+        """``n``, ``pearson_r``, ``slope``, ``intercept`` and ``level``: what the analysis tools
+        write to JSON."""
+        return {"n": self.n, "pearson_r": self.r, "slope": self.slope,
+                "intercept": self.intercept, "level": self.level}
+
     def predict(self, xs: ArrayLike) -> np.ndarray:
         """Fitted mean response.
 

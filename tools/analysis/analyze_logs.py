@@ -260,8 +260,7 @@ def train_correlation(args, records: dict[int, dict]) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = {"n": fit.n, "pearson_r": fit.r, "slope": fit.slope, "intercept": fit.intercept,
-               "level": fit.level, "x": xlabel, "y": ylabel, "stage": args.stage}
+    summary = {**fit.summary(), "x": xlabel, "y": ylabel, "stage": args.stage}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -83,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"skipping {name} ({len(pairs)} samples with heatmap IoU): {err}", file=sys.stderr
             )
             continue
-        summary = {
-            "n": fit.n,
-            "pearson_r": fit.r,
-            "slope": fit.slope,
-            "intercept": fit.intercept,
-            "level": fit.level,
-        }
+        summary = fit.summary()
         (out_dir / "correlation.json").write_text(json.dumps(summary, indent=2) + "\n")
         rows.append((name, summary, out_dir))
 
