@@ -23,6 +23,7 @@ a plugin ships, as ``PLUGIN::path.py`` (``coprs list configs``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -108,7 +109,14 @@ def main(argv=None) -> int:
 
     warnings.showwarning = show_plugin_warnings_as_one_line
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `coprs list | head`: the reader stopped reading, which is not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         if args.debug:
             raise

@@ -289,3 +289,16 @@ def test_a_mistyped_option_gets_the_subcommands_usage_and_a_suggestion(capsys):
         main(["test", str(TINY_CONFIG), "--limt", "3"])
     assert "coprs test: error: unrecognized arguments: --limt (did you mean --limit?)" in (
         capsys.readouterr().err)
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
+    """``coprs list | head -1``: the reader closes the pipe; the command exits 0, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "coprs.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # what `head -1` does once it has its line (here before any line)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
