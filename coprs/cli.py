@@ -117,6 +117,11 @@ def main(argv=None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except FloatingPointError as exc:  # training stopped after too many non-finite steps
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (UsageError, FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         if args.debug:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -190,15 +191,29 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         self._iter += 1
 
     def _check_nonfinite(self, outputs: dict) -> None:
+        """Count skipped steps (``nonfinite_step``), warn with what was not finite, and drop
+        the non-finite values from ``outputs``: the logger averages each key over a window of
+        iterations, and one skipped step's NaN would show as ``loss: nan`` for the whole window.
+        """
         if float(outputs.get("nonfinite_step", 0.0)) > 0:
             self._nonfinite_run += 1
+            bad = {k: float(v) for k, v in outputs.items() if _is_number(v)
+                   and not math.isfinite(float(v))}
+            for k in bad:
+                del outputs[k]
+            what = ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else \
+                "gradient (every loss was finite)"
+            # mmengine logs iterations from 1: Iter(train) [k/N] is self._iter == k - 1
             self.runner.logger.warning(
-                f"iteration {self._iter}: non-finite loss, update skipped "
-                f"({self._nonfinite_run} in a row, limit {self.max_nonfinite_steps})")
+                f"iteration {self._iter + 1}: non-finite {what}; update skipped "
+                f"({self._nonfinite_run} in a row, limit train_cfg.max_nonfinite_steps="
+                f"{self.max_nonfinite_steps})")
             if self._nonfinite_run >= self.max_nonfinite_steps:
                 raise FloatingPointError(
-                    f"{self._nonfinite_run} non-finite losses in a row (max_nonfinite_steps="
-                    f"{self.max_nonfinite_steps}); lower the learning rate or check the data")
+                    f"{self._nonfinite_run} non-finite training steps in a row (the last at "
+                    f"iteration {self._iter + 1}: {what}), the limit train_cfg.max_nonfinite_"
+                    f"steps={self.max_nonfinite_steps}; lower the learning rate or check the "
+                    "data, then resume from the last checkpoint")
         else:
             self._nonfinite_run = 0
 
@@ -370,3 +385,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             fwd = policy.forward_responses(images, instructions, rollouts, model=ref)
             logp, mask = policy.response_logprobs(fwd)
         return [logp[i, : int(mask[i].sum())].tolist() for i in range(len(rollouts))]
+
+
+def _is_number(value) -> bool:
+    """A log value that is one number (a float, an int or a one-element tensor)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -161,7 +161,7 @@ def run_train_step(model, module, data: dict, optim_wrapper, micro_batch: int | 
                     t0 = time.perf_counter()
                     optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
                     backward_seconds += time.perf_counter() - t0
-                    optim_wrapper._inner_count -= 1  # the last part's update_params counts the step
+                    optim_wrapper._inner_count -= 1  # the last part's backward counts the step
     finally:
         WHOLE_BATCH.reset(whole)
     log_vars = apply_update(parsed, merged, optim_wrapper, nonfinite=bad)

@@ -511,25 +511,50 @@ def answer_token_ids(tokenizer, answer: str | None) -> list[int]:
 
 def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper, nonfinite: bool = False
                  ) -> dict:
-    """Step the optimiser unless the loss is non-finite (then zero the grads and log it).
+    """Back-propagate ``parsed`` and step the optimiser, as mmengine's ``update_params``, unless
+    the loss or, after the backward, a gradient is not finite: then the grads are zeroed, the
+    weights stay as they were and ``nonfinite_step`` is 1.
 
     ``nonfinite`` flags an earlier micro-batch of the same step whose loss was not finite. In
-    distributed runs every rank must agree, so the flag is all-reduced first.
+    distributed runs every rank must agree, so each flag is all-reduced first (under FSDP each
+    rank holds a shard of the gradients). A wrapper with a loss scaler (``AmpOptimWrapper``)
+    keeps its own handling of non-finite gradients: the scaler skips the step and lowers its
+    scale.
     """
     import time
 
     from mmengine.dist import all_reduce, get_world_size
 
-    bad = torch.tensor(0.0 if torch.isfinite(parsed) and not nonfinite else 1.0,
-                       device=parsed.device)
-    if get_world_size() > 1:
-        all_reduce(bad, op="sum")
-    if bad.item() > 0:
+    def anywhere(flag: bool) -> bool:
+        t = torch.tensor(float(flag), device=parsed.device)
+        if get_world_size() > 1:
+            all_reduce(t, op="sum")
+        return t.item() > 0
+
+    if anywhere(nonfinite or not bool(torch.isfinite(parsed))):
         optim_wrapper.zero_grad()
         log_vars["nonfinite_step"] = 1.0
         return log_vars
     t0 = time.perf_counter()
-    optim_wrapper.update_params(parsed)
+    optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
+    if optim_wrapper.should_update():  # the last count of gradient accumulation
+        if getattr(optim_wrapper, "loss_scaler", None) is None and anywhere(
+                not _grads_finite(optim_wrapper)):
+            optim_wrapper.zero_grad()
+            log_vars["nonfinite_step"] = 1.0
+            return log_vars
+        optim_wrapper.step()
+        optim_wrapper.zero_grad()
     log_vars["time/backward_step"] = time.perf_counter() - t0
     log_vars["nonfinite_step"] = 0.0
     return log_vars
+
+
+def _grads_finite(optim_wrapper) -> bool:
+    grads = [p.grad for group in optim_wrapper.optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32)
+                         for g in grads])
+    return bool(torch.isfinite(norms).all())

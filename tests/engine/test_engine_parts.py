@@ -58,35 +58,40 @@ def test_atomic_backend_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
 
 
-class _Wrapper:
-    def __init__(self):
-        self.zeroed = self.stepped = 0
+def test_a_nonfinite_loss_or_gradient_skips_the_update():
+    from mmengine.optim import OptimWrapper
 
-    def zero_grad(self):
-        self.zeroed += 1
-
-    def update_params(self, loss):
-        self.stepped += 1
-
-
-def test_nonfinite_loss_skips_the_update():
-    w = _Wrapper()
-    out = apply_update(torch.tensor(float("nan")), {}, w)
-    assert out["nonfinite_step"] == 1.0 and w.stepped == 0 and w.zeroed == 1
-    out = apply_update(torch.tensor(1.0), {}, w)
-    assert out["nonfinite_step"] == 0.0 and w.stepped == 1
+    w = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+    wrapper = OptimWrapper(torch.optim.SGD([w], lr=0.5), clip_grad=dict(max_norm=1.0))
+    out = apply_update((w * float("nan")).sum(), {}, wrapper)
+    assert out["nonfinite_step"] == 1.0 and w.tolist() == [0.0, 1.0] and w.grad is None
+    # a finite loss whose gradient is not (d sqrt(w)/dw at 0): clipping would spread the inf
+    # into NaN weights; the step is skipped instead
+    out = apply_update(torch.sqrt(w).sum(), {}, wrapper)
+    assert out["nonfinite_step"] == 1.0 and w.tolist() == [0.0, 1.0]
+    assert w.grad is None or not w.grad.any()
+    out = apply_update((w ** 2).sum(), {}, wrapper)  # grad (0, 2), clipped to (0, 1)
+    assert out["nonfinite_step"] == 0.0 and w.tolist() == pytest.approx([0.0, 0.5])
 
 
-def test_loop_fails_after_too_many_nonfinite_steps():
+def test_loop_names_what_was_not_finite_and_fails_after_too_many():
     from coprs.engine.loops import ReasoningSegTrainLoop
 
+    warnings = []
     loop = ReasoningSegTrainLoop.__new__(ReasoningSegTrainLoop)
-    loop.max_nonfinite_steps, loop._nonfinite_run, loop._iter = 2, 0, 0
-    loop._runner = types.SimpleNamespace(logger=types.SimpleNamespace(warning=lambda m: None))
-    loop._check_nonfinite({"nonfinite_step": 1.0})
+    loop.max_nonfinite_steps, loop._nonfinite_run, loop._iter = 2, 0, 4
+    loop._runner = types.SimpleNamespace(logger=types.SimpleNamespace(warning=warnings.append))
+    out = {"nonfinite_step": 1.0, "loss_seg": torch.tensor(float("nan")), "loss_pg": 0.5,
+           "loss_kl": float("inf")}
+    loop._check_nonfinite(out)
+    # the NaN and inf stay out of the logger's averaging window; the finite values stay in
+    assert out == {"nonfinite_step": 1.0, "loss_pg": 0.5}
+    assert warnings[-1].startswith("iteration 5: non-finite loss_seg=nan, loss_kl=inf;")
+    assert "train_cfg.max_nonfinite_steps=2" in warnings[-1]
     loop._check_nonfinite({"nonfinite_step": 0.0})  # a good step resets the count
     loop._check_nonfinite({"nonfinite_step": 1.0})
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    assert "non-finite gradient (every loss was finite)" in warnings[-1]
+    with pytest.raises(FloatingPointError, match="train_cfg.max_nonfinite_steps=2"):
         loop._check_nonfinite({"nonfinite_step": 1.0})
 
 

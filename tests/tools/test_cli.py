@@ -302,3 +302,18 @@ def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_training_stopped_by_nonfinite_steps_is_one_line_exit_1(monkeypatch, capsys):
+    from coprs.commands import collect_env
+
+    def diverged(args):
+        raise FloatingPointError("5 non-finite training steps in a row (…), the limit "
+                                 "train_cfg.max_nonfinite_steps=5; lower the learning rate")
+
+    monkeypatch.setattr(collect_env, "run", diverged)
+    assert main(["collect-env"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 5 non-finite") and "Traceback" not in err
+    with pytest.raises(FloatingPointError):  # --debug shows the traceback
+        main(["collect-env", "--debug"])
