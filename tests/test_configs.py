@@ -14,7 +14,7 @@ def test_every_config_loads(path):
         assert cfg.default_scope == "coprs"
         assert cfg.model.type == "ReasoningSegmentor"
     if cfg.get("train_cfg") is not None:  # micro-batches cut its GRPO groups evenly
-        from coprs.models.micro_batch import check_train_cfg
+        from coprs.engine.loops import check_train_cfg
 
         check_train_cfg(cfg.train_cfg)
 

@@ -121,7 +121,7 @@ def run(args) -> int:
     from mmengine.runner import Runner
 
     from coprs.apis import export_dir
-    from coprs.models.micro_batch import check_train_cfg
+    from coprs.engine.loops import check_train_cfg
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)

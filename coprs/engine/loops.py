@@ -14,15 +14,66 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
 
-from ..models.micro_batch import check_train_cfg, micro_batch_slices
+from ..models.micro_batch import check_train_cfg as check_micro_batches
+from ..models.micro_batch import micro_batch_slices
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
 from ..utils import fork_rng, repeat_each
 from .fsdp import full_params, plain_copy
 
-__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "rollout_seed"]
+__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "STAGE_KEYS", "check_train_cfg", "rollout_seed"]
 
 #: the kinds of training stage a loop can chain
 STAGE_KINDS = ("sft", "grpo")
+#: what a stage of ``train_cfg.stages`` may set
+STAGE_KEYS = ("kind", "iters", "batch_size")
+
+
+def check_train_cfg(train_cfg: dict) -> None:
+    """Check a ``ReasoningSegTrainLoop`` training config before anything is built: its keys
+    (a misspelt one would be ignored or fail after the model is built), every stage's kind,
+    keys and iterations, and the micro-batch sizes against the GRPO group size. Other loop
+    types are left to their own checks. Raises ValueError naming the key and what to do."""
+    import inspect
+
+    loop = train_cfg.get("type", "ReasoningSegTrainLoop")
+    if loop is not ReasoningSegTrainLoop and str(loop).split(".")[-1] != "ReasoningSegTrainLoop":
+        return
+    known = set(inspect.signature(ReasoningSegTrainLoop.__init__).parameters) - {
+        "self", "runner", "dataloader"}
+    unknown = sorted(set(train_cfg) - known - {"type"})
+    if unknown:
+        hint = _closest(unknown[0], known)
+        raise ValueError(f"train_cfg.{unknown[0]} is not an option of ReasoningSegTrainLoop"
+                         f"{hint}; it takes {', '.join(sorted(known))}")
+    stages = train_cfg.get("stages")
+    if not stages:
+        raise ValueError("train_cfg.stages is empty: give a list of dict(kind='sft'|'grpo', "
+                         "iters=N)")
+    for i, stage in enumerate(stages):
+        where = f"train_cfg.stages.{i}"
+        if not isinstance(stage, dict):
+            raise ValueError(f"{where}={stage!r}: a stage is dict(kind='sft'|'grpo', iters=N)")
+        for key in stage:
+            if key not in STAGE_KEYS:
+                raise ValueError(f"{where}.{key} is not a stage key{_closest(key, STAGE_KEYS)}; "
+                                 f"a stage takes {', '.join(STAGE_KEYS)}")
+        if stage.get("kind") not in STAGE_KINDS:
+            raise ValueError(f"{where}.kind={stage.get('kind')!r}: need one of {STAGE_KINDS}")
+        for key in ("iters", "batch_size"):
+            value = stage.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}.{key}={value!r}: need a whole number >= 1")
+    if any(s["kind"] == "grpo" for s in stages) and int(train_cfg.get("group_size", 8)) < 2:
+        raise ValueError(f"GRPO needs train_cfg.group_size >= 2 (got "
+                         f"{train_cfg.get('group_size')})")
+    check_micro_batches(train_cfg)
+
+
+def _closest(word: str, options) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
 
 
 def rollout_seed(seed: int, rank: int, iteration: int) -> int:
@@ -104,12 +155,6 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                  "floating-point torch dtype; use e.g. 'bfloat16', 'float16' or "
                                  "'float32', or leave it unset for the policy's dtype")
         stages = [dict(s) for s in stages]
-        for s in stages:
-            if s.get("kind") not in STAGE_KINDS or int(s.get("iters", 0)) <= 0:
-                raise ValueError(f"bad training stage {s}: need kind in {STAGE_KINDS} and iters "
-                                 "> 0")
-        if any(s["kind"] == "grpo" for s in stages) and group_size < 2:
-            raise ValueError(f"GRPO needs group_size >= 2 (got {group_size})")
         check_train_cfg(dict(stages=stages, group_size=group_size,
                              actor_micro_batch=actor_micro_batch,
                              experience_micro_batch=experience_micro_batch))

@@ -1,4 +1,5 @@
 import os
+import re
 import types
 
 import pytest
@@ -56,6 +57,26 @@ def test_atomic_backend_never_leaves_a_truncated_file(tmp_path, monkeypatch):
         backend.put(b"partial", path)
     assert path.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+@pytest.mark.parametrize("train_cfg, message", [
+    (dict(stages=[dict(kind="sft", iters=2, batchsize=2)]), "stages.0.batchsize is not a stage "
+     "key (did you mean batch_size?)"),
+    (dict(stages=[dict(kind="sft", iters=2), dict(kind="ppo", iters=1)]), "stages.1.kind='ppo'"),
+    (dict(stages=[dict(kind="sft", iters=0)]), "stages.0.iters=0: need a whole number >= 1"),
+    (dict(stages=[dict(kind="sft", iters=2.5)]), "stages.0.iters=2.5"),
+    (dict(stages=[]), "train_cfg.stages is empty"),
+    (dict(stages=[dict(kind="grpo", iters=2)], group_size=1), "group_size >= 2"),
+    (dict(stages=[dict(kind="grpo", iters=2)], grup_size=4), "did you mean group_size?"),
+    (dict(type="coprs.ReasoningSegTrainLoop", stages=[dict(kind="grpo", iters=2)],
+          actor_micro_batch=3), "actor_micro_batch=3 does not divide group_size=8"),
+])
+def test_training_config_is_checked_before_anything_is_built(train_cfg, message):
+    from coprs.engine.loops import check_train_cfg
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_train_cfg(train_cfg)
+    check_train_cfg(dict(type="IterBasedTrainLoop", max_iters=3))  # another loop: its own checks
 
 
 def test_a_nonfinite_loss_or_gradient_skips_the_update():

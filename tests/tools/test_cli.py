@@ -126,6 +126,11 @@ SAMPLE = str(Path(__file__).resolve().parents[2] / "coprs" / "assets" / "sample.
     (["infer", "--config", str(TINY_CONFIG), SAMPLE, "a", "--device",
       "gpu0"], "is not a torch device"),
     (["extract-features", str(TINY_CONFIG), "--device", "cuda:99"], "--device cuda:99"),
+    # a misspelt training option fails before anything is built, instead of a full run
+    (["train", str(TINY_CONFIG), "--cfg-options", "train_cfg.stages.0.iterz=1"],
+     "train_cfg.stages.0.iterz is not a stage key (did you mean iters?)"),
+    (["train", str(TINY_CONFIG), "--cfg-options", "train_cfg.stage=1"],
+     "train_cfg.stage is not an option of ReasoningSegTrainLoop (did you mean stages?)"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):
     assert main(argv) == 2
