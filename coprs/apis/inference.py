@@ -138,7 +138,8 @@ def check_export_heads(model: torch.nn.Module, export: str | os.PathLike) -> Non
 
 def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
     """The checkpoint file ``checkpoint`` names: the file itself, or for a training work dir the
-    newest checkpoint its ``last_checkpoint`` file points to."""
+    newest checkpoint its ``last_checkpoint`` file points to (the file of that name in the work
+    dir when the work dir has moved since)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         pointer = path / "last_checkpoint"
@@ -146,6 +147,11 @@ def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
             raise FileNotFoundError(f"'{path}' is a folder without a last_checkpoint file; give "
                                     "a checkpoint file or a training work dir")
         path = Path(pointer.read_text().strip())
+        if not path.is_file() and (path.parent != Path(checkpoint).expanduser()) and (
+                Path(checkpoint).expanduser() / path.name).is_file():
+            # mmengine writes an absolute path: a work dir moved or copied since still names
+            # its own checkpoints
+            path = Path(checkpoint).expanduser() / path.name
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     return path

@@ -135,10 +135,10 @@ def read_checkpoint(checkpoint, mmap: bool = False) -> tuple[Path, object]:
                          f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
 
 
-def check_checkpoint_readable(path: str | Path, what: str) -> None:
+def check_checkpoint_readable(path: str | Path, what: str):
     """Fail before any compute unless ``torch.load(path, weights_only=True)`` reads the file, as
     mmengine will when it loads it (torch >= 2.6). Tensors are memory-mapped, not read, so a
-    checkpoint of many GB costs little here.
+    checkpoint of many GB costs little here. Returns what the file holds (tensors mapped).
 
     Args:
         path: the checkpoint file.
@@ -148,7 +148,7 @@ def check_checkpoint_readable(path: str | Path, what: str) -> None:
 
 
     try:
-        _torch_load(path, mmap=True)
+        return _torch_load(path, mmap=True)
     except pickle.UnpicklingError as exc:
         raise UsageError(
             f"{what} '{path}' cannot be read with torch.load(weights_only=True) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .common import (
@@ -71,25 +72,69 @@ def start_from_export(cfg):
 def check_start_checkpoint(cfg, export=None) -> None:
     """Fail before any compute when the checkpoint a run starts from (``load_from``, ``--resume``
     or, for ``--resume`` without a file, the work dir's ``last_checkpoint``) is missing or cannot
-    be read with ``torch.load(weights_only=True)``."""
+    be read with ``torch.load(weights_only=True)``. A resumed run also needs the reference policy
+    snapshot of a GRPO stage it resumes in (:func:`check_reference_snapshot`)."""
     from coprs.apis import checkpoint_file
 
     what, path = "load_from", cfg.get("load_from")
     if cfg.get("resume"):
         what = "--resume"
         pointer = Path(cfg.work_dir) / "last_checkpoint"
-        if path is None and pointer.is_file():
+        if path is None and not pointer.is_file():
+            print(f"warning: --resume: no last_checkpoint in the work dir {cfg.work_dir}; "
+                  "training starts from iteration 0 (give --work-dir of the run to continue, or "
+                  "--resume CKPT)", file=sys.stderr)
+            return
+        if path is None:
             what = f"--resume ({pointer})"
             try:
                 path = checkpoint_file(cfg.work_dir)  # the file the pointer names
             except FileNotFoundError as exc:
                 raise UsageError(f"{what}: {exc}") from exc
+            cfg.load_from = str(path)  # mmengine would follow the pointer's absolute path
     if path is None or (export is not None and not cfg.get("resume")):
         return  # an export's seg_head.pth is checked against the model (check_export_heads)
     if not Path(path).expanduser().is_file():
         raise UsageError(f"{what} '{path}' does not exist; give a local checkpoint file (coprs "
                          "never downloads)")
-    check_checkpoint_readable(Path(path).expanduser(), what)
+    state = check_checkpoint_readable(Path(path).expanduser(), what)
+    if cfg.get("resume"):
+        meta = state.get("meta") if isinstance(state, dict) else None
+        check_reference_snapshot(cfg, Path(path).expanduser(),
+                                 int((meta or {}).get("iter", 0) or 0))
+
+
+def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:
+    """A run resumed inside a GRPO stage loads the frozen reference policy snapshotted at the
+    stage's start (``<work_dir>/reference_policy.pth``). When it is not in the work dir but next
+    to the checkpoint (a resume into a new work dir), it is copied over; when it is nowhere, or
+    cannot be read, that is an error now rather than after the model is built."""
+    import shutil
+
+    if (cfg.model.get("policy") or {}).get("lora"):
+        return  # the reference is the policy with its adapters disabled: nothing saved
+    begin, grpo_start = 0, None
+    for stage in cfg.train_cfg.get("stages") or []:
+        if stage.get("kind") == "grpo":
+            grpo_start = begin
+            break
+        begin += int(stage.get("iters", 0))
+    if grpo_start is None or resumed_iter <= grpo_start:
+        return  # the snapshot is taken when the GRPO stage starts
+    snapshot = Path(cfg.work_dir) / "reference_policy.pth"
+    beside = checkpoint.parent / "reference_policy.pth"
+    if not snapshot.is_file():
+        if not beside.is_file():
+            raise UsageError(
+                f"--resume '{checkpoint}' is at iteration {resumed_iter}, inside the GRPO stage "
+                f"that started at {grpo_start}, which needs the reference policy snapshotted then: "
+                f"neither {snapshot} nor {beside} exists. Copy that run's reference_policy.pth "
+                "into the work dir, or resume from a checkpoint before the GRPO stage")
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(beside, snapshot)
+        print(f"--resume: copied the GRPO reference policy snapshot {beside} to {snapshot}",
+              file=sys.stderr)
+    check_checkpoint_readable(snapshot, "the GRPO reference policy snapshot")
 
 
 def add_checkpoint_match_hook(cfg, export=None) -> None:
@@ -120,7 +165,7 @@ def check_weight_paths(cfg) -> None:
 def run(args) -> int:
     from mmengine.runner import Runner
 
-    from coprs.apis import export_dir
+    from coprs.apis import checkpoint_file, export_dir
     from coprs.engine.loops import check_train_cfg
     from coprs.utils import register_all_modules
 
@@ -150,9 +195,11 @@ def run(args) -> int:
             raise UsageError(f"'{args.resume}' is a coprs export: weights without a training "
                              "state. Start a new run from it with --cfg-options "
                              f"load_from={args.resume}")
-        if not Path(args.resume).is_file():
-            raise UsageError(f"checkpoint '{args.resume}' does not exist")
-        cfg.resume, cfg.load_from = True, args.resume
+        try:  # a file, or a work dir: the checkpoint its last_checkpoint names
+            resume = checkpoint_file(args.resume)
+        except FileNotFoundError as exc:
+            raise UsageError(f"--resume: {exc}") from exc
+        cfg.resume, cfg.load_from = True, str(resume)
     check_start_checkpoint(cfg, export)
     add_checkpoint_match_hook(cfg, export)
     if args.launcher != "none":

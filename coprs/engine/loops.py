@@ -407,8 +407,14 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         if self._iter > self.grpo_start():  # resumed mid-GRPO: the snapshot taken at its start
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"resuming a GRPO stage needs its reference policy snapshot {path}")
-            ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                    f"resuming a GRPO stage needs its reference policy snapshot {path}; copy the "
+                    "first run's reference_policy.pth into the work dir")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - truncated or not a checkpoint: name it
+                raise ValueError(f"cannot read the reference policy snapshot {path} "
+                                 f"({type(exc).__name__}: {exc})") from exc
+            ref.load_state_dict(state)
         elif is_main_process():  # the first GRPO iteration: snapshot the policy as it is now
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

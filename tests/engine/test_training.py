@@ -303,6 +303,49 @@ def test_a_start_checkpoint_that_cannot_be_read_safely_fails_before_compute(tmp_
         assert len(err.strip().splitlines()) == 1, err
 
 
+def test_resume_finds_the_checkpoint_and_the_grpo_reference_before_compute(tmp_path, capsys,
+                                                                           monkeypatch):
+    """--resume takes a work dir as well as a file, follows a moved work dir's last_checkpoint,
+    brings the GRPO reference snapshot along to a new work dir, and says so (or what is missing)
+    before a runner is built."""
+    import types
+
+    built = []
+    monkeypatch.setattr("mmengine.runner.Runner.from_cfg", lambda cfg: built.append(cfg) or
+                        types.SimpleNamespace(train=lambda: None))
+    stages = ["--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2"]
+    old = tmp_path / "old"  # a run in GRPO at iteration 3 (stages: 2 warm-up + 2 GRPO)
+    old.mkdir()
+    torch.save({"meta": {"iter": 3}, "state_dict": {}}, old / "iter_3.pth")
+    (old / "last_checkpoint").write_text(str(tmp_path / "moved_away" / "iter_3.pth"))
+
+    def train(work, *extra):
+        return main(["train", str(TINY_CONFIG), "--work-dir", str(work), *extra, *stages])
+
+    # no reference snapshot anywhere: an error naming both places, no runner
+    assert train(tmp_path / "new", "--resume", str(old)) == 2
+    err = capsys.readouterr().err
+    assert "inside the GRPO stage that started at 2" in err and "reference_policy.pth" in err
+    assert str(old / "reference_policy.pth") in err and not built
+    # a work dir (whose pointer names a path that moved): its checkpoint; the snapshot beside it
+    # is copied into the new work dir
+    torch.save({"w": torch.ones(2)}, old / "reference_policy.pth")
+    assert train(tmp_path / "new", "--resume", str(old)) == 0
+    assert built[-1].load_from == str(old / "iter_3.pth") and built[-1].resume
+    assert torch.equal(torch.load(tmp_path / "new" / "reference_policy.pth",
+                                  weights_only=True)["w"], torch.ones(2))
+    assert "copied the GRPO reference policy snapshot" in capsys.readouterr().err
+    # a snapshot that cannot be read: one line naming it
+    (tmp_path / "new" / "reference_policy.pth").write_bytes(b"PK\x03\x04 cut")
+    assert train(tmp_path / "new", "--resume", str(old / "iter_3.pth")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the GRPO reference policy snapshot" in err and len(err.splitlines()) == 1
+    # --resume in a work dir with nothing to resume: said, then a fresh start
+    assert train(tmp_path / "empty", "--resume") == 0
+    assert "no last_checkpoint in the work dir" in capsys.readouterr().err
+    assert built[-1].load_from is None
+
+
 def test_configs_chain_warmup_then_grpo():
     cfg = Config.fromfile(str(TINY_CONFIG))
     assert [s["kind"] for s in cfg.train_cfg.stages] == ["sft", "grpo"]
