@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .common import (
@@ -37,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", nargs="?", help="checkpoint (.pth), a training work dir (its "
                                                  "latest checkpoint) or a coprs export-hf "
-                                                 "folder; omitted: the parts' own weights")
+                                                 "folder; omitted: the config's load_from, else "
+                                                 "the weights the config builds")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--show-dir", help="write a panel PNG per sample under this folder")
     p.add_argument("--work-dir", help="folder for logs and per-sample records")
@@ -146,6 +148,8 @@ def run(args) -> int:
     from coprs.utils import register_all_modules
 
     cfg = load_config(args.config, args.cfg_options)
+    if args.checkpoint is None and cfg.get("load_from"):  # as mmengine would start from it
+        args.checkpoint = str(cfg.load_from)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     export = export_dir(args.checkpoint)
     if export is not None:  # its policy loads from its policy/ folder
@@ -158,6 +162,17 @@ def run(args) -> int:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
+    if args.checkpoint is None:
+        trained = Path(cfg.work_dir) / "last_checkpoint"
+        if trained.is_file() and args.work_dir is None:
+            raise UsageError(
+                f"no CHECKPOINT given, and the work dir {cfg.work_dir} holds a trained run "
+                f"({trained}): pass {cfg.work_dir} as CHECKPOINT to evaluate it, or --work-dir "
+                "elsewhere to evaluate the weights the config builds without overwriting its "
+                "per-sample records")
+        print("warning: no CHECKPOINT given: evaluating the weights the config builds "
+              "(pretrained paths where it names them, random initialisation elsewhere)",
+              file=sys.stderr)
     modes = _modes(args.reasoning)
     several = len(modes) > 1
     if ("given" in modes) != (args.responses is not None):

@@ -216,3 +216,23 @@ def test_test_command_errors(tmp_path, capsys):
     assert "missing.pth" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["test", str(TINY_CONFIG), "--reasoning", "telepathy"])
+
+
+def test_without_a_checkpoint_it_warns_and_keeps_a_trained_runs_records(tmp_path, capsys,
+                                                                        monkeypatch):
+    cfg = _config(tmp_path, [dict(type="ShapesReasonDataset", split="test", num_samples=2,
+                                  pipeline=[dict(type="LoadImage"),
+                                            dict(type="PackReasonSegInputs")])])
+    args = ["--reasoning", "gold", "--out", str(tmp_path / "r.json")]
+    assert main(["test", cfg, *args]) == 0  # the weights the config builds, said so
+    assert "warning: no CHECKPOINT given" in capsys.readouterr().err
+    # the work dir now holds a trained run: without a CHECKPOINT or --work-dir, an error
+    (tmp_path / "work" / "last_checkpoint").write_text(str(tmp_path / "work" / "iter_4.pth"))
+    monkeypatch.setattr("mmengine.runner.Runner.from_cfg",
+                        lambda cfg: pytest.fail("built a runner"))
+    assert main(["test", cfg, *args]) == 2
+    err = capsys.readouterr().err
+    assert f"pass {tmp_path / 'work'} as CHECKPOINT" in err and len(err.strip().splitlines()) == 1
+    # a config's load_from is the checkpoint when none is given (here: one that is not there)
+    assert main(["test", cfg, *args, "--cfg-options", f"load_from={tmp_path / 'gone.pth'}"]) == 2
+    assert "gone.pth" in capsys.readouterr().err
