@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 __all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
-           "repeat_each", "fork_rng", "state_dict_mismatch"]
+           "repeat_each", "fork_rng", "state_dict_mismatch", "torch_load_reason"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -114,3 +114,14 @@ def state_dict_mismatch(model, state: dict, loaded_elsewhere: tuple[str, ...] = 
                    if k in state and hasattr(state[k], "shape")
                    and tuple(state[k].shape) != tuple(v.shape)],
     }
+
+
+def torch_load_reason(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed: the unpickler's own reason
+    (torch's message around it suggests ``weights_only=False``, which coprs never uses)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return text.split(marker, 1)[1].strip().split(". ", 1)[0].splitlines()[0].rstrip(".")
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -69,7 +69,11 @@ def load_sam_state(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
-        raise ValueError(f"cannot read SAM checkpoint '{path}': {exc}") from exc
+        from ..utils import torch_load_reason
+
+        raise ValueError(f"cannot read SAM checkpoint '{path}' with torch.load(weights_only=True) "
+                         f"({torch_load_reason(exc)}); give the official SAM .pth or a state dict "
+                         "of tensors") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     sam_prefixes = ("image_encoder.", "prompt_encoder.", "mask_decoder.")

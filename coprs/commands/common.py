@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..utils import torch_load_reason
+
 __all__ = [
     "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
@@ -93,17 +95,6 @@ def resolve_checkpoint(path: str | None) -> str | None:
         raise UsageError(str(exc)) from exc
 
 
-def torch_load_reason(exc: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed: the unpickler's own reason
-    (torch's message around it suggests ``weights_only=False``, which coprs never uses)."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        return text.split(marker, 1)[1].strip().split(". ", 1)[0].splitlines()[0].rstrip(".")
-    first = (text.strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def _torch_load(path, mmap: bool = False):
     """``torch.load(weights_only=True)`` on the CPU; ``mmap`` maps the tensors instead of reading
     them, except for files in torch's legacy format, which cannot be mapped."""
@@ -155,7 +146,7 @@ def check_checkpoint_readable(path: str | Path, what: str):
             f"({torch_load_reason(exc)}). coprs loads checkpoints only that way, so that a file "
             "cannot run code; checkpoints of coprs train load so (PlainCheckpointStateHook "
             "saves plain state). For another file, save its state_dict alone, as a dict of "
-            "tensors, and pass that as load_from") from exc
+            "tensors, and give that file instead") from exc
     except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unreadable: name it
         raise UsageError(f"{what} '{path}' is not a readable checkpoint "
                          f"({torch_load_reason(exc)})") from exc

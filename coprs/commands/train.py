@@ -150,16 +150,29 @@ def add_checkpoint_match_hook(cfg, export=None) -> None:
 
 
 def check_weight_paths(cfg) -> None:
-    """Fail before any compute when a configured weight file or folder does not exist."""
+    """Fail before any compute when a configured weight file or folder does not exist, is a
+    folder where a file belongs (or the other way round), or, for a ``.pth``, cannot be read with
+    ``torch.load(weights_only=True)``."""
     model = cfg.model
     checks = [("model.policy.model_path", model.get("policy", {}).get("model_path")),
               ("model.vision_backbone.checkpoint",
                model.get("vision_backbone", {}).get("checkpoint")),
               ("model.decoder.sam_checkpoint", model.get("decoder", {}).get("sam_checkpoint"))]
     for key, path in checks:
-        if path is not None and not Path(path).expanduser().exists():
+        if path is None:
+            continue
+        where = Path(path).expanduser()
+        if not where.exists():
             raise UsageError(f"{key} '{path}' does not exist; put the weights there or pass "
                              f"--cfg-options {key}=/path/on/disk")
+        if key == "model.policy.model_path":
+            if not where.is_dir():
+                raise UsageError(f"{key} '{path}' is a file; give the folder of a transformers "
+                                 "checkpoint (config.json, weights, tokenizer)")
+        elif not where.is_file():
+            raise UsageError(f"{key} '{path}' is a folder; give the checkpoint file (.pth) in it")
+        else:  # read now (tensors mapped, not loaded) rather than after the policy is built
+            check_checkpoint_readable(where, key)
 
 
 def run(args) -> int:

@@ -216,6 +216,11 @@ class Qwen25VLPolicy(BasePolicy):
             return
 
         if tiny is not None:
+            if model_path is not None:
+                raise ValueError(
+                    f"model.policy sets both tiny (a tiny random-initialised policy built "
+                    f"locally) and model_path '{model_path}': to load the weights at model_path, "
+                    "also pass --cfg-options model.policy.tiny=None")
             model_path = str(ensure_tiny_qwen2_5_vl(tiny))
         if model_path is None:
             raise ValueError(

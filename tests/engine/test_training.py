@@ -272,6 +272,44 @@ def test_missing_weight_path_fails_before_compute(capsys):
     assert "model.policy.model_path '/nowhere/qwen' does not exist" in capsys.readouterr().err
 
 
+def test_weight_files_are_read_before_compute_and_errors_are_one_line(tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setattr("mmengine.runner.Runner.from_cfg",
+                        lambda cfg: pytest.fail("built a runner"))
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (f"model.decoder.sam_checkpoint={tmp_path / 'garbage.pth'}",
+         f"model.decoder.sam_checkpoint '{tmp_path / 'garbage.pth'}' cannot be read with "
+         "torch.load(weights_only=True)"),
+        (f"model.vision_backbone.checkpoint={tmp_path / 'folder'}",
+         "is a folder; give the checkpoint file (.pth) in it"),
+        (f"model.policy.model_path={tmp_path / 'garbage.pth'}", "is a file; give the folder"),
+    ]
+    for option, message in cases:
+        assert main(["train", str(TINY_CONFIG), "--cfg-options", option]) == 2, option
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "weights_only=False" not in err
+
+
+def test_the_backbone_names_an_unreadable_sam_checkpoint_in_one_line(tmp_path):
+    from coprs.backbones.sam_vit import load_sam_state
+
+    (tmp_path / "sam.pth").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError) as exc:
+        load_sam_state(tmp_path / "sam.pth", "image_encoder.")
+    assert str(exc.value).startswith(f"cannot read SAM checkpoint '{tmp_path / 'sam.pth'}'")
+    assert "\n" not in str(exc.value) and "weights_only=False" not in str(exc.value)
+
+
+def test_a_tiny_policy_with_a_model_path_is_an_error_not_a_silent_choice(tmp_path):
+    from coprs.policies.qwen2_5_vl import Qwen25VLPolicy
+
+    with pytest.raises(ValueError, match="model.policy.tiny=None"):
+        Qwen25VLPolicy(tiny=dict(seed=0, vocab_size=1024, corpus="shapes"),
+                       model_path=str(tmp_path))
+
+
 def test_a_start_checkpoint_that_cannot_be_read_safely_fails_before_compute(tmp_path, capsys,
                                                                               monkeypatch):
     from mmengine.logging import HistoryBuffer
