@@ -10,7 +10,7 @@ from pathlib import Path
 from ..utils import torch_load_reason
 
 __all__ = [
-    "LAUNCHERS", "UsageError", "add_cfg_options", "add_launcher", "config_path", "config_stem",
+    "LAUNCHERS", "UsageError", "add_cfg_options", "key_value_action", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
     "config_or_export", "read_jsonl", "torch_load_reason", "check_checkpoint_readable",
     "finish_distributed", "read_checkpoint",
@@ -40,11 +40,29 @@ def exit_on_usage_error(main):
     return wrapped
 
 
-def add_cfg_options(p) -> None:
-    """Add mmengine's ``--cfg-options KEY=VALUE ...``."""
+@functools.cache
+def key_value_action():
+    """mmengine's ``DictAction`` (``KEY=VALUE ...`` into a dict), except that an item without
+    ``=`` is a usage error naming it rather than a traceback. A function, so that mmengine is
+    imported only by commands that take such options."""
+    import argparse
+
     from mmengine.config import DictAction
 
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+    class KeyValueAction(DictAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            for item in values:
+                if "=" not in item or item.startswith("="):
+                    raise argparse.ArgumentError(
+                        self, f"'{item}' is not KEY=VALUE (e.g. train_cfg.stages.0.iters=100)")
+            super().__call__(parser, namespace, values, option_string)
+
+    return KeyValueAction
+
+
+def add_cfg_options(p) -> None:
+    """Add mmengine's ``--cfg-options KEY=VALUE ...`` (:func:`key_value_action`)."""
+    p.add_argument("--cfg-options", nargs="+", action=key_value_action(), metavar="KEY=VALUE",
                    help="override config keys, e.g. model.policy.model_path=/models/qwen")
 
 

@@ -283,6 +283,13 @@ def test_infer_jsonl_lines_say_what_is_wrong(tmp_path):
     assert "in.jsonl:4: missing ['instruction']" in items[3][2]
 
 
+def test_a_cfg_option_without_equals_is_a_usage_error_naming_it(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(TINY_CONFIG), "--cfg-options", "train_cfg.max_iters=3", "foo"])
+    assert exc.value.code == 2
+    assert "--cfg-options: 'foo' is not KEY=VALUE" in capsys.readouterr().err
+
+
 def test_a_mistyped_option_gets_the_subcommands_usage_and_a_suggestion(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["infer", "--config", str(TINY_CONFIG), "--chekpoint", "w", SAMPLE, "x"])

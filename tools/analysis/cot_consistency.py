@@ -37,9 +37,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
-
-from coprs.commands.common import UsageError, exit_on_usage_error
+from coprs.commands.common import UsageError, exit_on_usage_error, key_value_action
 
 EXAMPLE = """example:
   python tools/analysis/cot_consistency.py work_dirs/coprs_tiny_shapes_cpu/per_sample_generated \\
@@ -61,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--judge", default="shapes",
                         help="shapes | scores:FILE | vlm:DIR | a COT_JUDGES type name "
                              "(default: shapes)")
-    parser.add_argument("--judge-cfg", nargs="+", action=DictAction, default={},
+    parser.add_argument("--judge-cfg", nargs="+", action=key_value_action(), default={},
                         metavar="KEY=VALUE", help="more keyword arguments of the judge")
     parser.add_argument("--edges", nargs="+", type=float, default=None, metavar="X",
                         help="score range edges (default: the paper's 0 0.25 0.5 0.75 1)")

@@ -30,9 +30,8 @@ import sys
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 
-from coprs.commands.common import exit_on_usage_error, resolve_checkpoint
+from coprs.commands.common import exit_on_usage_error, key_value_action, resolve_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.5, help="IoU that counts as found")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON-lines file for the per-sample records")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
+    p.add_argument("--cfg-options", nargs="+", action=key_value_action(), default=None)
     args = p.parse_args(argv)
     if args.k < 1 or args.num_samples < 1 or args.batch_size < 1:
         p.error("--k, --num-samples and --batch-size must be at least 1")

@@ -24,9 +24,13 @@ import json
 import sys
 
 import numpy as np
-from mmengine.config import DictAction
 
-from coprs.commands.common import UsageError, exit_on_usage_error, resolve_checkpoint
+from coprs.commands.common import (
+    UsageError,
+    exit_on_usage_error,
+    key_value_action,
+    resolve_checkpoint,
+)
 
 EXAMPLE = """example:
   python tools/analysis/picked_objects.py configs/coprs/coprs_tiny_shapes_cpu.py \\
@@ -59,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="synthetic split (default: test)")
     parser.add_argument("--num-samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+    parser.add_argument("--cfg-options", nargs="+", action=key_value_action(), default=None,
                         metavar="KEY=VALUE", help="override config entries (as for training), "
                                                   "e.g. model.prior.position_grid=8")
     return parser.parse_args(argv)

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.config import DictAction
 
-from coprs.commands.common import UsageError, exit_on_usage_error
+from coprs.commands.common import UsageError, exit_on_usage_error, key_value_action
 
 EXAMPLE = """example:
   python tools/analysis/prior_probe.py configs/coprs/coprs_tiny_shapes_cpu.py --iters 600
@@ -65,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --keys pixels/stem: pixels per grid cell (default: the "
                              "backbone's, 4 for the tiny SAM)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+    parser.add_argument("--cfg-options", nargs="+", action=key_value_action(), default=None,
                         metavar="KEY=VALUE", help="override config entries, e.g. "
                                                   "model.prior.position_grid=8")
     return parser.parse_args(argv)
