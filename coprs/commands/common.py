@@ -66,6 +66,10 @@ def add_cfg_options(p) -> None:
                    help="override config keys, e.g. model.policy.model_path=/models/qwen")
 
 
+#: what mmengine's Config.fromfile reads
+CONFIG_SUFFIXES = (".py", ".json", ".yml", ".yaml")
+
+
 def config_path(path: str) -> Path:
     """A config file: a path, or ``PLUGIN::relative/path.py`` for a config a plugin ships."""
     if "::" in path:
@@ -75,9 +79,18 @@ def config_path(path: str) -> Path:
             return resolve_config(path)
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
-    if not Path(path).is_file():
+    p = Path(path)
+    if p.is_dir():
+        inside = sorted(str(c) for c in p.glob("*.py"))
+        hint = f" (the config in it: {inside[0]})" if len(inside) == 1 else ""
+        raise UsageError(f"config '{path}' is a folder; give a config file{hint}")
+    if not p.is_file():
         raise UsageError(f"config '{path}' does not exist")
-    return Path(path)
+    if p.suffix not in CONFIG_SUFFIXES:
+        what = " (a checkpoint? it goes after the config)" if p.suffix == ".pth" else ""
+        raise UsageError(f"config '{path}' is not a config file{what}; give a "
+                         f"{', '.join(CONFIG_SUFFIXES)} file")
+    return p
 
 
 def config_stem(path: str) -> str:
@@ -210,6 +223,8 @@ def read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
     """(line number, item or None, error or None) for each non-blank line of a JSON-lines file
     of ``{"image": ..., "instruction": ...}`` objects (``"response"``, if present, a string)."""
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"input JSONL '{path}' is a folder; give a JSON-lines file")
     if not p.is_file():
         raise UsageError(f"input JSONL '{path}' does not exist")
     items = []

@@ -162,17 +162,6 @@ def run(args) -> int:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / config_stem(args.config))
     cfg.launcher = args.launcher
-    if args.checkpoint is None:
-        trained = Path(cfg.work_dir) / "last_checkpoint"
-        if trained.is_file() and args.work_dir is None:
-            raise UsageError(
-                f"no CHECKPOINT given, and the work dir {cfg.work_dir} holds a trained run "
-                f"({trained}): pass {cfg.work_dir} as CHECKPOINT to evaluate it, or --work-dir "
-                "elsewhere to evaluate the weights the config builds without overwriting its "
-                "per-sample records")
-        print("warning: no CHECKPOINT given: evaluating the weights the config builds "
-              "(pretrained paths where it names them, random initialisation elsewhere)",
-              file=sys.stderr)
     modes = _modes(args.reasoning)
     several = len(modes) > 1
     if ("given" in modes) != (args.responses is not None):
@@ -198,6 +187,18 @@ def run(args) -> int:
     cfg.load_from = None
     if args.launcher != "none":
         init_distributed(args.launcher)
+    if args.checkpoint is None:
+        trained = Path(cfg.work_dir) / "last_checkpoint"
+        if trained.is_file() and args.work_dir is None:
+            raise UsageError(
+                f"no CHECKPOINT given, and the work dir {cfg.work_dir} holds a trained run "
+                f"({trained}): pass {cfg.work_dir} as CHECKPOINT to evaluate it, or --work-dir "
+                "elsewhere to evaluate the weights the config builds without overwriting its "
+                "per-sample records")
+        if is_main_process():
+            print("warning: no CHECKPOINT given: evaluating the weights the config builds "
+                  "(pretrained paths where it names them, random initialisation elsewhere)",
+                  file=sys.stderr)
     register_all_modules()
     # mmengine's Runner writes the config into the work dir when it is built; in a training work
     # dir that would replace the training run's copy, so it is put back (the test run's config

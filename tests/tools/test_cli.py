@@ -126,6 +126,9 @@ SAMPLE = str(Path(__file__).resolve().parents[2] / "coprs" / "assets" / "sample.
     (["infer", "--config", str(TINY_CONFIG), SAMPLE, "a", "--device",
       "gpu0"], "is not a torch device"),
     (["extract-features", str(TINY_CONFIG), "--device", "cuda:99"], "--device cuda:99"),
+    # a folder or a checkpoint where the config belongs; a folder where a JSONL file belongs
+    (["count-params", "configs"], "config 'configs' is a folder; give a config file"),
+    (["test", SAMPLE, str(TINY_CONFIG)], "is not a config file"),
     # a misspelt training option fails before anything is built, instead of a full run
     (["train", str(TINY_CONFIG), "--cfg-options", "train_cfg.stages.0.iterz=1"],
      "train_cfg.stages.0.iterz is not a stage key (did you mean iters?)"),
@@ -165,10 +168,10 @@ def test_slurm_env_maps_the_task_variables_to_torch_ones(tmp_path, monkeypatch):
         slurm_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_NODELIST": "n1"})
 
 
-def test_launcher_without_its_launcher_is_a_one_line_error(capsys, monkeypatch):
+def test_launcher_without_its_launcher_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST"):
         monkeypatch.delenv(k, raising=False)
-    assert main(["test", str(TINY_CONFIG), "--launcher", "slurm"]) == 2
+    assert main(["test", str(TINY_CONFIG), "--launcher", "slurm", "--work-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --launcher slurm needs srun") and len(err.splitlines()) == 1
     assert main(["train", str(TINY_CONFIG), "--launcher", "pytorch"]) == 2
@@ -329,3 +332,10 @@ def test_training_stopped_by_nonfinite_steps_is_one_line_exit_1(monkeypatch, cap
     assert err.startswith("error: 5 non-finite") and "Traceback" not in err
     with pytest.raises(FloatingPointError):  # --debug shows the traceback
         main(["collect-env", "--debug"])
+
+
+def test_a_folder_given_as_the_input_jsonl_is_named_as_a_folder(tmp_path):
+    from coprs.commands.common import UsageError, read_jsonl
+
+    with pytest.raises(UsageError, match="is a folder; give a JSON-lines file"):
+        read_jsonl(str(tmp_path))
