@@ -69,6 +69,11 @@ def start_from_export(cfg):
     return export
 
 
+#: what a checkpoint needs for mmengine to resume from it (the optimiser state is optional:
+#: a checkpoint hook with save_optimizer=False leaves it out)
+RESUME_KEYS = ("state_dict", "message_hub", "meta")
+
+
 def check_start_checkpoint(cfg, export=None) -> None:
     """Fail before any compute when the checkpoint a run starts from (``load_from``, ``--resume``
     or, for ``--resume`` without a file, the work dir's ``last_checkpoint``) is missing or cannot
@@ -99,7 +104,13 @@ def check_start_checkpoint(cfg, export=None) -> None:
                          "never downloads)")
     state = check_checkpoint_readable(Path(path).expanduser(), what)
     if cfg.get("resume"):
-        meta = state.get("meta") if isinstance(state, dict) else None
+        missing = [k for k in RESUME_KEYS if not (isinstance(state, dict) and k in state)]
+        if missing:
+            raise UsageError(
+                f"{what} '{path}' holds no training state (no {', '.join(missing)}): resume "
+                "needs a checkpoint written by coprs train. To start a new run from its weights, "
+                f"use --cfg-options load_from={path}")
+        meta = state.get("meta")
         check_reference_snapshot(cfg, Path(path).expanduser(),
                                  int((meta or {}).get("iter", 0) or 0))
 

@@ -354,7 +354,7 @@ def test_resume_finds_the_checkpoint_and_the_grpo_reference_before_compute(tmp_p
     stages = ["--cfg-options", "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2"]
     old = tmp_path / "old"  # a run in GRPO at iteration 3 (stages: 2 warm-up + 2 GRPO)
     old.mkdir()
-    torch.save({"meta": {"iter": 3}, "state_dict": {}}, old / "iter_3.pth")
+    torch.save({"meta": {"iter": 3}, "state_dict": {}, "message_hub": {}}, old / "iter_3.pth")
     (old / "last_checkpoint").write_text(str(tmp_path / "moved_away" / "iter_3.pth"))
 
     def train(work, *extra):
@@ -378,6 +378,11 @@ def test_resume_finds_the_checkpoint_and_the_grpo_reference_before_compute(tmp_p
     assert train(tmp_path / "new", "--resume", str(old / "iter_3.pth")) == 2
     err = capsys.readouterr().err.strip()
     assert "the GRPO reference policy snapshot" in err and len(err.splitlines()) == 1
+    # weights without a training state (a published file, a reference snapshot): load_from
+    assert train(tmp_path / "new", "--resume", str(old / "reference_policy.pth")) == 2
+    err = capsys.readouterr().err
+    assert "holds no training state (no state_dict, message_hub, meta)" in err
+    assert f"load_from={old / 'reference_policy.pth'}" in err
     # --resume in a work dir with nothing to resume: said, then a fresh start
     assert train(tmp_path / "empty", "--resume") == 0
     assert "no last_checkpoint in the work dir" in capsys.readouterr().err
