@@ -118,11 +118,15 @@ class SAMViTBackbone(BaseVisionBackbone):
                 try:
                     self.encoder.load_state_dict(state, strict=True)
                 except RuntimeError as exc:
+                    # torch's first line only says that loading failed; the next says why
+                    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+                    why = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+                    why = why.split(". ", 1)[0]
+                    width = f" with {overrides}" if overrides else ""
                     raise ValueError(
-                        f"SAM checkpoint '{checkpoint}' does not match arch {arch!r} "
-                        "(check `arch` against the file: vit_h, vit_l or vit_b): "
-                        + str(exc).splitlines()[0]
-                    ) from exc
+                        f"SAM checkpoint '{checkpoint}' does not match arch {arch!r}{width} "
+                        "(check `arch` and the width overrides against the file: vit_h, vit_l, "
+                        f"vit_b or tiny): {why}") from exc
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
         self.frozen = frozen

@@ -250,11 +250,12 @@ def read_jsonl(path: str) -> list[tuple[int, dict | None, str | None]]:
     return items
 
 
-def add_launcher(parser) -> None:
-    """The ``--launcher`` option of ``coprs train`` and ``coprs test``."""
+def add_launcher(parser, job: str = "train") -> None:
+    """The ``--launcher`` option of ``coprs train`` and ``coprs test`` (``job``: which of the
+    two, for the launch scripts the help names)."""
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none",
-                        help="distributed launcher: 'pytorch' under torchrun "
-                             "(tools/dist_train.sh), 'slurm' under srun (tools/slurm_train.sh)")
+                        help=f"distributed launcher: 'pytorch' under torchrun "
+                             f"(tools/dist_{job}.sh), 'slurm' under srun (tools/slurm_{job}.sh)")
 
 
 def slurm_env(environ=None) -> None:

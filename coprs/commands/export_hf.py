@@ -21,10 +21,11 @@ def add_parser(sub) -> None:
                     "config) and OUT/coprs_export.json. OUT then serves as a checkpoint: "
                     "coprs infer --config OUT/config.py --checkpoint OUT ….",
         epilog="example: coprs export-hf configs/coprs/coprs_tiny_shapes_cpu.py "
-               "work_dirs/coprs_tiny_shapes_cpu/iter_940.pth --out exported/",
+               "work_dirs/coprs_tiny_shapes_cpu --out exported/",
     )
     p.add_argument("config", help="config file")
-    p.add_argument("checkpoint", help="checkpoint (.pth) or a training work dir")
+    p.add_argument("checkpoint", help="checkpoint (.pth) or a training work dir (its newest "
+                                       "checkpoint)")
     p.add_argument("--out", required=True, help="output folder")
     add_cfg_options(p)
     p.set_defaults(func=run)

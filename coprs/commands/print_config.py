@@ -48,6 +48,8 @@ def config_of_checkpoint(checkpoint: str, cfg_options=None):
 
 
 def run(args) -> int:
+    if args.save_path and Path(args.save_path).suffix != ".py":
+        raise UsageError(f"--save-path '{args.save_path}' must end in .py (a Python config)")
     given = Path(args.config)
     if given.suffix == ".pth" or given.is_dir():
         cfg = config_of_checkpoint(args.config, args.cfg_options)
@@ -56,8 +58,6 @@ def run(args) -> int:
     print(cfg.pretty_text)
     if args.save_path:
         path = Path(args.save_path)
-        if path.suffix != ".py":
-            raise UsageError(f"--save-path '{path}' must end in .py (a Python config)")
         path.parent.mkdir(parents=True, exist_ok=True)
         cfg.dump(str(path))
         print(f"# wrote {path}")

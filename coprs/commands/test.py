@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, metavar="N",
                    help="evaluate only the first N samples of every split (a quick check; "
                         "the numbers are not the split's)")
-    add_launcher(p)
+    add_launcher(p, "test")
     add_cfg_options(p)
     p.set_defaults(func=run)
 

@@ -18,9 +18,11 @@ from ..decoders.sam_modules import SAM_DECODER_PRESETS, build_mask_decoder
 __all__ = ["build_tiny_sam", "save_tiny_sam_checkpoint"]
 
 
-def build_tiny_sam(seed: int = 0):
+def build_tiny_sam(seed: int = 0, **encoder_overrides):
     """A ``segment_anything.modeling.Sam`` with the 'tiny' encoder and decoder presets
-    (112 px input, 4 px patches → 28 x 28 embeddings of width 32)."""
+    (112 px input, 4 px patches → 28 x 28 embeddings of width 32); ``encoder_overrides`` change
+    the encoder preset as ``SAMViTBackbone``'s do (e.g. ``embed_dim=64, out_chans=64``, the CPU
+    main job's)."""
     from segment_anything.modeling import PromptEncoder, Sam
 
     enc = SAM_VIT_PRESETS["tiny"]
@@ -29,7 +31,7 @@ def build_tiny_sam(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = Sam(
-            image_encoder=build_sam_image_encoder("tiny"),
+            image_encoder=build_sam_image_encoder("tiny", **encoder_overrides),
             prompt_encoder=PromptEncoder(
                 embed_dim=dec["transformer_dim"],
                 image_embedding_size=(grid, grid),
@@ -43,9 +45,10 @@ def build_tiny_sam(seed: int = 0):
     return sam.eval()
 
 
-def save_tiny_sam_checkpoint(path, seed: int = 0) -> Path:
-    """Write the tiny SAM's state dict as an official-layout ``.pth`` file."""
+def save_tiny_sam_checkpoint(path, seed: int = 0, **encoder_overrides) -> Path:
+    """Write the tiny SAM's state dict as an official-layout ``.pth`` file
+    (``encoder_overrides``: see :func:`build_tiny_sam`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(build_tiny_sam(seed).state_dict(), path)
+    torch.save(build_tiny_sam(seed, **encoder_overrides).state_dict(), path)
     return path

@@ -54,6 +54,19 @@ def test_checkpoint_errors(tmp_path, sam_ckpt):
                        num_heads=2, global_attn_indexes=(0,))
     with pytest.raises(ValueError, match="unknown SAM arch"):
         SAMViTBackbone(arch="vit_x")
+    # the tiny preset's file under the CPU main job's width: the message says which tensor
+    with pytest.raises(ValueError, match=r"with \{'embed_dim': 64, 'out_chans': 64\}.*size "
+                                         r"mismatch for pos_embed"):
+        SAMViTBackbone(arch="tiny", checkpoint=str(sam_ckpt), embed_dim=64, out_chans=64)
+
+
+def test_a_tiny_sam_file_of_the_main_jobs_width_loads_into_its_backbone(tmp_path):
+    from coprs.testing.tiny_sam import build_tiny_sam, save_tiny_sam_checkpoint
+
+    path = save_tiny_sam_checkpoint(tmp_path / "sam64.pth", embed_dim=64, out_chans=64)
+    backbone = SAMViTBackbone(arch="tiny", checkpoint=str(path), embed_dim=64, out_chans=64)
+    want = build_tiny_sam(0, embed_dim=64, out_chans=64).image_encoder.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in backbone.encoder.state_dict().items())
 
 
 class _Evil:

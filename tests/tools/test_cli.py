@@ -215,6 +215,9 @@ def test_print_config_of_a_checkpoint_is_the_config_it_was_trained_with(tmp_path
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "plain.pth")
     assert main(["print-config", str(tmp_path / "plain.pth")]) == 2
     assert "carries no config (meta['cfg'])" in capsys.readouterr().err
+    assert main(["print-config", str(TINY_CONFIG), "--save-path", str(tmp_path / "c.txt")]) == 2
+    out, err = capsys.readouterr()
+    assert "must end in .py" in err and out == ""  # checked before the config is printed
     assert main(["print-config", str(tmp_path / "absent.pth")]) == 2
     assert "absent.pth' does not exist" in capsys.readouterr().err
 
