@@ -67,6 +67,9 @@ def check_train_cfg(train_cfg: dict) -> None:
         raise ValueError(f"GRPO needs train_cfg.group_size >= 2 (got "
                          f"{train_cfg.get('group_size')})")
     check_micro_batches(train_cfg)
+    from ..rollout.base import check_sampling
+
+    check_sampling(**dict(train_cfg.get("rollout_engine") or {}))
 
 
 def _closest(word: str, options) -> str:

@@ -23,6 +23,8 @@ class BaseRolloutEngine(metaclass=ABCMeta):
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
                  max_new_tokens: int | None = None, min_new_tokens: int | None = None) -> None:
+        check_sampling(temperature=temperature, max_new_tokens=max_new_tokens,
+                       min_new_tokens=min_new_tokens)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
 
@@ -30,3 +32,23 @@ class BaseRolloutEngine(metaclass=ABCMeta):
     def generate(self, policy, images: list[Image.Image], instructions: list[str],
                  num_samples: int) -> list[list[Rollout]]:
         """B lists of ``num_samples`` rollouts, each with token ids and sampling log-probs."""
+
+
+def check_sampling(temperature: float = 1.0, max_new_tokens: int | None = None,
+                   min_new_tokens: int | None = None, **_) -> None:
+    """Raise a ValueError naming the ``train_cfg.rollout_engine`` key when a sampling setting
+    cannot work: a token budget below 1 (0 is not "the default": that is None), a minimum above
+    the maximum, or a temperature <= 0 (GRPO samples). Other keys are ignored, so a whole
+    ``rollout_engine`` dict can be passed."""
+    for name, value in (("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"train_cfg.rollout_engine.{name}={value!r}: need a whole number "
+                             ">= 1, or None for the default")
+    if max_new_tokens is not None and min_new_tokens is not None and (
+            min_new_tokens > max_new_tokens):
+        raise ValueError(f"train_cfg.rollout_engine.min_new_tokens={min_new_tokens} exceeds "
+                         f"max_new_tokens={max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"train_cfg.rollout_engine.temperature={temperature!r}: GRPO samples, "
+                         "so it must be > 0")

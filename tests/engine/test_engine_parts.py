@@ -70,6 +70,13 @@ def test_atomic_backend_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     (dict(stages=[dict(kind="grpo", iters=2)], grup_size=4), "did you mean group_size?"),
     (dict(type="coprs.ReasoningSegTrainLoop", stages=[dict(kind="grpo", iters=2)],
           actor_micro_batch=3), "actor_micro_batch=3 does not divide group_size=8"),
+    # 0 is no budget, not "the default" (that is None)
+    (dict(stages=[dict(kind="grpo", iters=2)], rollout_engine=dict(
+        type="HFRolloutEngine", max_new_tokens=0)), "rollout_engine.max_new_tokens=0"),
+    (dict(stages=[dict(kind="grpo", iters=2)], rollout_engine=dict(
+        max_new_tokens=8, min_new_tokens=9)), "min_new_tokens=9 exceeds max_new_tokens=8"),
+    (dict(stages=[dict(kind="grpo", iters=2)], rollout_engine=dict(temperature=0.0)),
+     "temperature=0.0: GRPO samples"),
 ])
 def test_training_config_is_checked_before_anything_is_built(train_cfg, message):
     from coprs.engine.loops import check_train_cfg
