@@ -180,6 +180,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         self.response_key = response_key
         self.max_nonfinite_steps = max_nonfinite_steps
         self._nonfinite_run = 0
+        self._skip_reason: str | None = None  # why this iteration's update is skipped
         self._reference = None
 
     # ------------------------------------------------------------------ stages
@@ -224,16 +225,21 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 s["response"] = s[self.response_key]
         else:
             extra = self._prepare_grpo(data_batch, timings)
-        t0 = time.perf_counter()
-        micro = {} if self.actor_micro_batch is None else {"micro_batch": self.actor_micro_batch}
-        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper,
-                                               **micro)
-        timings["actor"] = time.perf_counter() - t0
+        if self._skip_reason is None:
+            t0 = time.perf_counter()
+            micro = {} if self.actor_micro_batch is None else {
+                "micro_batch": self.actor_micro_batch}
+            outputs = self.runner.model.train_step(
+                data_batch, optim_wrapper=self.runner.optim_wrapper, **micro)
+            timings["actor"] = time.perf_counter() - t0
+        else:  # non-finite rewards: no advantages to learn from, the update is skipped
+            outputs = {"nonfinite_step": 1.0}
         outputs = dict(outputs)
         outputs.update(extra)
         outputs.update({f"time/{k}": v for k, v in timings.items()})
         outputs["stage_grpo"] = float(stage["kind"] == "grpo")
         self._check_nonfinite(outputs)
+        self._skip_reason = None
         self.runner.call_hook("after_train_iter", batch_idx=self._iter, data_batch=data_batch,
                               outputs=outputs)
         self._iter += 1
@@ -251,6 +257,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 del outputs[k]
             what = ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else \
                 "gradient (every loss was finite)"
+            if self._skip_reason is not None:
+                what = self._skip_reason
             # mmengine logs iterations from 1: Iter(train) [k/N] is self._iter == k - 1
             self.runner.logger.warning(
                 f"iteration {self._iter + 1}: non-finite {what}; update skipped "
@@ -298,6 +306,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             total, breakdown = self.reward.score([r.text for r in rollouts], probs,
                                                  gt.repeat_interleave(g, 0) > 0.5,
                                                  valid.repeat_interleave(g, 0) > 0.5, **extra_args)
+            reason = _nonfinite_rewards(total, breakdown)
+            if _on_any_rank(reason is not None):  # every rank skips the step together
+                self._skip_reason = reason or "a reward on another rank"
+                return {}
             adv = group_advantages(total.float().cpu(), g, scale=self.scale_advantages)
             timings["reward"] = time.perf_counter() - t0
             log_now = self.rollout_log_interval and (
@@ -446,3 +458,26 @@ def _is_number(value) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _nonfinite_rewards(total: torch.Tensor, breakdown: dict) -> str | None:
+    """None when every rollout's reward is finite, else what was not (for the warning)."""
+    bad = ~torch.isfinite(total.float())
+    if not bool(bad.any()):
+        return None
+    terms = [k for k, v in breakdown.items()
+             if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v.float()).all())]
+    return (f"reward for {int(bad.sum())} of {bad.numel()} rollouts (terms: "
+            f"{', '.join(terms) if terms else 'the combined total'})")
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """``flag`` on this rank or any other (all-reduced in distributed runs)."""
+    if get_world_size() == 1:
+        return flag
+    from mmengine.dist import all_reduce
+    from mmengine.dist.utils import get_comm_device
+
+    t = torch.tensor(float(flag), device=get_comm_device())
+    all_reduce(t, op="sum")
+    return t.item() > 0

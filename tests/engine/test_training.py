@@ -201,6 +201,44 @@ class _LengthReward(BaseReward):
 REWARDS.register_module(module=_LengthReward, force=True)
 
 
+class _NaNOnceReward(BaseReward):
+    """The length reward, except NaN for every rollout of the first GRPO iteration (a buggy
+    reward plugin)."""
+
+    name = "nan_once"
+    calls = 0
+
+    def __call__(self, responses, pred_probs=None, gt=None, valid=None):
+        type(self).calls += 1
+        value = float("nan") if type(self).calls == 1 else 0.0
+        return torch.tensor([value + len(r) / 100 for r in responses])
+
+
+REWARDS.register_module(module=_NaNOnceReward, force=True)
+
+
+def test_a_nonfinite_reward_skips_the_step_names_the_term_and_training_goes_on(tmp_path,
+                                                                              small_run):
+    _NaNOnceReward.calls = 0
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.train_cfg.reward = dict(type="WeightedSumReward",
+                                rewards=[dict(reward=dict(type="_NaNOnceReward"), weight=1.0)])
+    cfg.custom_hooks.append(dict(type="_RecordOutputs", name="nan_reward"))
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", "train_cfg.stages.0.iters=1", "train_cfg.stages.1.iters=2",
+                 *small_run]) == 0
+    # iteration 2 (the first GRPO one) changed no weight; iteration 3 learnt again
+    one, two, three = (_state(tmp_path / "w" / f"iter_{i}.pth") for i in (1, 2, 3))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert any(not torch.equal(two[k], three[k]) for k in two)
+    log = next((tmp_path / "w").glob("*/*.log")).read_text()
+    assert ("iteration 2: non-finite reward for 4 of 4 rollouts (terms: nan_once); update "
+            "skipped") in log
+    records = _RecordOutputs.records["nan_reward"]
+    assert "reward/nan_once" not in records[1] and records[2]["reward/nan_once"] > 0
+
+
 @pytest.mark.parametrize("scale", [True, False])
 def test_advantages_are_centred_and_scaled_by_the_group_std_unless_switched_off(tmp_path,
                                                                                 small_run, scale):
