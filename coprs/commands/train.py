@@ -110,6 +110,14 @@ def check_start_checkpoint(cfg, export=None) -> None:
                 f"{what} '{path}' holds no training state (no {', '.join(missing)}): resume "
                 "needs a checkpoint written by coprs train. To start a new run from its weights, "
                 f"use --cfg-options load_from={path}")
+        lora_in_file = any(".lora_" in k for k in state["state_dict"])
+        lora_in_cfg = bool((cfg.model.get("policy") or {}).get("lora"))
+        if lora_in_file != lora_in_cfg:
+            raise UsageError(
+                f"{what} '{path}' was trained {'with' if lora_in_file else 'without'} LoRA "
+                f"adapters and the config {'has' if lora_in_cfg else 'has no'} "
+                "model.policy.lora: resume with the options of the run that wrote it (its "
+                f"config: coprs print-config {path})")
         meta = state.get("meta")
         check_reference_snapshot(cfg, Path(path).expanduser(),
                                  int((meta or {}).get("iter", 0) or 0))

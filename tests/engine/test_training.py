@@ -421,6 +421,13 @@ def test_resume_finds_the_checkpoint_and_the_grpo_reference_before_compute(tmp_p
     err = capsys.readouterr().err
     assert "holds no training state (no state_dict, message_hub, meta)" in err
     assert f"load_from={old / 'reference_policy.pth'}" in err
+    # LoRA adapters in the file but not in the config (or the other way round)
+    torch.save({"meta": {"iter": 1}, "message_hub": {},
+                "state_dict": {"policy.model.q_proj.lora_A.default.weight": torch.zeros(1)}},
+               tmp_path / "lora.pth")
+    assert train(tmp_path / "new", "--resume", str(tmp_path / "lora.pth")) == 2
+    assert "was trained with LoRA adapters and the config has no model.policy.lora" in (
+        capsys.readouterr().err)
     # --resume in a work dir with nothing to resume: said, then a fresh start
     assert train(tmp_path / "empty", "--resume") == 0
     assert "no last_checkpoint in the work dir" in capsys.readouterr().err
