@@ -330,6 +330,87 @@ def test_picked_objects_reports_json(capsys):
     assert answers["right"] + answers["absent"] <= 3 - answers["unparsed"]
 
 
+def test_picked_objects_answer_counts_overlap_as_documented(capsys, monkeypatch):
+    """`answers` counts overlap (right_colour holds right, and may hold absent) and need not add
+    up to n; `by_answer` is exclusive (docs/evaluation.md)."""
+    import coprs.apis.inference as inference
+    from coprs.datasets.shapes import SHAPES, ShapesReasonDataset
+
+    tool = _load("picked_objects")
+    items = [ShapesReasonDataset(split="test", num_samples=3).get_data_info(i) for i in range(3)]
+    colour, shape = items[1]["gold_answer"].split()[-2:]
+    there = {(o["colour"], o["shape"]) for o in items[1]["objects"]}
+    missing = next(s for s in SHAPES if (colour, s) not in there)  # the target's colour
+    answers = [items[0]["gold_cot"],  # the target: right and right_colour
+               f"<think>So the target is the {colour} {missing}.</think>",  # absent, colour
+               "<think>I do not know.</think>"]  # unparsed
+
+    class Model:
+        vision_backbone = SimpleNamespace(img_size=112)
+
+        def predict_images(self, images, instructions, **kwargs):
+            return [SimpleNamespace(mask=np.zeros(im.shape[:2], bool), response=answers[i])
+                    for i, im in enumerate(images)]
+
+    monkeypatch.setattr(inference, "init_segmentor", lambda *a, **k: Model())
+    assert tool.main([TINY_CONFIG, "--num-samples", "3"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["answers"] == dict(right=1, right_colour=2, absent=1, unparsed=1)
+    assert sum(out["answers"].values()) == 5 > out["n"] == 3
+    assert {k: v["n"] for k, v in out["by_answer"].items()} == dict(
+        in_place=1, elsewhere=0, other_present=0, absent=1, unparsed=1)
+    with pytest.raises(SystemExit):
+        tool.main(["--help"])
+    assert "overlapping counts" in capsys.readouterr().out  # --help says so too
+
+
+def test_synthetic_sizes_and_splits_are_usage_errors_before_a_model(capsys, monkeypatch,
+                                                                    tmp_path):
+    """A bad --split, --num-samples, scene count or step count is one `error:` line (rc 2),
+    before a model, a backbone or the config is built."""
+    from mmengine.config import Config
+
+    import coprs.apis.inference as inference
+
+    def built(*args, **kwargs):
+        raise AssertionError("built before the arguments were checked")
+
+    monkeypatch.setattr(inference, "init_segmentor", built)
+    monkeypatch.setattr(Config, "fromfile", built)
+    cases = [
+        ("picked_objects", ["--split", "testing"], "--split 'testing' is not a synthetic split; "
+                                                   "use one of train, val, test, test_novel"),
+        ("picked_objects", ["--num-samples", "0"], "--num-samples 0 must be between 1 and"),
+        ("picked_objects", ["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        ("image_dependence", ["--split", "val2"], "--split 'val2' is not a synthetic split"),
+        ("image_dependence", ["--num-samples", "0"], "--num-samples 0 must be at least 2"),
+        ("image_dependence", ["--num-samples", "10000001"], "--num-samples 10000001 must be at "
+                                                            "least 2"),
+        ("pass_at_k", ["--num-samples", "0"], "--num-samples 0 must be at least 1"),
+        ("pass_at_k", ["--k", "0"], "--k 0 must be at least 1"),
+        ("perception_probe", ["--train-scenes", "0"], "--train-scenes 0 must be at least 1"),
+        ("perception_probe", ["--eval-scenes", "1"], "--eval-scenes 1 must be at least 2"),
+        ("perception_probe", ["--eval-scenes", "10000001"], "--eval-scenes 10000001 must be at "
+                                                            "most 10000000"),
+        ("perception_probe", ["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        ("prior_probe", ["--test-scenes", "0"], "--test-scenes 0 must be at least 1"),
+        ("prior_probe", ["--train-scenes", "20000000"], "--train-scenes 20000000 must be at "
+                                                        "most 10000000"),
+        ("prior_probe", ["--iters", "0"], "--iters 0 must be at least 1"),
+        ("prior_probe", ["--eval-every", "0"], "--eval-every 0 must be at least 1"),
+    ]
+    for name, argv, message in cases:
+        assert _load(name).main([TINY_CONFIG, *argv]) == 2, (name, argv)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: --"), (name, argv, err)
+        assert message in err, (name, argv, err)
+    monkeypatch.undo()  # pass_at_k reads the config to find its test splits, then stops
+    config = tmp_path / "no_test.py"
+    config.write_text("model = dict(type='ReasoningSegmentor')\n")
+    assert _load("pass_at_k").main([str(config)]) == 2
+    assert "has no test_cfg.datasets" in capsys.readouterr().err
+
+
 def test_picked_objects_forces_a_gold_prefix(capsys, monkeypatch):
     from coprs.datasets.shapes import ShapesReasonDataset
     from coprs.models.segmentor import ReasoningSegmentor
@@ -413,6 +494,27 @@ def test_perception_probe_trains_the_policy_alone_and_reports_the_image_gap(caps
     assert "KEY=VALUE" in capsys.readouterr().err
     assert tool.main([TINY_CONFIG, "--cell-loss", "-1"]) == 2
     assert "--cell-loss" in capsys.readouterr().err
+
+
+def test_perception_probe_options_and_outputs_are_documented(capsys):
+    """Every option of the probe (its --help) and every key of its evaluation lines is in
+    docs/evaluation.md's section on it."""
+    import re
+
+    tool = _load("perception_probe")
+    doc = (TOOLS.parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Can the policy learn to read the image?"):]
+    section = section[:section.index("\n## ")]
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--help"])
+    usage = capsys.readouterr().out.split("options:")[1].split("example:")[0]
+    options = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", usage)) - {"--help"}
+    assert {"--cell-loss", "--vision-lr", "--policy"} <= options
+    keys = ["loss", "loss_shifted", "gap", "answer_right", "answer_colour", "place_right", "n",
+            "cell_loss", "final", "best_gap"]
+    missing = [o for o in sorted(options) if not re.search(rf"{o}(?![\w-])", section)]
+    missing += [k for k in keys if f"`{k}`" not in section]
+    assert not missing
 
 
 def test_perception_probe_cell_loss_targets_and_training(capsys):
@@ -538,7 +640,21 @@ def test_analyze_logs_plots_a_panel_per_key(train_logs, tmp_path, capsys):
     assert analyze_logs.main(["plot_curve", str(train_logs), "--legend", "a", "b"]) == 2
 
 
-def test_analyze_logs_train_correlation(tmp_path, capsys):
+def test_analyze_logs_writes_next_to_the_logs_by_default(train_logs, tmp_path, capsys,
+                                                        monkeypatch):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert analyze_logs.main(["plot_curve", str(train_logs), "--keys", "loss"]) == 0
+    assert (train_logs / "curves.png").is_file() and not (cwd / "curves.png").exists()
+    assert f"wrote {train_logs / 'curves.png'} (loss)" in capsys.readouterr().out
+    scalars = train_logs / "20260101_110000" / "vis_data" / "scalars.json"
+    assert analyze_logs.main(["plot_curve", str(scalars), "--keys", "loss"]) == 0
+    assert (scalars.parent / "curves.png").is_file()  # next to the file given
+    assert list(cwd.iterdir()) == []
+
+
+def test_analyze_logs_train_correlation(tmp_path, capsys, monkeypatch):
     """Paper Fig. 3 (a)-(d): 1 - prior BCE against 1 - mask Dice, one point per training record;
     validation records, records without both losses and (with --stage) other stages are left
     out."""
@@ -561,6 +677,11 @@ def test_analyze_logs_train_correlation(tmp_path, capsys):
     assert summary["intercept"] == pytest.approx(intercept)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(capsys.readouterr().out.splitlines()[0]) == summary
+    monkeypatch.chdir(tmp_path / "tc")  # without --out: into the work dir, not here
+    assert analyze_logs.main(["train_correlation", str(w)]) == 0
+    assert (w / "train_correlation.png").is_file() and (w / "train_correlation.json").is_file()
+    assert f"wrote {w / 'train_correlation.png'} and" in capsys.readouterr().out
+    assert not (tmp_path / "tc" / "train_correlation.json").exists()
 
     assert analyze_logs.main(["train_correlation", str(w), "--stage", "warm-up", "--raw",
                               "--out", str(out)]) == 0

@@ -66,6 +66,10 @@ def test_shapes_judge_writes_table_plots_and_scores(results, tmp_path, capsys):
     rows = [json.loads(line) for line in (sub / "consistency.jsonl").read_text().splitlines()]
     assert len(rows) == 13 and rows[0]["score"] == pytest.approx(1.0)
     assert rows[0]["dims"]["visual_consistency"] == 1.0 and rows[6]["score"] == 0.0
+    # the keys docs/evaluation.md lists, in every row; the shapes judge reports no more
+    assert {tuple(r) for r in rows} == {("sample_id", "score", "dims", "iou", "heatmap_iou",
+                                         "error", "detail")}
+    assert all(r["detail"] == {} for r in rows)
     for png in ("consistency_heatmap.png", "consistency_mask.png"):
         assert (sub / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr()
@@ -105,7 +109,7 @@ def test_one_file_weights_and_a_judge_that_raises(results, tmp_path, capsys):
         def __call__(self, record, sample=None):
             if int(record["sample_id"].split("/")[1]) % 2:
                 raise ZeroDivisionError("division by zero")
-            return self.judged(dict.fromkeys(self.weights, 1.0))
+            return self.judged(dict.fromkeys(self.weights, 1.0), output="fine")
 
     COT_JUDGES.register_module(name="FragileTestJudge", module=Fragile)
     try:
@@ -117,6 +121,33 @@ def test_one_file_weights_and_a_judge_that_raises(results, tmp_path, capsys):
     assert summary["n_judged"] == 7 and summary["n_failed"] == 6  # odd ids of 0-11 raise
     assert any("the judge raised ZeroDivisionError: division by zero" in f
                for f in summary["failures"])
+    rows = [json.loads(line) for line in
+            (tmp_path / "fragile" / "shapes_test" / "consistency.jsonl").read_text().splitlines()]
+    assert [r["detail"] for r in rows[:2]] == [{"output": "fine"}, {}]  # what the judge reports
+
+
+def test_judge_cfg_takes_the_documented_json_weights(results, tmp_path, capsys):
+    """docs/evaluation.md's example: a JSON object with commas and spaces, one shell word."""
+    root, config = results
+    weights = 'weights={"visual_consistency": 1, "logical_correctness": 1}'
+    args = cot_consistency.parse_args([str(root), "--judge-cfg", weights, "batch_size=8",
+                                       "device=cuda", 'note={"a b": [1, 2]}'])
+    assert args.judge_cfg == {"weights": '{"visual_consistency": 1, "logical_correctness": 1}',
+                              "batch_size": 8, "device": "cuda", "note": '{"a b": [1, 2]}'}
+    cfg = cot_consistency.judge_config("shapes", args.judge_cfg)
+    assert cfg["weights"] == {"visual_consistency": 1, "logical_correctness": 1}
+    assert cfg["note"] == {"a b": [1, 2]} and cfg["batch_size"] == 8
+    out = tmp_path / "two"
+    assert cot_consistency.main([str(root), "--config", str(config), "--out", str(out),
+                                 "--judge-cfg", weights]) == 0
+    summary = json.loads((out / "shapes_test" / "consistency.json").read_text())
+    assert set(summary["mean_dims"]) == {"visual_consistency", "logical_correctness"}
+    capsys.readouterr()
+    assert cot_consistency.main([str(root), "--config", str(config), "--judge-cfg",
+                                 'weights={"visual_consistency": 1,']) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --judge-cfg weights=") and (
+        "is not a JSON object" in err)
 
 
 def test_scores_file_judge_needs_no_config(results, tmp_path, capsys):

@@ -14,6 +14,8 @@ mean seconds per iteration over each logging interval) and, for GRPO, the share 
 ``train_correlation`` is the paper's Figure 3 (a)–(d): one point per logged training record,
 1 − BCE of the positional prior (``seg/bce``) against 1 − Dice of the mask (``seg/dice``), with
 Pearson R and the OLS line and band (per batch with ``default_hooks.logger.interval=1``).
+Without ``--out`` the PNG (``curves.png``, ``train_correlation.png``) goes into the (first)
+LOG's work dir, or next to LOG when it is a scalars.json; the tool prints where it wrote.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 EXAMPLE = """example:
-  python tools/analysis/analyze_logs.py plot_curve work_dirs/coprs_tiny_shapes_cpu --out work_dirs/coprs_tiny_shapes_cpu/curves.png
+  python tools/analysis/analyze_logs.py plot_curve work_dirs/coprs_tiny_shapes_cpu  # writes work_dirs/coprs_tiny_shapes_cpu/curves.png
   python tools/analysis/analyze_logs.py plot_curve work_dirs/a work_dirs/b --keys reward/mask kl_ref --legend a b --smooth 5 --out compare.png
   python tools/analysis/analyze_logs.py cal_train_time work_dirs/coprs_tiny_shapes_cpu
   python tools/analysis/analyze_logs.py train_correlation work_dirs/coprs_tiny_shapes_cpu --out work_dirs/coprs_tiny_shapes_cpu/train_correlation.png
@@ -53,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plot.add_argument("--smooth", type=int, default=1, metavar="N",
                       help="moving average over N records (default: 1, none)")
     plot.add_argument("--title", help="figure title")
-    plot.add_argument("--out", default="curves.png", metavar="PNG",
-                      help="output PNG (default: curves.png)")
+    plot.add_argument("--out", metavar="PNG",
+                      help="output PNG (default: curves.png in the first LOG's work dir, or "
+                           "next to it if it is a scalars.json)")
     time = sub.add_parser("cal_train_time", help="time per stage and per GRPO phase",
                           epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     time.add_argument("logs", nargs="+", metavar="LOG", help="a work dir or a scalars.json")
@@ -71,9 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="records of one stage only (default: all)")
     corr.add_argument("--level", type=float, default=0.95,
                       help="confidence level of the band (default: 0.95)")
-    corr.add_argument("--out", default="train_correlation.png", metavar="PNG",
-                      help="output PNG (default: train_correlation.png); the fit goes to "
-                           "the same name with .json")
+    corr.add_argument("--out", metavar="PNG",
+                      help="output PNG (default: train_correlation.png in LOG's work dir, or "
+                           "next to it if it is a scalars.json); the fit goes to the same name "
+                           "with .json")
     return parser.parse_args(argv)
 
 
@@ -89,6 +93,12 @@ def scalar_files(log: str | Path) -> list[Path]:
         raise FileNotFoundError(f"no <timestamp>/vis_data/scalars.json under '{log}'; was it "
                                 "the work dir of `coprs train`?")
     return files
+
+
+def default_out(log: str | Path, name: str) -> Path:
+    """``name`` in the work dir ``log``, or next to ``log`` if it is a scalars.json."""
+    path = Path(log)
+    return (path.parent if path.is_file() else path) / name
 
 
 def read_records(log: str | Path) -> dict[int, dict]:
@@ -252,7 +262,7 @@ def train_correlation(args, records: dict[int, dict]) -> int:
         return (values, key) if args.raw else ([1.0 - v for v in values], f"1 - {key}")
 
     (xs, xlabel), (ys, ylabel) = axis(args.x), axis(args.y)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args.logs[0], "train_correlation.png")
     try:
         fit = plot_correlation(xs, ys, out, title=f"training: {ylabel} vs {xlabel}",
                                xlabel=xlabel, ylabel=ylabel, level=args.level,
@@ -311,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no log has {', '.join(missing) or 'the default keys'}; logged keys: "
               f"{', '.join(present)}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args.logs[0], "curves.png")
     plot_curves(logs, names, keys, out, args.smooth, args.title)
     print(f"wrote {out} ({', '.join(keys)})")
     return 0

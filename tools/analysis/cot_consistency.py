@@ -6,9 +6,10 @@ thought in [0, 1] (the paper's weighted average of logical correctness, task rel
 consistency and localization accuracy; ``coprs.evaluation.consistency``). Then, per results
 subdirectory (``--out/<subdir>``, or next to the per-sample file):
 
-* ``consistency.jsonl``: each sample's score, dimension scores, mask and heatmap IoU, why it
-  could not be judged (``error``) if so, and what else the judge reports (``detail``, e.g. a VLM
-  judge's raw ``output``); files of an earlier run in the same folder are replaced;
+* ``consistency.jsonl``: each sample's id, score, dimension scores, mask and heatmap IoU, why it
+  could not be judged (``error``, null when it was) and what else the judge reports (``detail``:
+  ``{}`` from the shapes and scores-file judges, a VLM judge's raw ``output``); files of an
+  earlier run in the same folder are replaced;
 * ``consistency.json``: the table (per score range: samples, heatmap mIoU, mask mIoU), Pearson R
   of the score with each IoU, the mean score and the mean of each dimension, and the failures;
 * ``consistency_heatmap.png`` / ``consistency_mask.png``: score against heatmap / mask IoU with
@@ -59,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--judge", default="shapes",
                         help="shapes | scores:FILE | vlm:DIR | a COT_JUDGES type name "
                              "(default: shapes)")
-    parser.add_argument("--judge-cfg", nargs="+", action=key_value_action(), default={},
-                        metavar="KEY=VALUE", help="more keyword arguments of the judge")
+    parser.add_argument("--judge-cfg", nargs="+", action=judge_cfg_action(), default={},
+                        metavar="KEY=VALUE", help="more keyword arguments of the judge; a "
+                                                  "value that starts with { is a JSON object")
     parser.add_argument("--edges", nargs="+", type=float, default=None, metavar="X",
                         help="score range edges (default: the paper's 0 0.25 0.5 0.75 1)")
     parser.add_argument("--out", metavar="DIR",
@@ -74,9 +76,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 SHORTCUTS = "shapes, scores:FILE, vlm:DIR"
 
 
+def judge_cfg_action():
+    """:func:`key_value_action`, except that a value starting with ``{`` is kept as it is, for
+    :func:`judge_config` to read as JSON (mmengine would split it at its commas and drop its
+    spaces and quotes)."""
+    base = key_value_action()
+
+    class JudgeCfgAction(base):
+        @staticmethod
+        def _parse_iterable(val: str):
+            return val if val.lstrip().startswith("{") else base._parse_iterable(val)
+
+    return JudgeCfgAction
+
+
 def judge_config(spec: str, extra: dict) -> dict:
-    """The COT_JUDGES config of a ``--judge`` value and its ``--judge-cfg`` (a ``weights`` given
-    as a JSON object string is parsed)."""
+    """The COT_JUDGES config of a ``--judge`` value and its ``--judge-cfg`` (a ``weights``
+    string, and any value that starts with ``{``, is parsed as a JSON object)."""
     kind, sep, arg = spec.partition(":")
     if kind == "shapes" and not sep:
         cfg = dict(type="ShapesCoTJudge")
@@ -89,13 +105,14 @@ def judge_config(spec: str, extra: dict) -> dict:
     else:
         cfg = dict(type=spec)
     extra = dict(extra)
-    if isinstance(extra.get("weights"), str):
-        try:
-            extra["weights"] = json.loads(extra["weights"])
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--judge-cfg weights={extra['weights']} is not a JSON object, e.g. "
-                             'weights=\'{"visual_consistency": 1, "logical_correctness": 1}\'') \
-                from exc
+    for key, value in extra.items():
+        if isinstance(value, str) and (key == "weights" or value.lstrip().startswith("{")):
+            try:
+                extra[key] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--judge-cfg {key}={value} is not a JSON object, e.g. "
+                                 'weights=\'{"visual_consistency": 1, "logical_correctness": '
+                                 "1}'") from exc
     return {**cfg, **extra}
 
 
@@ -186,15 +203,13 @@ def judge_records(judge, records: list[dict], lookup, name: str) -> list[dict]:
             if isinstance(j, Exception):
                 row["error"] = f"the judge raised {type(j).__name__}: {j}"
                 continue
-            row.update(score=j.score, dims=j.dims, error=j.error)
-            if j.detail:
-                row["detail"] = j.detail
+            row.update(score=j.score, dims=j.dims, error=j.error, detail=j.detail)
         pending.clear()
 
     for r in tqdm(records, desc=f"{name} ({type(judge).__name__})", unit="sample",
                   file=sys.stderr, disable=len(records) < 50):
         row = {"sample_id": r.get("sample_id"), "score": None, "dims": None, "iou": r.get("iou"),
-               "heatmap_iou": r.get("heatmap_iou"), "error": None}
+               "heatmap_iou": r.get("heatmap_iou"), "error": None, "detail": {}}
         rows.append(row)
         sample = None
         if needs_sample:

@@ -37,16 +37,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="a config with a synthetic-world policy")
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint or training work dir (omitted: the parts' own weights)")
-    parser.add_argument("--split", default="train", help="synthetic split (default: train)")
-    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--split", default="train",
+                        help="synthetic split: train, val, test or test_novel (default: train)")
+    parser.add_argument("--num-samples", type=int, default=32,
+                        help="the split's first N samples, at least 2 (default: 32)")
     return parser.parse_args(argv)
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.num_samples < 2:
-        raise UsageError("--num-samples must be at least 2 (the shifted pairing needs two)")
+    from coprs.datasets.shapes import SEED_STRIDE, SPLITS
+
+    if args.split not in SPLITS:
+        raise UsageError(f"--split {args.split!r} is not a synthetic split; use one of "
+                         f"{', '.join(SPLITS)}")
+    if not 2 <= args.num_samples <= SEED_STRIDE:
+        raise UsageError(f"--num-samples {args.num_samples} must be at least 2 (the shifted "
+                         f"pairing needs two) and at most {SEED_STRIDE}")
     import torch
     from PIL import Image
 

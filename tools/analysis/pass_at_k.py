@@ -31,7 +31,12 @@ import sys
 import numpy as np
 import torch
 
-from coprs.commands.common import exit_on_usage_error, key_value_action, resolve_checkpoint
+from coprs.commands.common import (
+    UsageError,
+    exit_on_usage_error,
+    key_value_action,
+    resolve_checkpoint,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,10 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON-lines file for the per-sample records")
     p.add_argument("--cfg-options", nargs="+", action=key_value_action(), default=None)
-    args = p.parse_args(argv)
-    if args.k < 1 or args.num_samples < 1 or args.batch_size < 1:
-        p.error("--k, --num-samples and --batch-size must be at least 1")
-    return args
+    return p.parse_args(argv)
 
 
 def _iou(mask: np.ndarray, sample: dict) -> float:
@@ -82,6 +84,10 @@ def summarize(greedy: list[float], sampled: list[list[float]], threshold: float)
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for option, value in (("--k", args.k), ("--num-samples", args.num_samples),
+                          ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{option} {value} must be at least 1")
     from PIL import Image
 
     from coprs.apis.inference import init_segmentor
@@ -89,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from coprs.registry import DATASETS, ROLLOUT_ENGINES
 
     cfg = load_config(args.config, args.cfg_options)
+    if not (cfg.get("test_cfg") or {}).get("datasets"):
+        raise UsageError(f"config '{args.config}' has no test_cfg.datasets (the test splits "
+                         "this samples from)")
     model = init_segmentor(copy.deepcopy(cfg), resolve_checkpoint(args.checkpoint))
     engine_cfg = copy.deepcopy((cfg.get("train_cfg") or {}).get("rollout_engine")
                                or dict(type="HFRolloutEngine"))

@@ -62,6 +62,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_counts(args, **least: int) -> None:
+    """``--iters``, ``--batch-size``, ``--eval-every`` and the scene counts are at least 1 (or
+    what ``least`` says) and the scene counts at most a synthetic split's size: a
+    :class:`UsageError` naming the option otherwise, before anything is built."""
+    from coprs.datasets.shapes import SEED_STRIDE
+
+    for name in ("iters", "batch_size", "eval_every", "train_scenes", "eval_scenes",
+                 "test_scenes"):
+        value, low = getattr(args, name, None), least.get(name, 1)
+        if value is None:
+            continue
+        option = "--" + name.replace("_", "-")
+        if value < low:
+            raise UsageError(f"{option} {value} must be at least {low}")
+        if name.endswith("_scenes") and value > SEED_STRIDE:
+            raise UsageError(f"{option} {value} must be at most {SEED_STRIDE}, the size of a "
+                             "synthetic split")
+
+
 def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -78,9 +97,9 @@ def _overrides(pairs: list[str]) -> dict:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.eval_scenes < 2 or args.iters < 1 or args.eval_every < 1 or args.cell_loss < 0:
-        raise UsageError("--eval-scenes must be at least 2, --iters and --eval-every at least 1, "
-                         "--cell-loss at least 0")
+    check_counts(args, eval_scenes=2)
+    if args.cell_loss < 0:
+        raise UsageError(f"--cell-loss {args.cell_loss} must be at least 0 (0: off)")
     overrides = _overrides(args.policy)
     import numpy as np
     import torch

@@ -4,11 +4,17 @@ For ``--num-samples`` samples of a synthetic split, segment with the model's own
 reasoning or with the gold reasoning teacher-forced, and classify each predicted mask by the
 object holding most of its pixels (inside the objects' boxes): the **target**, an object of the
 target's **colour** but another shape, of its **shape** but another colour, an **other** object,
-or **none** (no mask pixel inside any object's box). With generated reasoning it also counts how
-often the response's final answer ("So the target is the red circle …") names the target, its
-colour, or an object that is not in the image (``absent``), and gives the gIoU of each kind of
-answer (``by_answer``, :data:`ANSWER_CLASSES`): the target in its place, the target in another
-place, another object of the image, an object that is not there, or no parsable answer.
+or **none** (no mask pixel inside any object's box). With generated reasoning it also counts
+the responses by their final answer ("So the target is the red circle …"), in ``answers``:
+``right``, those naming the target's colour and shape (whatever place they name);
+``right_colour``, those naming the target's colour (the ``right`` ones among them); ``absent``,
+those naming a colour and shape that no object of the image has; ``unparsed``, those without a
+readable answer. The counts overlap (``right_colour`` holds every ``right`` answer and may hold
+``absent`` ones) and an answer naming another object of the image in another colour is in none,
+so they need not add up to ``n``. ``by_answer`` (:data:`ANSWER_CLASSES`) sorts the samples into
+exclusive kinds of answer, with each kind's number and gIoU: the target in its place, the target
+in another place, another object of the image, an object that is not there, or no parsable
+answer.
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
@@ -55,18 +61,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="a config with a tiny/synthetic-world model")
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint or training work dir (omitted: the parts' own weights)")
-    parser.add_argument("--reasoning", choices=("generated", "gold"), default="generated")
+    parser.add_argument("--reasoning", choices=("generated", "gold"), default="generated",
+                        help="the policy's own greedy responses, which also gives 'answers' "
+                             "(overlapping counts: right, right_colour with every right one, "
+                             "absent, unparsed) and 'by_answer' (exclusive kinds), or the gold "
+                             "responses teacher-forced (default: generated)")
     parser.add_argument("--gold-prefix", choices=PREFIX_CUTS, default=None,
                         help="with --reasoning generated: force the gold response up to the end "
                              "of its inventory sentence or up to its answer, and let the policy "
                              "write the rest")
-    parser.add_argument("--split", default="test", help="synthetic split (default: test)")
-    parser.add_argument("--num-samples", type=int, default=96)
+    parser.add_argument("--split", default="test",
+                        help="synthetic split: train, val, test or test_novel (default: test)")
+    parser.add_argument("--num-samples", type=int, default=96,
+                        help="the split's first N samples (default: 96)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cfg-options", nargs="+", action=key_value_action(), default=None,
                         metavar="KEY=VALUE", help="override config entries (as for training), "
                                                   "e.g. model.prior.position_grid=8")
     return parser.parse_args(argv)
+
+
+def check_split_and_count(split: str, num_samples: int) -> None:
+    """``--split`` is a synthetic split and ``--num-samples`` a size it can have: a
+    :class:`UsageError` naming the option otherwise (checked before a model is built)."""
+    from coprs.datasets.shapes import SEED_STRIDE, SPLITS
+
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r} is not a synthetic split; use one of "
+                         f"{', '.join(SPLITS)}")
+    if not 1 <= num_samples <= SEED_STRIDE:
+        raise UsageError(f"--num-samples {num_samples} must be between 1 and {SEED_STRIDE}")
 
 
 def classify(mask: np.ndarray, objects: list[dict], target: tuple[str, str]) -> str:
@@ -114,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gold_prefix and args.reasoning != "generated":
         raise UsageError("--gold-prefix forces the start of a generated response: use it with "
                          "--reasoning generated")
+    check_split_and_count(args.split, args.num_samples)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
     from coprs.apis.inference import init_segmentor
     from coprs.datasets.shapes import ShapesReasonDataset, parse_final_answer
     from coprs.evaluation.functional import mask_iou

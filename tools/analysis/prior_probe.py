@@ -92,6 +92,7 @@ def _load_sibling(name: str):
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _load_sibling("perception_probe").check_counts(args)
     from mmengine.config import Config
 
     from coprs.datasets.shapes import ShapesWorld, sample_seed
