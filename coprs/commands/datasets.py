@@ -24,7 +24,9 @@ def config_datasets(cfg) -> list[dict]:
 
 
 def build_selected(cfg, splits=None, dataset_names=None, pipeline=None) -> list:
-    """Build the config's datasets whose ``split`` (and ``dataset_name``) match.
+    """Build the config's datasets whose ``split`` (and ``dataset_name``) match (mmengine
+    ``BaseDataset`` subclasses: each is built with ``lazy_init`` and only the chosen ones read
+    their annotations, so files of splits not asked for need not exist).
 
     Args:
         splits: split names to keep (None: all).
@@ -39,11 +41,14 @@ def build_selected(cfg, splits=None, dataset_names=None, pipeline=None) -> list:
     for ds_cfg in config_datasets(cfg):
         if pipeline is not None:
             ds_cfg["pipeline"] = pipeline
-        ds = DATASETS.build(ds_cfg)
+        # built lazily (mmengine's lazy_init: no annotation file read yet), so that the files
+        # of a split not asked for need not exist; the chosen ones are then loaded
+        ds = DATASETS.build({**ds_cfg, "lazy_init": True})
         name, split = ds.metainfo.get("dataset_name"), ds.metainfo.get("split")
         seen.append(f"{name}/{split}")
         if (splits is None or split in splits) and (dataset_names is None or
                                                      name in dataset_names):
+            ds.full_init()
             built.append(ds)
     if not built:
         raise UsageError(f"no dataset in the config matches split={splits} "

@@ -127,3 +127,18 @@ def test_sample_panel_shows_the_ignored_region(tmp_path):
             for n in "ab")
     grey = (np.abs(b - 185).max(-1) < 8) & (np.abs(a - 185).max(-1) >= 8)  # white, greyed
     assert grey.sum() > 100  # the ignored pixels turned grey, nothing else changed that way
+
+
+def test_browse_dataset_needs_only_the_files_of_the_split_it_shows(tmp_path):
+    """The JSONL config names train.jsonl (training) and val.jsonl (test); with only val.jsonl
+    on disk, --split val works: the other split is never read."""
+    from coprs.testing.data_fixtures import make_jsonl_fixture
+
+    make_jsonl_fixture(tmp_path / "mine")
+    assert not (tmp_path / "mine" / "train.jsonl").exists()
+    out = tmp_path / "val.jsonl"
+    assert main(["browse-dataset", "configs/coprs/coprs_qwen2.5-vl-7b_sam-vit-h_jsonl.py",
+                 "--split", "val", "--dump", str(out), "--cfg-options",
+                 f"test_cfg.datasets.0.data_root={tmp_path / 'mine'}",
+                 f"train_dataloader.dataset.data_root={tmp_path / 'mine'}"]) == 0
+    assert len(out.read_text().splitlines()) == 3  # the fixture's three readable lines
