@@ -24,17 +24,21 @@ def load_image(image, name: str | None = None) -> np.ndarray:
     """Read an image into an H x W x 3 uint8 RGB array.
 
     Accepts a path (EXIF orientation applied), a PIL image, or an array (H x W, H x W x 1/3/4;
-    uint8, uint16 or float in [0, 1]). Grayscale, palette, RGBA/LA (alpha dropped), CMYK and
-    16-bit images are converted to 8-bit RGB.
+    uint8, uint16, int32/int64 in [0, 65535] or float in [0, 1]). Grayscale, palette, RGBA/LA
+    (alpha dropped), CMYK and 16-bit images are converted to 8-bit RGB. Errors name the image:
+    by ``name`` when given, else by its path, else as "the PIL image" or "the image array".
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image, the array has an unsupported shape/dtype,
-            the image is empty, or it is more elongated than 200:1.
+        ValueError: the path is a folder, the file is not a readable image, the array has an
+            unsupported shape/dtype or values out of range, the image is empty, or it is more
+            elongated than 200:1.
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image).expanduser()
-        name = name or str(path)
+        label = f"image '{name or path}'"
+        if path.is_dir():
+            raise ValueError(f"image '{path}' is a folder; give an image file")
         if not path.is_file():
             raise FileNotFoundError(f"image '{path}' does not exist")
         try:
@@ -43,28 +47,33 @@ def load_image(image, name: str | None = None) -> np.ndarray:
                 pil = ImageOps.exif_transpose(im)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"image '{path}' cannot be read as an image: {exc}") from exc
-        arr = to_rgb_array(pil, name)
+        arr = to_rgb_array(pil, label)
     elif isinstance(image, Image.Image):
-        arr = to_rgb_array(ImageOps.exif_transpose(image), name or "PIL image")
+        label = f"image '{name}'" if name else "the PIL image"
+        arr = to_rgb_array(ImageOps.exif_transpose(image), label)
     elif isinstance(image, np.ndarray):
-        arr = to_rgb_array(image, name or "array")
+        label = f"image '{name}'" if name else "the image array"
+        arr = to_rgb_array(image, label)
     else:
         raise ValueError(
             f"image must be a path, a PIL image or an HxWx3 uint8 array, got {type(image).__name__}"
         )
     h, w = arr.shape[:2]
     if h == 0 or w == 0:
-        raise ValueError(f"image '{name}' is empty ({h}x{w})")
+        raise ValueError(f"{label} is empty ({h}x{w})")
     if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
         raise ValueError(
-            f"image '{name}' is {h}x{w}: more elongated than {MAX_ASPECT_RATIO}:1, which the "
+            f"{label} is {h}x{w}: more elongated than {MAX_ASPECT_RATIO}:1, which the "
             "policy's image processor cannot take; crop or pad it first"
         )
     return arr
 
 
-def to_rgb_array(image, name: str = "image") -> np.ndarray:
-    """A PIL image or array → H x W x 3 uint8 RGB (see :func:`load_image`)."""
+def to_rgb_array(image, label: str = "the image") -> np.ndarray:
+    """A PIL image or array → H x W x 3 uint8 RGB (see :func:`load_image`).
+
+    ``label`` names the image in errors, e.g. ``"image 'cat.png'"`` or ``"the image array"``.
+    """
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             image = np.asarray(image)
@@ -78,23 +87,32 @@ def to_rgb_array(image, name: str = "image") -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image '{name}' has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+        raise ValueError(f"{label} has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
     if arr.shape[2] == 4:
         arr = arr[..., :3]
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
+    supported = (arr.dtype in (np.uint8, np.uint16, np.int32, np.int64)
+                 or np.issubdtype(arr.dtype, np.floating))
+    if arr.size == 0 and supported:  # no pixels to convert: the caller reports it as empty
+        return np.zeros(arr.shape, np.uint8)
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype == np.uint16:
         return (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if arr.dtype in (np.int32, np.int64) and arr.size and arr.min() >= 0 and arr.max() <= 65535:
-        scale = 257.0 if arr.max() > 255 else 1.0
+    if arr.dtype in (np.int32, np.int64):
+        low, high = arr.min(), arr.max()
+        if low < 0 or high > 65535:
+            raise ValueError(f"{label} ({arr.dtype}) holds values from {low} to {high}; "
+                             f"{arr.dtype} images must hold values in [0, 65535] (8- or 16-bit)")
+        scale = 257.0 if high > 255 else 1.0
         return (arr.astype(np.float32) / scale + 0.5).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise ValueError(f"float image '{name}' must hold finite values in [0, 1]")
+            raise ValueError(f"{label} is a float image ({arr.dtype}): it must hold finite "
+                             "values in [0, 1]")
         return (arr * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"image '{name}' has unsupported dtype {arr.dtype}; use uint8 RGB")
+    raise ValueError(f"{label} has unsupported dtype {arr.dtype}; use uint8 RGB")
 
 
 def longest_side_size(height: int, width: int, size: int) -> tuple[int, int]:

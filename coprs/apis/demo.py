@@ -120,8 +120,8 @@ def build_demo(model, title: str = "coprs: reasoning segmentation", description:
     gr = import_gradio()
     if out_root is None:
         out_root = tempfile.mkdtemp(prefix="coprs_demo_")
-    default_budget = max_new_tokens or int(getattr(getattr(model, "policy", None),
-                                                   "max_new_tokens", 256) or 256)
+    default_budget = max_new_tokens if max_new_tokens is not None else int(
+        getattr(getattr(model, "policy", None), "max_new_tokens", 256) or 256)
 
     def outputs(out: DemoOutput):
         return out.response, out.cot, out.status, out.heatmap, out.mask, out.files
@@ -182,6 +182,12 @@ def launch_demo(demo, server_name: str = "127.0.0.1", server_port: int | None = 
     gr = import_gradio()
     system = ["ui-sans-serif", "system-ui", "sans-serif"]
     theme = gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
-    return demo.launch(server_name=server_name, server_port=server_port, share=False,
-                       prevent_thread_lock=not block, ssr_mode=False, theme=theme,
-                       show_error=True, quiet=not block)
+    # quiet: gradio's banner would advise share=True, which coprs never sets; the local URL is
+    # printed here instead
+    launched = demo.launch(server_name=server_name, server_port=server_port, share=False,
+                           prevent_thread_lock=True, ssr_mode=False, theme=theme,
+                           show_error=True, quiet=True)
+    if block:
+        print(f"* Running on local URL:  {launched[1]}", flush=True)
+        demo.block_thread()
+    return launched

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,17 @@ from mmengine.config import Config
 
 from ..image import load_image
 from ..structures import SegmentationResult
-from ..utils import register_all_modules, state_dict_mismatch
+from ..utils import register_all_modules, state_dict_mismatch, torch_load_reason
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
-           "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST"]
+           "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST", "config_file",
+           "check_checkpoint_file", "CONFIG_SUFFIXES"]
 
 #: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
 EXPORT_MANIFEST = "coprs_export.json"
+
+#: the config files mmengine's ``Config.fromfile`` reads
+CONFIG_SUFFIXES = (".py", ".json", ".yml", ".yaml")
 
 
 def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
@@ -42,6 +47,12 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
 
     Returns:
         The segmentor in eval mode.
+
+    Raises:
+        FileNotFoundError: the config or the checkpoint does not exist.
+        ValueError: the config is a folder or not a .py/.json/.yml/.yaml file; the checkpoint
+            is not a file ``torch.save`` wrote (checked before the model is built), cannot be
+            read with ``weights_only=True``, or does not match the model.
     """
     register_all_modules()
     if isinstance(config, str) and "::" in config:  # a config a plugin ships
@@ -49,15 +60,15 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
 
         config = resolve_config(config)
     if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config '{path}' does not exist")
-        config = Config.fromfile(str(path))
+        config = Config.fromfile(str(config_file(config)))
     elif not isinstance(config, Config):
         raise TypeError(f"config must be a path or an mmengine Config, got {type(config).__name__}")
     if cfg_options:
         config.merge_from_dict(cfg_options)
     export = export_dir(checkpoint)
+    if checkpoint is not None:  # a missing or unreadable file fails before the model is built
+        check_checkpoint_file(export / "seg_head.pth" if export is not None
+                              else checkpoint_file(checkpoint))
     if export is not None:
         config = copy.deepcopy(config)  # the caller's config keeps its own policy
         apply_export(config, export)
@@ -69,6 +80,78 @@ def init_segmentor(config, checkpoint: str | None = None, device: str = "cpu",
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.to(device).eval()
+
+
+def config_file(config: str | os.PathLike) -> Path:
+    """The config file ``config`` names; a ``ValueError`` naming it for a folder (with the config
+    a training work dir holds, if it holds one) or a file that is not a config (a checkpoint
+    given in its place, say), ``FileNotFoundError`` when it does not exist."""
+    path = Path(config).expanduser()
+    if path.is_dir():
+        inside = sorted(str(c) for c in path.glob("*.py"))
+        hint = f" (the config in it: {inside[0]})" if len(inside) == 1 else ""
+        raise ValueError(f"config '{config}' is a folder; give a config file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config '{config}' does not exist")
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        hint = " (a checkpoint? give it as the checkpoint)" if path.suffix == ".pth" else ""
+        raise ValueError(f"config '{config}' is not a config file{hint}; give a "
+                         f"{', '.join(CONFIG_SUFFIXES)} file")
+    return path
+
+
+#: what a coprs checkpoint argument may be (the advice of :func:`check_checkpoint_file`)
+CHECKPOINT_ADVICE = "give a .pth written by coprs train, a training work dir or a coprs export-hf folder"
+
+
+def check_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint",
+                          advice: str = CHECKPOINT_ADVICE) -> None:
+    """Raise a one-line ``ValueError`` naming ``path`` unless it looks like a file ``torch.save``
+    writes (a whole zip archive, or a pickle in torch's legacy format). Reads the head and the
+    tail of the file only, so it runs before a model is built; a config, a ``last_checkpoint``
+    pointer or a JSON-lines file given as the checkpoint is named for what it is instead of
+    torch's unpickler error.
+
+    Args:
+        path: the checkpoint file.
+        what: how the caller named it, for the message (``"--checkpoint"``).
+        advice: what to give instead, ending the message.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"\x80"):  # torch's legacy format: a pickle
+        return
+    if head.startswith(b"PK\x03\x04"):
+        if zipfile.is_zipfile(path):  # its end record is there: not cut short
+            return
+        raise ValueError(f"{what} '{path}' is a truncated or damaged zip archive (the format "
+                         "torch.save writes); copy or save it again")
+    if not head:
+        raise ValueError(f"{what} '{path}' is empty (0 bytes); {advice}")
+    if path.name == "last_checkpoint":
+        raise ValueError(f"{what} '{path}' is a training work dir's pointer to its newest "
+                         f"checkpoint, not a checkpoint; give the work dir '{path.parent}' or "
+                         "the checkpoint file it names")
+    if path.suffix.lower() in CONFIG_SUFFIXES:
+        kind = "a JSON file" if path.suffix.lower() == ".json" else "a config file"
+        raise ValueError(f"{what} '{path}' is {kind}, not a checkpoint; {advice}")
+    raise ValueError(f"{what} '{path}' is not a checkpoint (torch.save writes a zip archive or "
+                     f"a pickle, and this file is neither); {advice}")
+
+
+def _torch_load(path: Path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line
+    ``ValueError`` naming the file (torch's own message would suggest ``weights_only=False``,
+    which coprs never uses)."""
+    check_checkpoint_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
+        raise ValueError(f"cannot read {what} '{path}' with torch.load(weights_only=True) "
+                         f"({torch_load_reason(exc)}); coprs reads checkpoints only so: give a "
+                         ".pth written by coprs train, or a file holding a state dict of "
+                         "tensors") from exc
 
 
 def export_dir(checkpoint) -> Path | None:
@@ -121,10 +204,7 @@ def check_export_heads(model: torch.nn.Module, export: str | os.PathLike) -> Non
     each shape) before a run loads it non-strictly (mmengine's ``load_from``), so that a head
     from another assembly is an error instead of a silently partial load."""
     path = Path(export) / "seg_head.pth"
-    try:
-        head = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
-        raise ValueError(f"cannot read '{path}': {exc}") from exc
+    head = _torch_load(path, "seg head")
     own = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
     missing = [k for k in own if k not in head]
     unexpected = [k for k in head if k not in own]
@@ -179,10 +259,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         path = export / "seg_head.pth"
     else:
         path = checkpoint_file(checkpoint)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
-        raise ValueError(f"cannot read checkpoint '{path}': {exc}") from exc
+    state = _torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -208,7 +285,8 @@ def segment(model, image, instruction: str, allow_empty: bool = False,
         instruction: the free-form instruction.
         allow_empty: accept an empty instruction (the empty-instruction ablation); otherwise an
             empty or whitespace-only instruction is a ``ValueError``.
-        max_new_tokens: response budget (the policy's default when None).
+        max_new_tokens: response budget, at least 1 (the policy's default when None; 0 or
+            less is a ``ValueError``).
         response: a response to teacher-force instead of generating one, e.g. an edited chain
             of thought (``"<think>…</think><REF_POS>"``): the heatmap and the mask then show
             where that reasoning points.
@@ -217,11 +295,24 @@ def segment(model, image, instruction: str, allow_empty: bool = False,
         A :class:`~coprs.structures.SegmentationResult`; a response without the special token
         gives ``format_ok=False``, never an exception.
     """
+    _check_budget(max_new_tokens)
     _check_text(instruction, response, allow_empty)
     arr = load_image(image)
     return model.predict_images([arr], [instruction],
                                 None if response is None else [response],
                                 max_new_tokens=max_new_tokens)[0]
+
+
+def _check_budget(max_new_tokens) -> None:
+    """``max_new_tokens`` is None (the policy's default) or an int of at least 1."""
+    if max_new_tokens is None:
+        return
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise TypeError(f"max_new_tokens must be an int or None (the policy's default), got "
+                        f"{type(max_new_tokens).__name__}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens is {max_new_tokens}; give at least 1, or None for the "
+                         "policy's default")
 
 
 def _check_text(instruction, response, allow_empty: bool) -> None:
@@ -247,9 +338,12 @@ def segment_batch(model, images: list, instructions: list[str],
     batched pass itself fails, its samples are retried one by one, so one bad sample never costs
     the rest.
 
+    ``max_new_tokens`` is checked as in :func:`segment`, for the whole call: a bad one raises.
+
     Returns:
         One :class:`~coprs.structures.SegmentationResult` or exception per input, in order.
     """
+    _check_budget(max_new_tokens)
     n = len(images)
     if len(instructions) != n or (responses is not None and len(responses) != n):
         raise ValueError(f"segment_batch: {n} images, {len(instructions)} instructions and "

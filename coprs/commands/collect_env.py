@@ -9,7 +9,7 @@ __all__ = ["add_parser", "run", "collect"]
 
 #: distributions whose version a report names ('-' when not installed)
 PACKAGES = ("transformers", "tokenizers", "peft", "segment-anything", "timm", "pycocotools",
-            "pluggy", "numpy", "pillow", "matplotlib", "vllm", "tensorboard", "mmsegmentation",
+            "pluggy", "numpy", "pillow", "matplotlib", "vllm", "tensorboard", "gradio", "mmsegmentation",
             "mmcv")
 
 

@@ -66,12 +66,9 @@ def add_cfg_options(p) -> None:
                    help="override config keys, e.g. model.policy.model_path=/models/qwen")
 
 
-#: what mmengine's Config.fromfile reads
-CONFIG_SUFFIXES = (".py", ".json", ".yml", ".yaml")
-
-
 def config_path(path: str) -> Path:
-    """A config file: a path, or ``PLUGIN::relative/path.py`` for a config a plugin ships."""
+    """A config file: a path, or ``PLUGIN::relative/path.py`` for a config a plugin ships
+    (:func:`coprs.apis.inference.config_file` checks it; its errors become UsageErrors)."""
     if "::" in path:
         from coprs.plugins import resolve_config
 
@@ -79,18 +76,12 @@ def config_path(path: str) -> Path:
             return resolve_config(path)
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
-    p = Path(path)
-    if p.is_dir():
-        inside = sorted(str(c) for c in p.glob("*.py"))
-        hint = f" (the config in it: {inside[0]})" if len(inside) == 1 else ""
-        raise UsageError(f"config '{path}' is a folder; give a config file{hint}")
-    if not p.is_file():
-        raise UsageError(f"config '{path}' does not exist")
-    if p.suffix not in CONFIG_SUFFIXES:
-        what = " (a checkpoint? it goes after the config)" if p.suffix == ".pth" else ""
-        raise UsageError(f"config '{path}' is not a config file{what}; give a "
-                         f"{', '.join(CONFIG_SUFFIXES)} file")
-    return p
+    from coprs.apis.inference import config_file
+
+    try:
+        return config_file(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def config_stem(path: str) -> str:
@@ -157,7 +148,7 @@ def read_checkpoint(checkpoint, mmap: bool = False) -> tuple[Path, object]:
                          f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
 
 
-def check_checkpoint_readable(path: str | Path, what: str):
+def check_checkpoint_readable(path: str | Path, what: str, advice: str | None = None):
     """Fail before any compute unless ``torch.load(path, weights_only=True)`` reads the file, as
     mmengine will when it loads it (torch >= 2.6). Tensors are memory-mapped, not read, so a
     checkpoint of many GB costs little here. Returns what the file holds (tensors mapped).
@@ -165,10 +156,17 @@ def check_checkpoint_readable(path: str | Path, what: str):
     Args:
         path: the checkpoint file.
         what: how the user named it, for the message (``"--resume"``, ``"load_from"``).
+        advice: what to give instead of a file that is no checkpoint at all (default: a coprs
+            checkpoint, work dir or export).
     """
     import pickle
 
+    from coprs.apis.inference import CHECKPOINT_ADVICE, check_checkpoint_file
 
+    try:  # a config, a last_checkpoint pointer, a cut-short zip: named for what it is
+        check_checkpoint_file(path, what, advice or CHECKPOINT_ADVICE)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         return _torch_load(path, mmap=True)
     except pickle.UnpicklingError as exc:

@@ -15,6 +15,7 @@ from .common import (
     read_jsonl,
     resolve_checkpoint,
 )
+from .infer import check_checkpoint_arg
 
 __all__ = ["add_parser", "run"]
 
@@ -85,6 +86,8 @@ def run(args) -> int:
     examples = read_examples(args.examples) if args.examples else web.sample_examples()
     cfg = load_config(args.config, args.cfg_options)
     checkpoint = resolve_checkpoint(args.checkpoint)
+    if checkpoint is not None:
+        check_checkpoint_arg(checkpoint)
     model = init_segmentor(cfg, checkpoint, device=check_device(args.device))
     weights = f"checkpoint `{checkpoint}`" if checkpoint else (
         "no checkpoint: the weights the config's parts load themselves (random for tiny models)")

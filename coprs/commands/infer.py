@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    check_checkpoint_readable,
     check_device,
     config_or_export,
     load_config,
@@ -16,7 +17,7 @@ from .common import (
     resolve_checkpoint,
 )
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "check_checkpoint_arg"]
 
 
 def add_parser(sub) -> None:
@@ -47,7 +48,8 @@ def add_parser(sub) -> None:
                    help="--input-jsonl lines segmented per batched pass (default: %(default)s; "
                         "the same results up to float rounding, faster)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, help="response budget")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="response budget, at least 1 (default: the policy's max_new_tokens)")
     p.add_argument("--allow-empty", action="store_true", help="accept an empty instruction")
     add_cfg_options(p)
     p.set_defaults(func=run)
@@ -61,23 +63,56 @@ def _one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[:limit] + " …"
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` is a folder, or a path where one can be made: not a file, nor under one."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if path.is_dir():
+                return
+            where = "is a file" if path == out else f"is inside '{path}', which is a file"
+            raise UsageError(f"--out '{out}' {where}; give a folder (created if missing)")
+
+
+def check_checkpoint_arg(checkpoint: str) -> None:
+    """A UsageError naming it unless ``--checkpoint`` (as :func:`~.common.resolve_checkpoint`
+    gives it: a file, or an export folder, whose seg_head.pth is checked) can be read as coprs
+    reads checkpoints, ``torch.load(weights_only=True)``; for ``coprs infer`` and ``coprs demo``,
+    before the model is built."""
+    from coprs.apis import export_dir
+
+    export = export_dir(checkpoint)
+    path = export / "seg_head.pth" if export is not None else Path(checkpoint)
+    check_checkpoint_readable(path, "--checkpoint")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
     from coprs.apis import init_segmentor, segment, segment_batch, write_result
     from coprs.image import load_image
 
+    # everything the user passed is checked before the model is built
+    if args.input_jsonl is not None and (args.image is not None or args.instruction is not None):
+        given = " ".join(repr(a) for a in (args.image, args.instruction) if a is not None)
+        raise UsageError(f"--input-jsonl takes the images and instructions from its lines; "
+                         f"drop the positional {given}, or drop --input-jsonl")
     if args.input_jsonl is None and (args.image is None or args.instruction is None):
         raise UsageError("give IMAGE and INSTRUCTION, or --input-jsonl FILE")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be at least 1 (leave it "
+                         "out for the policy's default)")
+    out = Path(args.out)
+    _check_out(out)
     args.config = config_or_export(args.config, args.checkpoint)
     cfg = load_config(args.config, args.cfg_options)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
-    if args.input_jsonl is None:  # check the image before building the model
+    if args.checkpoint is not None:
+        check_checkpoint_arg(args.checkpoint)
+    if args.input_jsonl is None:
         image = load_image(args.image)
     model = init_segmentor(cfg, args.checkpoint, device=check_device(args.device))
-    out = Path(args.out)
 
     if args.input_jsonl is None:
         result = segment(model, image, args.instruction, allow_empty=args.allow_empty,

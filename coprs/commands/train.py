@@ -191,7 +191,8 @@ def check_weight_paths(cfg) -> None:
         elif not where.is_file():
             raise UsageError(f"{key} '{path}' is a folder; give the checkpoint file (.pth) in it")
         else:  # read now (tensors mapped, not loaded) rather than after the policy is built
-            check_checkpoint_readable(where, key)
+            check_checkpoint_readable(where, key, "give the weights file (.pth) torch.save "
+                                                  "wrote, e.g. the official SAM checkpoint")
 
 
 def run(args) -> int:

@@ -461,7 +461,7 @@ class Qwen25VLPolicy(BasePolicy):
         """Keyword arguments of ``model.generate`` for this policy's tokens and sampling."""
         kwargs = dict(
             do_sample=do_sample,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
             suppress_tokens=self.suppress_token_ids or None,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,

@@ -59,6 +59,20 @@ def test_demo_segment_names_bad_input(tiny_segmentor, tmp_path):
         web.demo_segment(tiny_segmentor, tmp_path / "notimage.png", "x", out_root=tmp_path)
 
 
+def test_a_blocking_launch_prints_the_local_url_and_no_share_advice(tiny_segmentor, tmp_path,
+                                                                     monkeypatch, capsys):
+    demo = web.build_demo(tiny_segmentor, examples=[], out_root=tmp_path, max_new_tokens=6)
+    blocked = []
+    monkeypatch.setattr(type(demo), "block_thread", lambda self: blocked.append(True))
+    _, url, _ = web.launch_demo(demo, server_port=None, block=True)
+    try:
+        out = capsys.readouterr().out
+        assert blocked and f"Running on local URL:  {url}" in out
+        assert "share=True" not in out and "public link" not in out
+    finally:
+        demo.close()
+
+
 def test_served_page_through_gradio_client(tiny_segmentor, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError

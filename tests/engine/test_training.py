@@ -318,8 +318,9 @@ def test_weight_files_are_read_before_compute_and_errors_are_one_line(tmp_path, 
     (tmp_path / "folder").mkdir()
     cases = [
         (f"model.decoder.sam_checkpoint={tmp_path / 'garbage.pth'}",
-         f"model.decoder.sam_checkpoint '{tmp_path / 'garbage.pth'}' cannot be read with "
-         "torch.load(weights_only=True)"),
+         f"model.decoder.sam_checkpoint '{tmp_path / 'garbage.pth'}' is not a checkpoint "
+         "(torch.save writes a zip archive or a pickle, and this file is neither); give the "
+         "weights file (.pth) torch.save wrote"),
         (f"model.vision_backbone.checkpoint={tmp_path / 'folder'}",
          "is a folder; give the checkpoint file (.pth) in it"),
         (f"model.policy.model_path={tmp_path / 'garbage.pth'}", "is a file; give the folder"),
@@ -366,12 +367,12 @@ def test_a_start_checkpoint_that_cannot_be_read_safely_fails_before_compute(tmp_
         (["--cfg-options", f"load_from={tmp_path / 'absent.pth'}"],
          f"load_from '{tmp_path / 'absent.pth'}' does not exist; give a local checkpoint file"),
         (["--cfg-options", f"load_from={tmp_path / 'cut.pth'}"],
-         f"load_from '{tmp_path / 'cut.pth'}' is not a readable checkpoint"),
+         f"load_from '{tmp_path / 'cut.pth'}' is a truncated or damaged zip archive"),
     ]
     work.mkdir()
     (work / "last_checkpoint").write_text(str(tmp_path / "cut.pth"))
     cases.append((["--resume"], f"--resume ({work / 'last_checkpoint'}) '{tmp_path / 'cut.pth'}' "
-                                "is not a readable checkpoint"))
+                                "is a truncated or damaged zip archive"))
     for extra, message in cases:
         assert main(["train", str(TINY_CONFIG), "--work-dir", str(work), *extra]) == 2, extra
         err = capsys.readouterr().err
