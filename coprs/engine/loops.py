@@ -142,6 +142,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         val_begin, val_interval: as ``IterBasedTrainLoop``.
     """
 
+    #: why this iteration's update is skipped (non-finite rewards), None when it is not
+    _skip_reason: str | None = None
+
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
                  response_key: str = "response_coprs", max_nonfinite_steps: int = 5,
@@ -180,7 +183,6 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         self.response_key = response_key
         self.max_nonfinite_steps = max_nonfinite_steps
         self._nonfinite_run = 0
-        self._skip_reason: str | None = None  # why this iteration's update is skipped
         self._reference = None
 
     # ------------------------------------------------------------------ stages
