@@ -268,8 +268,14 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
     if any(bad.values()):
         what = " ".join(f"{k} {v[:5]}" + (f" (+{len(v) - 5} more)" if len(v) > 5 else "")
                         for k, v in bad.items() if v)
-        raise ValueError(f"checkpoint '{path}' does not match the model: {what}; was it trained "
-                         "with this config?")
+        hint = "was it trained with this config?"
+        lora_in_file = any(".lora_" in k for k in bad["unexpected"])
+        lora_in_model = any(".lora_" in k for k in bad["missing"])
+        if lora_in_file != lora_in_model:  # the usual cause: LoRA options left out or added
+            hint = (f"the checkpoint was trained {'with' if lora_in_file else 'without'} LoRA "
+                    f"adapters and the model {'has none' if lora_in_file else 'has them'}: use "
+                    f"the run's model.policy.lora options (coprs print-config {path} shows them)")
+        raise ValueError(f"checkpoint '{path}' does not match the model: {what}; {hint}")
     model.load_state_dict(state, strict=False)
 
 

@@ -149,3 +149,15 @@ def test_a_folder_given_as_the_image_says_it_is_a_folder(tmp_path):
         load_image(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image(tmp_path / "nope.png")
+
+
+def test_a_lora_checkpoint_on_a_model_without_adapters_names_the_lora_options(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    state = {**model.state_dict(), "0.lora_A.default.weight": torch.zeros(1, 2)}
+    torch.save({"state_dict": state}, tmp_path / "lora.pth")
+    with pytest.raises(ValueError) as exc:
+        load_checkpoint(model, tmp_path / "lora.pth")
+    text = _one_line(exc)
+    assert "unexpected ['0.lora_A.default.weight']" in text
+    assert "trained with LoRA adapters and the model has none" in text
+    assert f"coprs print-config {tmp_path / 'lora.pth'}" in text
