@@ -155,6 +155,7 @@ class _State:
         self.origins: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) → plugin
         self.error: PluginConflictError | None = None
         self.pm: pluggy.PluginManager | None = None
+        self.pending: list[str] = []  # warnings to give once loading is done
 
 
 _STATE = _State()
@@ -249,6 +250,19 @@ def _registrar(info: PluginInfo, kind: str | None) -> Callable:
         name = name or getattr(cls, "__name__", None)
         if not name:
             raise TypeError(f"register({cls!r}) needs name=...")
+        parent = registry.parent  # mmengine's registries, which coprs's inherit from
+        while parent is not None:
+            parent.import_from_location()
+            if name in parent.module_dict:
+                obj = parent.module_dict[name]
+                raise PluginConflictError(
+                    f"plugin {info.label} registers {name!r} in the '{registry.scope}::"
+                    f"{registry.name}' registry, which would hide {obj.__module__}."
+                    f"{getattr(obj, '__qualname__', name)} that coprs gets from the "
+                    f"'{parent.scope}::{parent.name}' registry. A plugin cannot replace a "
+                    "component: rename it (register(cls, name=...)) or uninstall the plugin; "
+                    "COPRS_DISABLE_PLUGINS=1 runs coprs without plugins.")
+            parent = parent.parent
         if name in registry.module_dict:
             raise PluginConflictError(
                 f"plugin {info.label} registers {name!r} ({cls.__module__}."
@@ -284,9 +298,11 @@ def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
     info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
     if _STATE.pm is not None and _STATE.pm.has_plugin(info.name):
         _STATE.pm.unregister(name=info.name)
-    warnings.warn(f"coprs plugin {info.label} {what} and is not loaded: {info.error}. coprs and "
-                  "the other plugins work without it (COPRS_DISABLE_PLUGINS=1 loads no plugin).",
-                  PluginWarning, stacklevel=3)
+    # warned once every plugin is loaded (load_plugins), so that warnings turned into errors
+    # (python -W error, pytest's filterwarnings) cannot stop the plugins after this one
+    _STATE.pending.append(f"coprs plugin {info.label} {what} and is not loaded: {info.error}. "
+                          "coprs and the other plugins work without it "
+                          "(COPRS_DISABLE_PLUGINS=1 loads no plugin).")
 
 
 def _call_hooks(pm: pluggy.PluginManager, info: PluginInfo) -> None:
@@ -344,6 +360,13 @@ def load_plugins() -> list[PluginInfo]:
                 warnings.warn(f"coprs could not list its plugins: {exc}", PluginWarning,
                               stacklevel=2)
                 return _STATE.plugins
+            if allowed is not None:
+                names = {n for ep in eps for n in (ep.name, _dist_of(ep)[0])}
+                unknown = sorted(set(allowed) - names)
+                if unknown:
+                    _STATE.pending.append(
+                        f"COPRS_PLUGINS names {', '.join(unknown)}, which no installed plugin "
+                        f"is; installed: {', '.join(sorted(ep.name for ep in eps)) or 'none'}")
             for ep in eps:
                 dist, version = _dist_of(ep)
                 info = PluginInfo(name=ep.name, dist=dist, version=version)
@@ -370,6 +393,9 @@ def load_plugins() -> list[PluginInfo]:
             return _STATE.plugins
         finally:
             _STATE.done = True
+            pending, _STATE.pending = _STATE.pending, []
+            for message in pending:
+                warnings.warn(message, PluginWarning, stacklevel=3)
 
 
 def unload_plugins() -> None:
@@ -409,6 +435,9 @@ def resolve_config(spec: str) -> Path:
                                 f"(plugins with configs: {known}; `coprs list configs`)")
     for d in dirs[name]:
         if (d / rel).is_file():
+            if not (d / rel).resolve().is_relative_to(d.resolve()):
+                raise FileNotFoundError(f"config '{spec}' lies outside plugin {name!r}'s config "
+                                        f"folder {d}; give a path inside it")
             return d / rel
     have = sorted(str(p.relative_to(d)) for d in dirs[name] for p in d.rglob("*.py"))
     raise FileNotFoundError(f"config '{spec}': plugin {name!r} has no {rel!r}; it ships "

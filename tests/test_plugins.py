@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from coprs import __version__, plugins
 from coprs.cli import main
@@ -159,6 +161,48 @@ def test_duplicate_name_fails_loudly_naming_both_origins():
     assert REWARDS.get("MaskReward") is MaskReward  # never overridden
 
 
+def test_a_plugin_cannot_hide_what_coprs_gets_from_mmengines_registries():
+    """mmengine's registries are the parents of coprs's: a plugin registering ``AdamW`` or
+    ``IterTimerHook`` in coprs's registry would hide torch's and mmengine's (builds search the
+    child first)."""
+    from mmengine.hooks import IterTimerHook
+
+    from coprs.registry import HOOKS, OPTIMIZERS
+
+    class Shadow:
+        @hookimpl
+        def register_modules(self, register):
+            register("optimizers", FakeReward, name="AdamW")
+
+    class ShadowHook:
+        @hookimpl
+        def register_modules(self, register):
+            register("hooks", FakeReward, name="IterTimerHook")
+
+    with isolated_plugins([LocalPlugin("shadow", Shadow())]):
+        with pytest.raises(PluginConflictError, match=r"plugin shadow 0\.0 registers 'AdamW'.*"
+                                                      r"would hide torch\.optim.*AdamW"):
+            load_plugins()
+    with isolated_plugins([LocalPlugin("shadow-hook", ShadowHook())]):
+        with pytest.raises(PluginConflictError, match="would hide mmengine"):
+            load_plugins()
+    assert OPTIMIZERS.get("AdamW") is torch.optim.AdamW
+    assert HOOKS.get("IterTimerHook") is IterTimerHook
+
+
+def test_warnings_as_errors_do_not_stop_the_plugins_after_a_broken_one():
+    import warnings
+
+    eps = [LocalPlugin("broken", loader=lambda: 1 / 0), _reward_plugin()]
+    with isolated_plugins(eps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PluginWarning)  # python -W error, pytest's setting
+            with pytest.raises(PluginWarning, match="broken 0.0 failed to import"):
+                load_plugins()
+        assert [i.status for i in load_plugins()] == ["failed", "loaded"]
+        assert REWARDS.get("FakeReward") is FakeReward
+
+
 def test_duplicate_between_two_plugins_names_both():
     with isolated_plugins([_reward_plugin("first", "1.0"), _reward_plugin("second", "2.0")]):
         with pytest.raises(PluginConflictError, match=r"second 2\.0.*first 1\.0"):
@@ -178,6 +222,11 @@ def test_disable_and_allow_list_switches(monkeypatch, capsys):
         infos = load_plugins()  # "other" is never imported: no warning
         assert [(i.name, i.status) for i in infos] == [("fake-plugin", "loaded"),
                                                       ("other", "skipped")]
+    with isolated_plugins([_reward_plugin()]):
+        monkeypatch.setenv("COPRS_PLUGINS", "fake-plugn")  # a typo: said, not silently none
+        with pytest.warns(PluginWarning, match="COPRS_PLUGINS names fake-plugn, which no "
+                                               "installed plugin is; installed: fake-plugin"):
+            load_plugins()
 
 
 def test_real_entry_point_objects_through_monkeypatched_discovery(tmp_path, monkeypatch):
@@ -219,6 +268,10 @@ def test_config_dirs_resolve_plugin_configs(tmp_path, capsys):
             load_config("cfg-plugin::nope.py")
         with pytest.raises(UsageError, match="no loaded plugin named 'other'.*cfg-plugin"):
             load_config("other::x.py")
+        with pytest.raises(UsageError, match="lies outside plugin 'cfg-plugin'"):
+            load_config(f"cfg-plugin::{os.path.relpath(base, tmp_path)}")  # ../../…
+        with pytest.raises(UsageError, match="lies outside plugin 'cfg-plugin'"):
+            load_config(f"cfg-plugin::{base}")
         assert main(["list", "configs"]) == 0
         assert "cfg-plugin::sub/tiny.py" in capsys.readouterr().out
 
