@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import ImageGeometry, PolicyOutput, PriorOutput, Rollout, SegmentationResult
-from ..utils import repeat_each
+from ..utils import is_meta_build, repeat_each
 from .micro_batch import WHOLE_BATCH
 
 __all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update", "answer_token_ids"]
@@ -137,7 +137,7 @@ class ReasoningSegmentor(BaseModel):
         self.decoder = built_decoder if built_decoder is not None else DECODERS.build(
             decoder, default_args=_declared(DECODERS, decoder, offered))
         self.feature_cache = None
-        if feature_cache is not None:
+        if feature_cache is not None and not is_meta_build():  # no weights, no features to key
             from ..backbones.feature_cache import FeatureCache
 
             self.feature_cache = FeatureCache(backbone_key=self.vision_backbone.cache_key,

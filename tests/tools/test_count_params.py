@@ -31,6 +31,14 @@ def test_real_size_configs_reproduce_paper_totals(capsys, name, billions):
     assert policy == (3_754_622_976 if "3b" in name else 8_292_166_656)  # SPEC §7
 
 
+def test_the_8_gpu_leaf_with_a_feature_cache_counts_without_its_weight_files(capsys):
+    """Its feature cache is keyed by the SAM file's size and date; on the meta device no cache
+    is made, so the (absent) file is never read."""
+    leaf = "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"
+    counts = _count(capsys, leaf)
+    assert counts["total"] == _count(capsys, "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py")["total"]
+
+
 def test_added_path_of_the_3b_assembly_is_lightweight(capsys):
     c = _count(capsys, "coprs_qwen2.5-vl-3b_sam-vit-h_refcoco.py")["components"]
     assert 4.5e6 <= c["prior"] + c["decoder"] <= 4.9e6
