@@ -42,7 +42,7 @@ from . import __version__
 from .registry import ALL_REGISTRIES, COMPONENT_REGISTRIES
 
 __all__ = [
-    "hookspec", "hookimpl", "CoprsHookSpecs", "PluginInfo", "PluginWarning",
+    "hookspec", "hookimpl", "CoprsHookSpecs", "PluginInfo", "PluginWarning", "seen_plugins",
     "PluginConflictError", "ENTRY_POINT_GROUP", "load_plugins", "unload_plugins", "plugins",
     "origin_of", "config_dirs", "resolve_config", "plugins_disabled", "LocalPlugin",
     "isolated_plugins",
@@ -408,6 +408,12 @@ def unload_plugins() -> None:
         for info in _STATE.plugins:
             _rollback(info)
         _STATE.reset()
+
+
+def seen_plugins() -> list[PluginInfo]:
+    """The entry points the last load saw, with their status, without loading again or raising
+    a conflict again (for reports such as ``coprs collect-env``)."""
+    return list(_STATE.plugins)
 
 
 def plugins() -> list[PluginInfo]:

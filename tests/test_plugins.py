@@ -203,6 +203,15 @@ def test_warnings_as_errors_do_not_stop_the_plugins_after_a_broken_one():
         assert REWARDS.get("FakeReward") is FakeReward
 
 
+def test_collect_env_reports_a_conflict_instead_of_failing(capsys):
+    with isolated_plugins([_reward_plugin("first", "1.0"), _reward_plugin("second", "2.0")]):
+        assert main(["collect-env"]) == 0
+        out = capsys.readouterr().out
+        assert "coprs plugin conflict: plugin second 2.0 registers 'FakeReward'" in out
+        assert "coprs plugins: first 1.0 (loaded), second 2.0 (failed)" in out
+        assert "PyTorch: " in out  # the rest of the report is there
+
+
 def test_duplicate_between_two_plugins_names_both():
     with isolated_plugins([_reward_plugin("first", "1.0"), _reward_plugin("second", "2.0")]):
         with pytest.raises(PluginConflictError, match=r"second 2\.0.*first 1\.0"):

@@ -43,7 +43,11 @@ def collect() -> dict:
     env["coprs"] = __version__
     for dist in PACKAGES:
         env[dist] = _version(dist)
-    infos = plugins.load_plugins()
+    try:
+        infos = plugins.load_plugins()
+    except plugins.PluginConflictError as exc:  # the report is most needed then: give it whole
+        infos = plugins.seen_plugins()
+        env["coprs plugin conflict"] = str(exc)
     env["coprs plugins"] = ", ".join(f"{p.dist} {p.version} ({p.status})" for p in infos) or "-"
     if plugins.plugins_disabled():
         env["coprs plugins"] += " [COPRS_DISABLE_PLUGINS is set]"
