@@ -99,6 +99,12 @@ def check_start_checkpoint(cfg, export=None) -> None:
             cfg.load_from = str(path)  # mmengine would follow the pointer's absolute path
     if path is None or (export is not None and not cfg.get("resume")):
         return  # an export's seg_head.pth is checked against the model (check_export_heads)
+    if Path(path).expanduser().is_dir():  # a training work dir: its newest checkpoint
+        try:
+            path = checkpoint_file(path)
+        except FileNotFoundError as exc:
+            raise UsageError(f"{what}: {exc}") from exc
+        cfg.load_from = str(path)
     if not Path(path).expanduser().is_file():
         raise UsageError(f"{what} '{path}' does not exist; give a local checkpoint file (coprs "
                          "never downloads)")

@@ -429,6 +429,9 @@ def test_resume_finds_the_checkpoint_and_the_grpo_reference_before_compute(tmp_p
     assert train(tmp_path / "new", "--resume", str(tmp_path / "lora.pth")) == 2
     assert "was trained with LoRA adapters and the config has no model.policy.lora" in (
         capsys.readouterr().err)
+    # load_from a training work dir: its newest checkpoint, as for --resume and --checkpoint
+    assert train(tmp_path / "fresh", "--cfg-options", f"load_from={old}") == 0
+    assert built[-1].load_from == str(old / "iter_3.pth") and not built[-1].resume
     # --resume in a work dir with nothing to resume: said, then a fresh start
     assert train(tmp_path / "empty", "--resume") == 0
     assert "no last_checkpoint in the work dir" in capsys.readouterr().err
