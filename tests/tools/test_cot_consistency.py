@@ -184,6 +184,9 @@ def test_bad_arguments(results, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cot_consistency.main([str(tmp_path / "missing"), "--config", str(config)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # --config takes PLUGIN::path as every coprs command does
+    assert cot_consistency.main([str(root), "--config", "no-such-plugin::tiny.py"]) == 2
+    assert "no loaded plugin named 'no-such-plugin'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cot_consistency.main(["--help"])
     assert exc.value.code == 0 and "example:" in capsys.readouterr().out

@@ -38,7 +38,7 @@ import json
 import sys
 from pathlib import Path
 
-from coprs.commands.common import UsageError, exit_on_usage_error, key_value_action
+from coprs.commands.common import UsageError, exit_on_usage_error, key_value_action, load_config
 
 EXAMPLE = """example:
   python tools/analysis/cot_consistency.py work_dirs/coprs_tiny_shapes_cpu/per_sample_generated \\
@@ -144,16 +144,13 @@ def sample_lookup(config: str) -> tuple[dict, list[str]]:
     evaluates (``test_cfg.datasets``); one that cannot be built is a failure, not an error."""
     import copy
 
-    from mmengine.config import Config
     from mmengine.dataset import BaseDataset
 
     from coprs.evaluation.functional import results_subdir
     from coprs.registry import DATASETS
     from coprs.utils import register_all_modules
 
-    if not Path(config).is_file():
-        raise UsageError(f"config '{config}' does not exist")
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)  # a path, or PLUGIN::path for a config a plugin ships
     if not (cfg.get("test_cfg") or {}).get("datasets"):
         raise UsageError(f"config '{config}' has no test_cfg.datasets (the datasets coprs test "
                          "evaluates)")
