@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import UsageError, add_cfg_options, config_stem, load_config
 
 __all__ = ["add_parser", "run", "DEFAULT_CONFIGS", "scale_schedule", "paradigm_name",
-           "format_paradigms_table"]
+           "work_dir_names", "format_paradigms_table"]
 
 #: the three paradigms of SPEC §1 at tiny scale, on the synthetic world
 DEFAULT_CONFIGS = (
@@ -234,7 +234,12 @@ def run(args) -> int:
         raise UsageError(f"--iters must be > 0, got {args.iters}")
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         raise UsageError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
-    cfgs = [load_config(c, args.cfg_options) for c in args.configs]
+    files = list(args.configs)
+    if files == list(DEFAULT_CONFIGS):  # the repository's, from any folder
+        root = Path(__file__).resolve().parents[2]
+        files = [c if Path(c).is_file() or not (root / c).is_file() else str(root / c)
+                 for c in files]
+    cfgs = [load_config(c, args.cfg_options) for c in files]
     for path, cfg in zip(args.configs, cfgs):
         if cfg.get("train_cfg") is None or cfg.get("test_cfg") is None:
             raise UsageError(f"config '{path}' needs train_cfg and test_cfg")
@@ -254,8 +259,8 @@ def run(args) -> int:
                 f"{_torch_version()}, {time.strftime('%Y-%m-%d')}",
         paradigms=[],
     )
-    for path, cfg in zip(args.configs, cfgs):
-        prepare_config(cfg, args, out / config_stem(path))
+    for path, cfg, folder in zip(args.configs, cfgs, work_dir_names(args.configs)):
+        prepare_config(cfg, args, out / folder)
         print(f"== {paradigm_name(cfg)}: {path}", flush=True)
         row = run_config(cfg)
         row["config"] = path
@@ -266,6 +271,18 @@ def run(args) -> int:
     print(table)
     print(f"wrote {out / 'paradigms.json'} and {out / 'paradigms.md'}")
     return 0
+
+
+def work_dir_names(configs: list[str]) -> list[str]:
+    """One folder name per config: its stem, with ``_2``, ``_3`` … for a stem seen before, so
+    that two configs of the same file name never share a work dir."""
+    names: list[str] = []
+    for path in configs:
+        stem, n = config_stem(path), 1
+        while (stem if n == 1 else f"{stem}_{n}") in names:
+            n += 1
+        names.append(stem if n == 1 else f"{stem}_{n}")
+    return names
 
 
 def _command(args) -> str:

@@ -14,6 +14,7 @@ from coprs.commands.bench_paradigms import (
     paradigm_name,
     prepare_config,
     scale_schedule,
+    work_dir_names,
 )
 from coprs.engine.hooks import TrainTimeBudgetHook
 
@@ -58,6 +59,24 @@ def test_usage_errors(tmp_path, capsys):
     assert main(["bench-paradigms", "--iters", "2", "--out", str(tmp_path), "--configs",
                  DEFAULT_CONFIGS[0], "configs/coprs/coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py"]) == 2
     assert "same data" in capsys.readouterr().err
+
+
+def test_configs_of_one_file_name_get_their_own_work_dirs():
+    assert work_dir_names(["a/tiny.py", "b/tiny.py", "c/other.py", "d/tiny.py"]) == [
+        "tiny", "tiny_2", "other", "tiny_3"]
+
+
+def test_the_default_configs_are_found_from_any_folder(tmp_path, capsys, monkeypatch):
+    from coprs.commands import bench_paradigms
+    from coprs.commands.common import UsageError
+
+    def stop(cfg):
+        raise UsageError(f"reached {cfg.filename}")
+
+    monkeypatch.setattr(bench_paradigms, "run_config", stop)
+    monkeypatch.chdir(tmp_path)  # the configs are the repository's, not the folder's
+    assert main(["bench-paradigms", "--iters", "2", "--out", str(tmp_path / "o")]) == 2
+    assert f"reached {REPO / DEFAULT_CONFIGS[0]}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config, prior", [(DEFAULT_CONFIGS[1], "LatentTokenPrior"),
