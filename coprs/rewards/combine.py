@@ -81,8 +81,12 @@ class WeightedSumReward(BaseReward):
         total = torch.zeros(len(responses), dtype=torch.float32, device=device)
         for reward in self.rewards:
             extra = {"geometry": geometry} if reward.needs_geometry else {}
-            values = reward(responses, pred_probs, gt, valid, **extra).to(device=device,
-                                                                          dtype=torch.float32)
+            values = reward(responses, pred_probs, gt, valid, **extra)
+            if not isinstance(values, Tensor):
+                raise TypeError(
+                    f"reward {reward.name!r} returned a {type(values).__name__}; a reward returns "
+                    f"a tensor of one value per response (torch.tensor(values))")
+            values = values.to(device=device, dtype=torch.float32)
             if values.shape != total.shape:
                 raise ValueError(
                     f"reward {reward.name!r} returned shape {tuple(values.shape)} for "

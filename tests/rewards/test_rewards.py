@@ -194,3 +194,25 @@ def test_weighted_sum_config_errors():
         WeightedSumReward([dict(reward=dict(type="FormatReward"))])
     with pytest.raises(KeyError, match="Registered names"):
         WeightedSumReward([dict(reward=dict(type="MaskRewardd"), weight=1.0)])
+
+
+def test_a_reward_that_returns_a_list_or_the_wrong_shape_is_named():
+    from coprs.rewards.base import BaseReward
+
+    class ListReward(BaseReward):
+        name = "as_list"
+
+        def __call__(self, responses, pred_probs=None, gt=None, valid=None):
+            return [1.0] * len(responses)
+
+    class ShortReward(BaseReward):
+        name = "short"
+
+        def __call__(self, responses, pred_probs=None, gt=None, valid=None):
+            return torch.ones(1)
+
+    with pytest.raises(TypeError, match="reward 'as_list' returned a list; a reward returns a "
+                                        "tensor of one value per response"):
+        WeightedSumReward([dict(reward=ListReward(), weight=1.0)]).score(["a", "b"])
+    with pytest.raises(ValueError, match=r"reward 'short' returned shape \(1,\) for 2"):
+        WeightedSumReward([dict(reward=ShortReward(), weight=1.0)]).score(["a", "b"])
