@@ -1,5 +1,5 @@
-"""Training/evaluation loops, hooks, wrappers and the FSDP strategy (LOOPS / HOOKS /
-MODEL_WRAPPERS / STRATEGIES registries)."""
+"""Training/evaluation loops, hooks, wrappers, the log processor and the FSDP strategy (LOOPS /
+HOOKS / LOG_PROCESSORS / MODEL_WRAPPERS / STRATEGIES registries)."""
 
 from .hooks import (
     AtomicCheckpointHook,
@@ -10,6 +10,7 @@ from .hooks import (
     TrainProgressBarHook,
     TrainTimeBudgetHook,
 )
+from .log_processor import FreshLogProcessor
 from .loops import STAGE_KINDS, ReasoningSegTrainLoop
 from .optim import GroupedOptimWrapperConstructor
 from .test_loop import (
@@ -27,5 +28,5 @@ __all__ = [
     "SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
     "AtomicCheckpointHook", "CheckpointMatchHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
     "CoprsDistributedDataParallel", "CoprsFullyShardedDataParallel", "CoprsFSDPStrategy",
-    "GroupedOptimWrapperConstructor",
+    "GroupedOptimWrapperConstructor", "FreshLogProcessor",
 ]

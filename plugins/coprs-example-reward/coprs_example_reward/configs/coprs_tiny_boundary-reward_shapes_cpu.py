@@ -111,7 +111,9 @@ env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv
                dist_cfg=dict(backend='nccl'))
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False, window_size=20)
+# mmengine's, except that a key no iteration updated since the last line is left out (the
+# warm-up's loss_lm would repeat in every GRPO line; coprs.engine.FreshLogProcessor)
+log_processor = dict(type='FreshLogProcessor', by_epoch=False, window_size=20)
 log_level = 'INFO'
 load_from = None
 resume = False
