@@ -10,6 +10,7 @@ from .common import (
     UsageError,
     add_cfg_options,
     add_launcher,
+    check_checkpoint_readable,
     config_stem,
     finish_distributed,
     init_distributed,
@@ -152,6 +153,9 @@ def run(args) -> int:
         args.checkpoint = str(cfg.load_from)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     export = export_dir(args.checkpoint)
+    if args.checkpoint is not None:  # read now (tensors mapped), not after the runner is built
+        check_checkpoint_readable(export / "seg_head.pth" if export is not None
+                                  else Path(args.checkpoint), "CHECKPOINT")
     if export is not None:  # its policy loads from its policy/ folder
         try:
             apply_export(cfg, export)

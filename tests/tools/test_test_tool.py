@@ -233,6 +233,10 @@ def test_without_a_checkpoint_it_warns_and_keeps_a_trained_runs_records(tmp_path
     assert main(["test", cfg, *args]) == 2
     err = capsys.readouterr().err
     assert f"pass {tmp_path / 'work'} as CHECKPOINT" in err and len(err.strip().splitlines()) == 1
+    # a file that is not a checkpoint: named before the runner is built
+    assert main(["test", cfg, str(tmp_path / "cfg.py"), *args, "--work-dir", str(tmp_path)]) == 2
+    assert f"CHECKPOINT '{tmp_path / 'cfg.py'}' is a config file, not a checkpoint" in (
+        capsys.readouterr().err)
     # a config's load_from is the checkpoint when none is given (here: one that is not there)
     assert main(["test", cfg, *args, "--cfg-options", f"load_from={tmp_path / 'gone.pth'}"]) == 2
     assert "gone.pth" in capsys.readouterr().err
