@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 __all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
-           "repeat_each", "fork_rng", "state_dict_mismatch", "torch_load_reason"]
+           "repeat_each", "fork_rng", "state_dict_mismatch", "torch_load_reason", "on_any_rank"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
 
@@ -125,3 +125,18 @@ def torch_load_reason(exc: Exception) -> str:
         return text.split(marker, 1)[1].strip().split(". ", 1)[0].splitlines()[0].rstrip(".")
     first = (text.strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def on_any_rank(flag: bool) -> bool:
+    """``flag`` on this rank or on any other: all-reduced in distributed runs, so that every rank
+    takes the same branch (skip a step, say) and none waits in a collective the others left."""
+    from mmengine.dist import all_reduce, get_world_size
+
+    if get_world_size() == 1:
+        return bool(flag)
+    import torch
+    from mmengine.dist.utils import get_comm_device
+
+    t = torch.tensor(float(flag), device=get_comm_device())
+    all_reduce(t, op="sum")
+    return t.item() > 0

@@ -17,7 +17,7 @@ from PIL import Image
 from ..models.micro_batch import check_train_cfg as check_micro_batches
 from ..models.micro_batch import micro_batch_slices
 from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
-from ..utils import fork_rng, repeat_each
+from ..utils import fork_rng, on_any_rank, repeat_each
 from .fsdp import full_params, plain_copy
 
 __all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "STAGE_KEYS", "check_train_cfg", "rollout_seed"]
@@ -309,7 +309,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                                  gt.repeat_interleave(g, 0) > 0.5,
                                                  valid.repeat_interleave(g, 0) > 0.5, **extra_args)
             reason = _nonfinite_rewards(total, breakdown)
-            if _on_any_rank(reason is not None):  # every rank skips the step together
+            if on_any_rank(reason is not None):  # every rank skips the step together
                 self._skip_reason = reason or "a reward on another rank"
                 return {}
             adv = group_advantages(total.float().cpu(), g, scale=self.scale_advantages)
@@ -471,15 +471,3 @@ def _nonfinite_rewards(total: torch.Tensor, breakdown: dict) -> str | None:
              if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v.float()).all())]
     return (f"reward for {int(bad.sum())} of {bad.numel()} rollouts (terms: "
             f"{', '.join(terms) if terms else 'the combined total'})")
-
-
-def _on_any_rank(flag: bool) -> bool:
-    """``flag`` on this rank or any other (all-reduced in distributed runs)."""
-    if get_world_size() == 1:
-        return flag
-    from mmengine.dist import all_reduce
-    from mmengine.dist.utils import get_comm_device
-
-    t = torch.tensor(float(flag), device=get_comm_device())
-    all_reduce(t, op="sum")
-    return t.item() > 0

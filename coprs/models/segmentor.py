@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..registry import DECODERS, MODELS, POLICIES, PRIORS, VISION_BACKBONES
 from ..structures import ImageGeometry, PolicyOutput, PriorOutput, Rollout, SegmentationResult
-from ..utils import is_meta_build, repeat_each
+from ..utils import is_meta_build, on_any_rank, repeat_each
 from .micro_batch import WHOLE_BATCH
 
 __all__ = ["ReasoningSegmentor", "postprocess_logits", "apply_update", "answer_token_ids"]
@@ -523,22 +523,14 @@ def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper, nonfinite:
     """
     import time
 
-    from mmengine.dist import all_reduce, get_world_size
-
-    def anywhere(flag: bool) -> bool:
-        t = torch.tensor(float(flag), device=parsed.device)
-        if get_world_size() > 1:
-            all_reduce(t, op="sum")
-        return t.item() > 0
-
-    if anywhere(nonfinite or not bool(torch.isfinite(parsed))):
+    if on_any_rank(nonfinite or not bool(torch.isfinite(parsed))):
         optim_wrapper.zero_grad()
         log_vars["nonfinite_step"] = 1.0
         return log_vars
     t0 = time.perf_counter()
     optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
     if optim_wrapper.should_update():  # the last count of gradient accumulation
-        if getattr(optim_wrapper, "loss_scaler", None) is None and anywhere(
+        if getattr(optim_wrapper, "loss_scaler", None) is None and on_any_rank(
                 not _grads_finite(optim_wrapper)):
             optim_wrapper.zero_grad()
             log_vars["nonfinite_step"] = 1.0
@@ -555,6 +547,4 @@ def _grads_finite(optim_wrapper) -> bool:
              if p.grad is not None]
     if not grads:
         return True
-    norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32)
-                         for g in grads])
-    return bool(torch.isfinite(norms).all())
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))  # one foreach pass
