@@ -90,16 +90,12 @@ def check_start_checkpoint(cfg, export=None) -> None:
                   "training starts from iteration 0 (give --work-dir of the run to continue, or "
                   "--resume CKPT)", file=sys.stderr)
             return
-        if path is None:
-            what = f"--resume ({pointer})"
-            try:
-                path = checkpoint_file(cfg.work_dir)  # the file the pointer names
-            except FileNotFoundError as exc:
-                raise UsageError(f"{what}: {exc}") from exc
-            cfg.load_from = str(path)  # mmengine would follow the pointer's absolute path
+        if path is None:  # the work dir's newest checkpoint (below)
+            what, path = f"--resume ({pointer})", cfg.work_dir
     if path is None or (export is not None and not cfg.get("resume")):
         return  # an export's seg_head.pth is checked against the model (check_export_heads)
-    if Path(path).expanduser().is_dir():  # a training work dir: its newest checkpoint
+    if Path(path).expanduser().is_dir():  # a training work dir: the file its pointer names
+        # (mmengine would follow the pointer's absolute path, even after the folder moved)
         try:
             path = checkpoint_file(path)
         except FileNotFoundError as exc:
@@ -136,14 +132,11 @@ def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:
     cannot be read, that is an error now rather than after the model is built."""
     import shutil
 
+    from coprs.engine.loops import grpo_start as first_grpo_iter
+
     if (cfg.model.get("policy") or {}).get("lora"):
         return  # the reference is the policy with its adapters disabled: nothing saved
-    begin, grpo_start = 0, None
-    for stage in cfg.train_cfg.get("stages") or []:
-        if stage.get("kind") == "grpo":
-            grpo_start = begin
-            break
-        begin += int(stage.get("iters", 0))
+    grpo_start = first_grpo_iter(cfg.train_cfg.get("stages"))
     if grpo_start is None or resumed_iter <= grpo_start:
         return  # the snapshot is taken when the GRPO stage starts
     snapshot = Path(cfg.work_dir) / "reference_policy.pth"

@@ -20,7 +20,7 @@ from ..registry import LOOPS, REWARDS, ROLLOUT_ENGINES
 from ..utils import fork_rng, on_any_rank, repeat_each
 from .fsdp import full_params, plain_copy
 
-__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "STAGE_KEYS", "check_train_cfg", "rollout_seed"]
+__all__ = ["ReasoningSegTrainLoop", "STAGE_KINDS", "STAGE_KEYS", "check_train_cfg", "grpo_start", "rollout_seed"]
 
 #: the kinds of training stage a loop can chain
 STAGE_KINDS = ("sft", "grpo")
@@ -70,6 +70,17 @@ def check_train_cfg(train_cfg: dict) -> None:
     from ..rollout.base import check_sampling
 
     check_sampling(**dict(train_cfg.get("rollout_engine") or {}))
+
+
+def grpo_start(stages) -> int | None:
+    """The iteration at which the first GRPO stage of ``stages`` (``train_cfg.stages``) starts;
+    None without one."""
+    begin = 0
+    for stage in stages or []:
+        if stage.get("kind") == "grpo":
+            return begin
+        begin += int(stage.get("iters", 0))
+    return None
 
 
 def _closest(word: str, options) -> str:
@@ -197,12 +208,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     def grpo_start(self) -> int | None:
         """Iteration at which the first GRPO stage starts."""
-        begin = 0
-        for s in self.stages:
-            if s["kind"] == "grpo":
-                return begin
-            begin += int(s["iters"])
-        return None
+        return grpo_start(self.stages)
 
     @property
     def unwrapped(self):
