@@ -13,6 +13,7 @@ __all__ = [
     "LAUNCHERS", "UsageError", "add_cfg_options", "key_value_action", "add_launcher", "config_path", "config_stem",
     "exit_on_usage_error", "init_distributed", "load_config", "resolve_checkpoint",
     "config_or_export", "read_jsonl", "torch_load_reason", "check_checkpoint_readable",
+    "check_checkpoint_arg",
     "finish_distributed", "read_checkpoint",
 ]
 
@@ -179,6 +180,17 @@ def check_checkpoint_readable(path: str | Path, what: str, advice: str | None = 
     except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unreadable: name it
         raise UsageError(f"{what} '{path}' is not a readable checkpoint "
                          f"({torch_load_reason(exc)})") from exc
+
+
+def check_checkpoint_arg(checkpoint: str, what: str = "--checkpoint") -> None:
+    """:func:`check_checkpoint_readable` for a checkpoint argument as :func:`resolve_checkpoint`
+    gives it: the file, or for a ``coprs export-hf`` folder its ``seg_head.pth`` (``coprs
+    infer``, ``demo`` and ``test``, before the model is built)."""
+    from coprs.apis import export_dir
+
+    export = export_dir(checkpoint)
+    check_checkpoint_readable(export / "seg_head.pth" if export is not None else Path(checkpoint),
+                              what)
 
 
 def check_device(device: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
+    check_checkpoint_arg,
     check_device,
     config_or_export,
     config_stem,
@@ -15,7 +16,6 @@ from .common import (
     read_jsonl,
     resolve_checkpoint,
 )
-from .infer import check_checkpoint_arg
 
 __all__ = ["add_parser", "run"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_cfg_options,
-    check_checkpoint_readable,
+    check_checkpoint_arg,
     check_device,
     config_or_export,
     load_config,
@@ -17,7 +17,7 @@ from .common import (
     resolve_checkpoint,
 )
 
-__all__ = ["add_parser", "run", "check_checkpoint_arg"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> None:
@@ -71,18 +71,6 @@ def _check_out(out: Path) -> None:
                 return
             where = "is a file" if path == out else f"is inside '{path}', which is a file"
             raise UsageError(f"--out '{out}' {where}; give a folder (created if missing)")
-
-
-def check_checkpoint_arg(checkpoint: str) -> None:
-    """A UsageError naming it unless ``--checkpoint`` (as :func:`~.common.resolve_checkpoint`
-    gives it: a file, or an export folder, whose seg_head.pth is checked) can be read as coprs
-    reads checkpoints, ``torch.load(weights_only=True)``; for ``coprs infer`` and ``coprs demo``,
-    before the model is built."""
-    from coprs.apis import export_dir
-
-    export = export_dir(checkpoint)
-    path = export / "seg_head.pth" if export is not None else Path(checkpoint)
-    check_checkpoint_readable(path, "--checkpoint")
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ from .common import (
     UsageError,
     add_cfg_options,
     add_launcher,
-    check_checkpoint_readable,
+    check_checkpoint_arg,
     config_stem,
     finish_distributed,
     init_distributed,
@@ -154,8 +154,7 @@ def run(args) -> int:
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     export = export_dir(args.checkpoint)
     if args.checkpoint is not None:  # read now (tensors mapped), not after the runner is built
-        check_checkpoint_readable(export / "seg_head.pth" if export is not None
-                                  else Path(args.checkpoint), "CHECKPOINT")
+        check_checkpoint_arg(args.checkpoint, "CHECKPOINT")
     if export is not None:  # its policy loads from its policy/ folder
         try:
             apply_export(cfg, export)
