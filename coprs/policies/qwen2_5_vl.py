@@ -124,6 +124,36 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * finite).sum(-1)
 
 
+#: what a checkpoint's generation_config.json may keep: the token ids, not how to decode
+_GENERATION_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _plain_generation_config(model) -> None:
+    """Keep only the token ids of a checkpoint's ``generation_config.json``.
+
+    coprs decides how the policy decodes: greedily at inference and evaluation, with the
+    rollout engine's temperature / top-p / top-k in GRPO. transformers merges the checkpoint's
+    generation config into every ``generate`` call, so a setting such as Qwen2.5-VL-Instruct's
+    ``repetition_penalty: 1.05`` would otherwise change the greedy answers and make the
+    rollouts' log-probabilities (taken from the penalised scores) disagree with the actor's,
+    which biases every PPO ratio. What is dropped is logged.
+    """
+    from mmengine.logging import print_log
+    from transformers import GenerationConfig
+
+    old = model.generation_config
+    plain = GenerationConfig(**{k: getattr(old, k, None) for k in _GENERATION_TOKENS})
+    default = GenerationConfig()
+    dropped = {k: v for k, v in old.to_diff_dict().items()
+               if k not in _GENERATION_TOKENS and k != "transformers_version"
+               and getattr(default, k, None) != v}
+    if dropped:
+        print_log(f"policy: the checkpoint's generation_config.json settings {dropped} are not "
+                  "used: coprs decodes greedily at inference and samples with the rollout "
+                  "engine's temperature/top_p/top_k in training", logger="current")
+    model.generation_config = plain
+
+
 @POLICIES.register_module()
 class Qwen25VLPolicy(BasePolicy):
     """Qwen2.5-VL that reasons in ``<think>…</think>`` and then writes a special token.
@@ -245,6 +275,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=_DTYPES[torch_dtype], attn_implementation=attn_implementation
         )
+        _plain_generation_config(self.model)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self._add_special_tokens()

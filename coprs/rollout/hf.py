@@ -207,8 +207,8 @@ def _group_attention_installed(cache):
 def _sampling_parts(model, input_ids: torch.Tensor, gen_kwargs: dict):
     """transformers' generation config (model defaults merged with ``gen_kwargs``) and the
     logits processors ``generate`` would build from it, so the lean loop samples from exactly
-    the same distribution (repetition penalties etc. of a checkpoint's generation config
-    included)."""
+    the same distribution. (The policy keeps only the token ids of a checkpoint's generation
+    config, so no repetition penalty of a checkpoint gets in.)"""
     config, _ = model._prepare_generation_config(None, **gen_kwargs)
     model._prepare_special_tokens(config, True, device=input_ids.device)
     processors = model._get_logits_processor(

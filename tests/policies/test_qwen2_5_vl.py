@@ -380,3 +380,34 @@ def test_entropy_at_each_response_token_over_the_writable_vocabulary(tiny_policy
     grads = [p.grad for p in policy.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     policy.zero_grad()
+
+
+def test_checkpoint_generation_settings_do_not_change_decoding(tiny_qwen_dir, tmp_path, caplog):
+    """A generation_config.json with a repetition penalty (as Qwen2.5-VL-Instruct ships) keeps
+    its token ids and loses the rest: greedy answers and rollout log-probs stay plain."""
+    import json
+    import shutil
+
+    from coprs.rollout.hf import _sampling_parts
+
+    path = tmp_path / "qwen"
+    shutil.copytree(tiny_qwen_dir, path)
+    cfg = json.loads((path / "generation_config.json").read_text())
+    cfg.update(repetition_penalty=1.05, no_repeat_ngram_size=2, do_sample=True,
+               temperature=0.1, top_p=0.001, top_k=1)
+    (path / "generation_config.json").write_text(json.dumps(cfg))
+    policy = Qwen25VLPolicy(model_path=str(path), max_pixels=112 * 112, max_new_tokens=12)
+    plain = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                           max_new_tokens=12)
+    gen = policy.model.generation_config
+    assert gen.repetition_penalty in (None, 1.0) and not gen.no_repeat_ngram_size
+    assert gen.eos_token_id == cfg["eos_token_id"] and gen.pad_token_id == cfg["pad_token_id"]
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    _, processors = _sampling_parts(policy.model, ids, policy.generation_kwargs(True))
+    names = {type(p).__name__ for p in processors}
+    assert not names & {"RepetitionPenaltyLogitsProcessor", "NoRepeatNGramLogitsProcessor",
+                        "TemperatureLogitsWarper", "TopPLogitsWarper", "TopKLogitsWarper"}
+    imgs = _images()
+    a = policy.generate(imgs, ["x", "y"], max_new_tokens=12)
+    b = plain.generate(imgs, ["x", "y"], max_new_tokens=12)
+    assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
