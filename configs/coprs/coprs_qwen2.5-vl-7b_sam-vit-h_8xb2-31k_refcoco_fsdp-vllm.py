@@ -9,10 +9,11 @@
 _base_ = ['./coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py']
 
 # fp32 weights, bf16 compute through autocast (AmpOptimWrapper below): one FSDP unit holds one
-# dtype, and a bf16 policy beside the fp32 heads fails to flatten
+# dtype, and a bf16 policy beside the fp32 heads fails to flatten. sdpa, not flash_attention_2:
+# flash-attn refuses the fp32 forwards outside autocast (reward scoring, validation), and under
+# autocast PyTorch's sdpa picks its own flash kernel
 model = dict(
-    policy=dict(torch_dtype='float32', attn_implementation='flash_attention_2',
-                gradient_checkpointing=True),
+    policy=dict(torch_dtype='float32', attn_implementation='sdpa', gradient_checkpointing=True),
     feature_cache=dict(root='data/feature_cache', dtype='float16'),
 )
 # the reference policy's copy in bf16: 16.5 GB per rank for 7B instead of 33 GB in fp32

@@ -72,6 +72,26 @@ def check_train_cfg(train_cfg: dict) -> None:
     check_sampling(**dict(train_cfg.get("rollout_engine") or {}))
 
 
+def check_trainable_dtypes(model: torch.nn.Module) -> None:
+    """Refuse to train parameters stored in bfloat16 or float16.
+
+    No optimiser here keeps a float32 master copy, and AdamW's updates at the paper's learning
+    rate (1.6e-6) are far below bfloat16's resolution near typical weights (about 1e-4 at
+    0.02), so such weights would barely move in a whole run. Raises ``ValueError`` naming the
+    parameters and the fix.
+    """
+    low = [n for n, p in model.named_parameters()
+           if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if low:
+        raise ValueError(
+            f"{len(low)} trainable parameters are stored in low precision (e.g. {low[0]}, "
+            f"{model.get_parameter(low[0]).dtype}); AdamW updates at fine-tuning learning rates "
+            "are below its resolution and would be lost. Train float32 weights with bf16 "
+            "compute: --cfg-options model.policy.torch_dtype=float32 and `coprs train --amp` "
+            "(the 8-GPU FSDP config does this), or train LoRA adapters (model.policy.lora), which "
+            "are kept in float32 over a bf16 base")
+
+
 def grpo_start(stages) -> int | None:
     """The iteration at which the first GRPO stage of ``stages`` (``train_cfg.stages``) starts;
     None without one."""
@@ -214,6 +234,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     def unwrapped(self):
         m = self.runner.model
         return m.module if is_model_wrapper(m) else m
+
+    def run(self) -> torch.nn.Module:
+        check_trainable_dtypes(self.runner.model)
+        return super().run()
 
     # --------------------------------------------------------------- iteration
     def run_iter(self, data_batch) -> None:

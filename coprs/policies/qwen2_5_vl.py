@@ -126,6 +126,9 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
 
 #: what a checkpoint's generation_config.json may keep: the token ids, not how to decode
 _GENERATION_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+#: generation-config keys that do not change which tokens are decoded (not worth a log line)
+_NOT_DECODING = {"transformers_version", "use_cache", "output_attentions", "output_hidden_states",
+                 "output_scores", "output_logits", "return_dict_in_generate"}
 
 
 def _plain_generation_config(model) -> None:
@@ -145,8 +148,8 @@ def _plain_generation_config(model) -> None:
     plain = GenerationConfig(**{k: getattr(old, k, None) for k in _GENERATION_TOKENS})
     default = GenerationConfig()
     dropped = {k: v for k, v in old.to_diff_dict().items()
-               if k not in _GENERATION_TOKENS and k != "transformers_version"
-               and getattr(default, k, None) != v}
+               if k not in _GENERATION_TOKENS and k not in _NOT_DECODING
+               and not k.startswith("_") and getattr(default, k, None) != v}
     if dropped:
         print_log(f"policy: the checkpoint's generation_config.json settings {dropped} are not "
                   "used: coprs decodes greedily at inference and samples with the rollout "
@@ -177,6 +180,7 @@ class Qwen25VLPolicy(BasePolicy):
         min_pixels / max_pixels: the policy view's pixel budget (paper: 3,136 and 705,600).
         torch_dtype: 'float32', 'bfloat16' or 'float16'.
         attn_implementation: transformers attention backend ('sdpa', 'eager', 'flash_attention_2').
+            flash_attention_2 needs bf16 or float16 weights.
         gradient_checkpointing: enable transformers gradient checkpointing.
         max_new_tokens: default response budget (paper: 2000 in training).
         stop_at_special_token: end a response at the special token (it is then the last token
@@ -237,6 +241,12 @@ class Qwen25VLPolicy(BasePolicy):
         self._tower_entries: OrderedDict = OrderedDict()
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
+        if attn_implementation == "flash_attention_2" and torch_dtype == "float32":
+            raise ValueError(
+                "policy attn_implementation='flash_attention_2' with torch_dtype='float32': "
+                "flash-attn runs only in bf16/fp16, and the forwards outside autocast (reward "
+                "scoring, validation) would fail. Use attn_implementation='sdpa' (PyTorch picks "
+                "its flash kernel under bf16 autocast) or torch_dtype='bfloat16' for inference")
 
         if is_meta_build() and arch is not None:
             config = Qwen2_5_VLConfig(**arch)
@@ -308,6 +318,10 @@ class Qwen25VLPolicy(BasePolicy):
         inject_adapter_in_model(config, self.model)
         for name, param in self.model.named_parameters():
             param.requires_grad_("lora_" in name)
+            if "lora_" in name and param.dtype in (torch.bfloat16, torch.float16):
+                # adapters train in float32 over a bf16 base, as peft's PeftModel keeps them
+                # (autocast_adapter_dtype): bf16 cannot hold small AdamW updates
+                param.data = param.data.float()
         self.uses_adapters = True
 
     @contextlib.contextmanager

@@ -280,3 +280,21 @@ def test_checkpoint_match_hook_names_what_a_partial_load_leaves_out():
     CheckpointMatchHook(loaded_elsewhere=("prior.", "old_head.")).after_load_checkpoint(
         runner, {"state_dict": {k: v for k, v in state.items() if k != "prior.weight"}})
     assert runner.logger.lines[-1][0] == "INFO"
+
+
+def test_training_refuses_parameters_stored_in_low_precision():
+    from coprs.engine.loops import ReasoningSegTrainLoop, check_trainable_dtypes
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    check_trainable_dtypes(model)  # float32: fine
+    model[0].to(torch.bfloat16).requires_grad_(False)
+    check_trainable_dtypes(model)  # a frozen bf16 part (a LoRA base, a frozen tower): fine
+    model[1].to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"2 trainable parameters .*1\.weight, torch\.bfloat16.*"
+                                         r"model\.policy\.torch_dtype=float32.*--amp"):
+        check_trainable_dtypes(model)
+    # the loop checks before its first iteration
+    loop = ReasoningSegTrainLoop.__new__(ReasoningSegTrainLoop)
+    loop._runner = types.SimpleNamespace(model=model)
+    with pytest.raises(ValueError, match="low precision"):
+        loop.run()

@@ -99,3 +99,20 @@ def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
     assert init_segmentor(cfg, checkpoint=tmp_path / "w").policy.uses_adapters  # loads back
     assert any(k.startswith("prior.") for k in state)
     assert not (tmp_path / "w" / "reference_policy.pth").exists()  # adapters-off reference
+
+
+def test_lora_adapters_train_in_float32_over_a_bfloat16_base(tiny_qwen_dir):
+    from coprs.engine.loops import check_trainable_dtypes
+    from coprs.policies import Qwen25VLPolicy
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), torch_dtype="bfloat16",
+                            lora=dict(r=4, target_modules=["q_proj", "v_proj"]))
+    dtypes = {n: p.dtype for n, p in policy.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    check_trainable_dtypes(policy)  # nothing trainable is in bf16
+    logp = _logits(policy)  # the bf16 base and the fp32 adapters run together
+    assert torch.isfinite(logp).all()
+    logp.sum().backward()
+    grads = [p.grad for n, p in policy.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)

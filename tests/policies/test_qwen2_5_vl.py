@@ -91,6 +91,13 @@ def test_sampled_logprobs_match_a_forward_pass(tiny_policy):
     torch.testing.assert_close(torch.tensor(r.logprobs), ref, atol=1e-4, rtol=1e-4)
 
 
+def test_flash_attention_with_float32_weights_is_refused_before_loading(tmp_path):
+    # checked before anything is read: the folder need not exist
+    with pytest.raises(ValueError, match="flash_attention_2.*float32.*attn_implementation='sdpa'"):
+        Qwen25VLPolicy(model_path=str(tmp_path / "nowhere"), torch_dtype="float32",
+                       attn_implementation="flash_attention_2")
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         Qwen25VLPolicy(model_path=str(tmp_path / "nowhere"))
