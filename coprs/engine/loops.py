@@ -203,14 +203,22 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         self.scale_advantages = bool(scale_advantages)
         self.rollout_log_panels = bool(rollout_log_panels)
         self.experience_micro_batch = experience_micro_batch
+        from ..rewards.base import BaseReward
+        from ..rewards.combine import COPRS_REWARD, WeightedSumReward
+
+        built = REWARDS.build(reward or COPRS_REWARD)
+        if not isinstance(built, BaseReward):
+            raise TypeError(f"train_cfg.reward built {type(built).__name__}, which is not a "
+                            "coprs.rewards.BaseReward; register a BaseReward subclass in REWARDS")
+        # a single reward scores like a weighted sum of one: total = its value, and the
+        # breakdown logs it as reward/<name>
+        self.reward = (built if isinstance(built, WeightedSumReward)
+                       else WeightedSumReward([dict(reward=built, weight=1.0)]))
         self.stages = stages
         super().__init__(runner, dataloader, max_iters=sum(int(s["iters"]) for s in stages),
                          val_begin=val_begin, val_interval=val_interval)
         self.group_size = group_size
         self.rollout_engine = ROLLOUT_ENGINES.build(rollout_engine or dict(type="HFRolloutEngine"))
-        from ..rewards.combine import COPRS_REWARD
-
-        self.reward = REWARDS.build(reward or COPRS_REWARD)
         self.response_key = response_key
         self.max_nonfinite_steps = max_nonfinite_steps
         self._nonfinite_run = 0
@@ -297,11 +305,14 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 f"({self._nonfinite_run} in a row, limit train_cfg.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps})")
             if self._nonfinite_run >= self.max_nonfinite_steps:
+                advice = ("make the reward terms named return finite values" if
+                          what.startswith("reward") else
+                          "lower the learning rate or check the data")
                 raise FloatingPointError(
                     f"{self._nonfinite_run} non-finite training steps in a row (the last at "
                     f"iteration {self._iter + 1}: {what}), the limit train_cfg.max_nonfinite_"
-                    f"steps={self.max_nonfinite_steps}; lower the learning rate or check the "
-                    "data, then resume from the last checkpoint")
+                    f"steps={self.max_nonfinite_steps}; {advice}, then resume from the last "
+                    "checkpoint")
         else:
             self._nonfinite_run = 0
 

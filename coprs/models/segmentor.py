@@ -126,6 +126,13 @@ class ReasoningSegmentor(BaseModel):
                 "ends. Set model.policy.stop_at_special_token=True (docs/benchmarks.md, "
                 "Paradigms)", stacklevel=2)
         self.vision_backbone = VISION_BACKBONES.build(vision_backbone)
+        missing = [a for a in ("img_size", "out_channels", "grid_size")
+                   if not isinstance(getattr(self.vision_backbone, a, None), int)]
+        if missing:
+            name = type(self.vision_backbone).__name__
+            raise TypeError(f"vision backbone {name} does not set {', '.join(missing)} (integers "
+                            "the prior and decoder are built from); see the VisionBackbone "
+                            "contract in coprs.backbones.BaseVisionBackbone")
         keys_dim, img_size = self.vision_backbone.out_channels, self.vision_backbone.img_size
         offered = dict(query_dim=self.policy.hidden_size, key_in_dim=keys_dim, img_size=img_size)
         built_decoder = None
@@ -159,17 +166,39 @@ class ReasoningSegmentor(BaseModel):
         """
         if self.feature_cache is None:
             x, valid = self.vision_backbone.preprocess(images)
-            return self.vision_backbone(x), valid
+            return self._checked_keys(self.vision_backbone(x)), valid
         cached = [self.feature_cache.get(im) for im in images]
         todo = [i for i, c in enumerate(cached) if c is None]
         if todo:
             x, _ = self.vision_backbone.preprocess([images[i] for i in todo])
-            for i, feats in zip(todo, self.vision_backbone(x)):
+            for i, feats in zip(todo, self._checked_keys(self.vision_backbone(x))):
                 self.feature_cache.put(images[i], feats)
                 cached[i] = feats
         ref = self.vision_backbone.pixel_mean
         valid = [self.vision_backbone.valid_hw(im.shape[:2]) for im in images]
+        for c in cached:  # an entry of the cache as the backbone declares it (a stale cache)
+            self._checked_keys(c[None], self.feature_cache)
         return torch.stack([c.to(ref.device, ref.dtype) for c in cached]), valid
+
+    def _checked_keys(self, keys, cache=None) -> torch.Tensor:
+        """``keys`` if they are B x out_channels x grid_size x grid_size as the backbone
+        declares, else a ``ValueError`` naming the backbone (and the cache they came from)."""
+        bb = self.vision_backbone
+        want = (bb.out_channels, bb.grid_size, bb.grid_size)
+        if isinstance(keys, torch.Tensor) and keys.dim() == 4 and tuple(keys.shape[1:]) == want:
+            return keys
+        from ..plugins import origin_of
+
+        name = type(bb).__name__
+        got = (f"a {type(keys).__name__}" if not isinstance(keys, torch.Tensor)
+               else f"shape {tuple(keys.shape)}")
+        where = (f"features read from the feature cache {cache.dir} (made by another backbone "
+                 "or version: give the cache another root, or the backbone a new cache_key)"
+                 if cache is not None else f"{name} ({origin_of('vision_backbones', name)})")
+        raise ValueError(
+            f"vision backbone {name} declares out_channels={bb.out_channels} and grid_size="
+            f"{bb.grid_size}, so keys of shape (B, {', '.join(map(str, want))}), but the "
+            f"{where} gave {got}; make forward() return what the attributes declare")
 
     def image_geometry(self, image_hws: list[tuple[int, int]], samples: list[dict] | None = None
                        ) -> list[ImageGeometry]:

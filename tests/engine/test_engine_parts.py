@@ -298,3 +298,29 @@ def test_training_refuses_parameters_stored_in_low_precision():
     loop._runner = types.SimpleNamespace(model=model)
     with pytest.raises(ValueError, match="low precision"):
         loop.run()
+
+
+def test_loop_refuses_a_reward_that_is_not_a_base_reward():
+    from coprs.engine.loops import ReasoningSegTrainLoop
+    from coprs.registry import REWARDS
+
+    class _NotAReward:
+        pass
+
+    REWARDS.register_module(module=_NotAReward, force=True)
+    runner = types.SimpleNamespace()
+    with pytest.raises(TypeError, match="train_cfg.reward built _NotAReward.*BaseReward"):
+        ReasoningSegTrainLoop(runner, dataloader=[], stages=[dict(kind="grpo", iters=1)],
+                              reward=dict(type="_NotAReward"))
+
+
+def test_loop_stopped_by_nonfinite_rewards_points_at_the_reward():
+    from coprs.engine.loops import ReasoningSegTrainLoop
+
+    loop = ReasoningSegTrainLoop.__new__(ReasoningSegTrainLoop)
+    loop.max_nonfinite_steps, loop._nonfinite_run, loop._iter = 1, 0, 0
+    loop._runner = types.SimpleNamespace(logger=types.SimpleNamespace(warning=lambda m: None))
+    loop._skip_reason = "reward for 4 of 4 rollouts (terms: area)"
+    with pytest.raises(FloatingPointError, match=r"terms: area\).*make the reward terms named "
+                                                 r"return finite values"):
+        loop._check_nonfinite({"nonfinite_step": 1.0})

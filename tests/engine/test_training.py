@@ -226,8 +226,8 @@ def test_a_nonfinite_reward_skips_the_step_names_the_term_and_training_goes_on(t
                                                                               small_run):
     _NaNOnceReward.calls = 0
     cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.train_cfg.reward = dict(type="WeightedSumReward",
-                                rewards=[dict(reward=dict(type="_NaNOnceReward"), weight=1.0)])
+    # a single reward, not a WeightedSumReward: it counts with weight 1 under its own name
+    cfg.train_cfg.reward = dict(type="_NaNOnceReward")
     cfg.custom_hooks.append(dict(type="_RecordOutputs", name="nan_reward"))
     cfg.dump(str(tmp_path / "cfg.py"))
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),

@@ -138,3 +138,49 @@ def test_answer_coef_adds_a_loss_that_trains_the_policy(tiny_segmentor):
     finally:
         model.rl = rl
         model.zero_grad(set_to_none=True)
+
+
+def test_backbone_keys_must_have_the_declared_shape(tiny_segmentor, monkeypatch, tmp_path):
+    import numpy as np
+
+    from coprs.backbones.feature_cache import FeatureCache
+
+    seg, img = tiny_segmentor, np.full((30, 40, 3), 7, np.uint8)
+    bb = seg.vision_backbone
+    c, g = bb.out_channels, bb.grid_size
+    monkeypatch.setattr(seg, "feature_cache", None)
+    monkeypatch.setattr(bb, "forward", lambda x: torch.zeros(len(x), c - 1, g, g))
+    with pytest.raises(ValueError, match=rf"{type(bb).__name__} declares out_channels={c} and "
+                                         rf"grid_size={g}.*\(coprs .*gave shape \(1, {c - 1}, "):
+        seg.encode_images([img])
+    monkeypatch.setattr(bb, "forward", lambda x: torch.zeros(len(x), c, g // 2, g // 2))
+    with pytest.raises(ValueError, match="gave shape"):  # a wrong grid is caught too
+        seg.encode_images([img])
+    # a stale cache entry (another backbone's features under the same key) is named as such
+    cache = FeatureCache(tmp_path, "stale")
+    cache.put(img, torch.zeros(c, g + 1, g + 1))
+    monkeypatch.setattr(seg, "feature_cache", cache)
+    with pytest.raises(ValueError, match=r"feature cache .*stale.*new cache_key"):
+        seg.encode_images([img])
+
+
+def test_backbone_without_the_declared_sizes_is_named_when_built():
+    register_all_modules()
+    from mmengine.config import Config
+
+    from coprs.backbones import SAMViTBackbone
+    from coprs.registry import VISION_BACKBONES
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    class _NoGrid(SAMViTBackbone):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            del self.grid_size
+
+    VISION_BACKBONES.register_module(module=_NoGrid, force=True)
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.vision_backbone.type = "_NoGrid"
+    cfg.model.pop("feature_cache")
+    with pytest.raises(TypeError, match="vision backbone _NoGrid does not set grid_size"):
+        MODELS.build(cfg.model)
