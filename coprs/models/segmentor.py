@@ -96,7 +96,11 @@ class ReasoningSegmentor(BaseModel):
             the sample's ``gold_answer``), which gets a random-initialised policy's ``e_conc``
             to carry the target early; ``answer_key`` ('gold_answer'), the sample field that
             loss names (the synthetic world's ``gold_answer_region`` adds where the target is,
-            for a prior with a position map).
+            for a prior with a position map); ``old_logprobs`` ('rollout'): the old policy's
+            log-probs in the PPO ratio, the rollout engine's ('rollout') or the actor forward's
+            own, detached ('actor', as verl recomputes them). One optimiser step per batch makes
+            the two equal in exact arithmetic; 'actor' keeps the ratio at exactly 1 when the
+            engine computes in other numerics (bf16 autocast in the actor, vLLM's kernels).
         data_preprocessor: mmengine data preprocessor config (identity by default).
         init_cfg: mmengine init config.
     """
@@ -109,11 +113,15 @@ class ReasoningSegmentor(BaseModel):
         self.seg_loss = MODELS.build(seg_loss if seg_loss is not None else
                                      dict(type="SegmentationLoss"))
         self.rl = dict(clip_eps=0.2, kl_coef=0.2, kl_kind="low_var_kl", agg="token-mean",
-                       entropy_coef=0.0, lm_coef=1.0, answer_coef=0.0, answer_key="gold_answer")
+                       entropy_coef=0.0, lm_coef=1.0, answer_coef=0.0, answer_key="gold_answer",
+                       old_logprobs="rollout")
         unknown = set(rl or {}) - set(self.rl)
         if unknown:
             raise ValueError(f"unknown model.rl keys {sorted(unknown)}; valid: {sorted(self.rl)}")
         self.rl.update(rl or {})
+        if self.rl["old_logprobs"] not in ("rollout", "actor"):
+            raise ValueError(f"model.rl.old_logprobs={self.rl['old_logprobs']!r}: use 'rollout' "
+                             "(the sampling log-probs) or 'actor' (the actor's own, detached)")
         self.policy = POLICIES.build(policy)
         if (self.rl["answer_coef"] > 0 and self.policy.special_token is not None
                 and not getattr(self.policy, "stop_at_special_token", True)):
@@ -366,11 +374,17 @@ class ReasoningSegmentor(BaseModel):
                 losses["loss_answer"] = self.rl["answer_coef"] * self.answer_loss(
                     policy_out.hidden, fwd.lm_head, samples)
             return losses
-        old = torch.zeros_like(logp)
-        for i, r in enumerate(rollouts):
-            if r.logprobs is None:
-                raise ValueError("GRPO rollouts need sampling log-probs (Rollout.logprobs)")
-            old[i, : len(r.logprobs)] = torch.tensor(r.logprobs, device=logp.device)
+        if self.rl["old_logprobs"] == "actor":
+            # one optimiser step per batch: the policy that sampled is the actor, so its own
+            # log-probs (detached) are the old ones, free of the rollout engine's numerics
+            # (bf16 kernels, vLLM); the ratio is exactly 1 and the gradient A * grad log p
+            old = logp.detach()
+        else:
+            old = torch.zeros_like(logp)
+            for i, r in enumerate(rollouts):
+                if r.logprobs is None:
+                    raise ValueError("GRPO rollouts need sampling log-probs (Rollout.logprobs)")
+                old[i, : len(r.logprobs)] = torch.tensor(r.logprobs, device=logp.device)
         adv = torch.cat([torch.as_tensor(s["advantages"], dtype=torch.float32)
                          for s in samples]).to(logp.device)
         pg, stats = policy_loss(logp, old, adv, mask, clip_eps=self.rl["clip_eps"],

@@ -195,3 +195,38 @@ def test_entropy_bonus_raises_the_entropy_and_splits_like_the_policy_loss(tiny_s
     after = stepped.train_step(dict(inputs=list(images), data_samples=[dict(s) for s in samples]),
                                OptimWrapper(torch.optim.SGD(params, lr=0.0)))
     assert float(after["pg/entropy"]) > float(logs["pg/entropy"])
+
+
+def test_actor_old_logprobs_ignore_the_engines_and_keep_the_ratio_at_one(tiny_segmentor, batch):
+    """``model.rl.old_logprobs='actor'``: the PPO ratio uses the actor's own log-probs, so the
+    sampling log-probs (another engine's numerics) do not enter the loss."""
+    images, samples = batch
+    grpo = _grpo_samples(tiny_segmentor, images, samples)
+    off = [dict(s, rollouts=[type(r)(text=r.text, token_ids=r.token_ids,
+                                     logprobs=[lp - 0.5 for lp in r.logprobs])
+                             for r in s["rollouts"]]) for s in grpo]
+    model = copy.deepcopy(tiny_segmentor).train()
+    losses = {}
+    for mode in ("rollout", "actor"):
+        model.rl["old_logprobs"] = mode
+        for name, ss in (("as_sampled", grpo), ("off", off)):
+            with torch.no_grad():
+                losses[mode, name] = model.loss(list(images), [dict(s) for s in ss])
+    # the rollout mode reads the sampling log-probs: off by 0.5, every ratio is 1.65 and the
+    # clipped branch is active wherever the advantage is positive
+    assert losses["rollout", "off"]["pg/clip_frac"] > 0.2
+    assert not torch.allclose(losses["rollout", "off"]["loss_pg"],
+                              losses["rollout", "as_sampled"]["loss_pg"])
+    # the actor mode does not: the same loss either way, with no clipping
+    torch.testing.assert_close(losses["actor", "off"]["loss_pg"],
+                               losses["actor", "as_sampled"]["loss_pg"])
+    assert losses["actor", "off"]["pg/clip_frac"] == 0
+    # on-policy, the two modes agree up to the engine's numerics
+    torch.testing.assert_close(losses["actor", "as_sampled"]["loss_pg"],
+                               losses["rollout", "as_sampled"]["loss_pg"], atol=1e-4, rtol=1e-4)
+    from coprs.registry import MODELS
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.rl["old_logprobs"] = "vllm"
+    with pytest.raises(ValueError, match="old_logprobs='vllm'"):
+        MODELS.build(cfg.model)

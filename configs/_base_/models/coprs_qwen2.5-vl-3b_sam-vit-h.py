@@ -35,4 +35,9 @@ model = dict(
     vision_backbone=dict(type='SAMViTBackbone', arch='vit_h', checkpoint=sam_checkpoint),
     prior=dict(type='HeatmapPrior', d_q=256, d_k=256, attn_dim=128, num_heads=8),
     decoder=dict(type='PriorDecoder', preset='sam', sam_checkpoint=sam_checkpoint),
+    # GRPO's old log-probs from the actor's own forward (detached), as verl recomputes them:
+    # the rollouts come from another numerics (vLLM's bf16 kernels, or fp32 HF rollouts against
+    # a bf16-autocast actor), and one optimiser step per batch makes the two equal in exact
+    # arithmetic
+    rl=dict(old_logprobs='actor'),
 )
