@@ -37,5 +37,7 @@ strategy = dict(
         optim_state_dict_config=dict(type='FullOptimStateDictConfig', offload_to_cpu=True,
                                      rank0_only=True)),
 )
-optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16')
+# bf16 has fp32's exponent range: no loss scaling (a scaler's state would not survive an FSDP
+# resume); non-finite gradients are then caught by coprs' own check, as in fp32
+optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', loss_scale=dict(enabled=False))
 env_cfg = dict(dist_cfg=dict(backend='nccl'))

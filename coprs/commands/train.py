@@ -50,6 +50,8 @@ def enable_amp(cfg) -> None:
                          f"optim_wrapper is {cfg.optim_wrapper.type}; set its dtype in the config")
     cfg.optim_wrapper.type = "AmpOptimWrapper"
     cfg.optim_wrapper.setdefault("dtype", "bfloat16")
+    if cfg.optim_wrapper.dtype == "bfloat16":  # bf16 has fp32's range: no scaler to keep
+        cfg.optim_wrapper.setdefault("loss_scale", dict(enabled=False))
 
 
 def start_from_export(cfg):

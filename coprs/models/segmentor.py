@@ -560,9 +560,10 @@ def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper, nonfinite:
 
     ``nonfinite`` flags an earlier micro-batch of the same step whose loss was not finite. In
     distributed runs every rank must agree, so each flag is all-reduced first (under FSDP each
-    rank holds a shard of the gradients). A wrapper with a loss scaler (``AmpOptimWrapper``)
-    keeps its own handling of non-finite gradients: the scaler skips the step and lowers its
-    scale.
+    rank holds a shard of the gradients). A wrapper with an enabled loss scaler (fp16
+    ``AmpOptimWrapper``) keeps its own handling of non-finite gradients: the scaler skips the
+    step and lowers its scale. A disabled one (bf16, ``loss_scale=dict(enabled=False)``) is
+    checked here like a plain wrapper.
     """
     import time
 
@@ -573,8 +574,9 @@ def apply_update(parsed: torch.Tensor, log_vars: dict, optim_wrapper, nonfinite:
     t0 = time.perf_counter()
     optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
     if optim_wrapper.should_update():  # the last count of gradient accumulation
-        if getattr(optim_wrapper, "loss_scaler", None) is None and on_any_rank(
-                not _grads_finite(optim_wrapper)):
+        scaler = getattr(optim_wrapper, "loss_scaler", None)
+        scaling = scaler is not None and scaler.is_enabled()
+        if not scaling and on_any_rank(not _grads_finite(optim_wrapper)):
             optim_wrapper.zero_grad()
             log_vars["nonfinite_step"] = 1.0
             return log_vars

@@ -100,6 +100,11 @@ def test_a_nonfinite_loss_or_gradient_skips_the_update():
     assert w.grad is None or not w.grad.any()
     out = apply_update((w ** 2).sum(), {}, wrapper)  # grad (0, 2), clipped to (0, 1)
     assert out["nonfinite_step"] == 0.0 and w.tolist() == pytest.approx([0.0, 0.5])
+    # a disabled loss scaler (bf16 AmpOptimWrapper, loss_scale=dict(enabled=False)) leaves the
+    # non-finite gradient check to coprs, as a plain wrapper does
+    wrapper.loss_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    out = apply_update(torch.sqrt(w).sum(), {}, wrapper)  # finite loss, infinite gradient
+    assert out["nonfinite_step"] == 1.0 and w.tolist() == pytest.approx([0.0, 0.5])
 
 
 def test_loop_names_what_was_not_finite_and_fails_after_too_many():

@@ -260,11 +260,13 @@ def test_amp_switches_the_optimiser_wrapper_to_bf16_autocast(capsys):
     enable_amp(cfg)
     after = cfg.optim_wrapper.to_dict()
     assert after.pop("type") == "AmpOptimWrapper" and after.pop("dtype") == "bfloat16"
+    assert after.pop("loss_scale") == {"enabled": False}  # bf16 needs no loss scaling
     before.pop("type", None)
     assert after == before  # optimiser, clipping and parameter groups as configured
+    cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.optim_wrapper.dtype = "float16"
-    enable_amp(cfg)  # an explicit dtype is kept
-    assert cfg.optim_wrapper.dtype == "float16"
+    enable_amp(cfg)  # an explicit dtype is kept, and float16 keeps mmengine's dynamic scaler
+    assert cfg.optim_wrapper.dtype == "float16" and "loss_scale" not in cfg.optim_wrapper
     cfg.optim_wrapper.type = "MyWrapper"
     with pytest.raises(UsageError, match="optim_wrapper is MyWrapper"):
         enable_amp(cfg)
