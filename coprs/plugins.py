@@ -15,10 +15,12 @@ module) implements some of the hooks of :class:`CoprsHookSpecs` with :data:`hook
 Loading happens once, on the first registry lookup (``Registry.get`` / ``build``) or
 :func:`coprs.utils.register_all_modules`, after the built-ins of the registry a plugin registers
 into. ``COPRS_DISABLE_PLUGINS=1`` loads none; ``COPRS_PLUGINS=a,b`` loads only the plugins named
-(entry-point names). A plugin that fails to import or raises in a hook is reported as a
-:class:`PluginWarning` naming it and its error, and is left out; the core and every other plugin
-keep working. A plugin that registers a name that already exists raises
-:class:`PluginConflictError` naming both origins: nothing is silently replaced.
+(entry-point or distribution names), ``COPRS_PLUGINS=-c`` loads all but ``c``. A plugin that
+fails to import, raises in a hook, has a hook coprs does not know (or with a wrong signature),
+implements no hook, registers a class that does not derive from its kind's base class, or
+registers a name that already exists (status ``conflict``, both origins named: nothing is
+replaced) is reported as a :class:`PluginWarning` naming it and why, and is left out with
+everything it registered; the core and every other plugin keep working.
 
 See docs/plugins.md for a worked example.
 """
@@ -26,8 +28,11 @@ See docs/plugins.md for a worked example.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
 import importlib.metadata
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +50,7 @@ __all__ = [
     "hookspec", "hookimpl", "CoprsHookSpecs", "PluginInfo", "PluginWarning", "seen_plugins",
     "PluginConflictError", "ENTRY_POINT_GROUP", "load_plugins", "unload_plugins", "plugins",
     "origin_of", "config_dirs", "resolve_config", "plugins_disabled", "LocalPlugin",
-    "isolated_plugins",
+    "isolated_plugins", "not_loaded",
 ]
 
 ENTRY_POINT_GROUP = "coprs"
@@ -55,18 +60,32 @@ hookimpl = pluggy.HookimplMarker("coprs")
 #: the hooks that register into one component registry each: hook name → ALL_REGISTRIES key
 REGISTER_HOOKS = {f"register_{kind}": kind for kind in COMPONENT_REGISTRIES}
 
+#: the base class (``module``, ``name``) every class registered into a component kind derives
+#: from; the registries coprs inherits from mmengine (optimizers, hooks, …) are not checked
+BASE_CLASSES = {
+    "policies": ("coprs.policies", "BasePolicy"),
+    "vision_backbones": ("coprs.backbones", "BaseVisionBackbone"),
+    "priors": ("coprs.priors", "BasePrior"),
+    "decoders": ("coprs.decoders", "BaseDecoder"),
+    "rewards": ("coprs.rewards", "BaseReward"),
+    "rollout_engines": ("coprs.rollout", "BaseRolloutEngine"),
+    "cot_judges": ("coprs.evaluation.consistency", "BaseCoTJudge"),
+}
+
 
 class CoprsHookSpecs:
     """The hooks a coprs plugin can implement (each one is optional).
 
     Every ``register_<kind>`` hook receives a ``register(cls, name=None)`` callable that adds
     ``cls`` to that registry under ``name`` (default: the class name) and records the plugin as
-    its origin (``coprs list`` shows it).
+    its origin (``coprs list`` shows it); ``cls`` must derive from the kind's base class
+    (:data:`BASE_CLASSES`).
     """
 
     @hookspec
     def register_policies(self, register: Callable) -> None:
-        """Register policies (multimodal LLMs) into ``POLICIES``."""
+        """Register policies (multimodal LLMs) into ``POLICIES`` (contract:
+        :class:`coprs.policies.BasePolicy`)."""
 
     @hookspec
     def register_vision_backbones(self, register: Callable) -> None:
@@ -75,11 +94,12 @@ class CoprsHookSpecs:
 
     @hookspec
     def register_priors(self, register: Callable) -> None:
-        """Register prior interfaces into ``PRIORS``."""
+        """Register prior interfaces into ``PRIORS`` (contract: :class:`coprs.priors.BasePrior`)."""
 
     @hookspec
     def register_decoders(self, register: Callable) -> None:
-        """Register mask decoders into ``DECODERS``."""
+        """Register mask decoders into ``DECODERS`` (contract:
+        :class:`coprs.decoders.BaseDecoder`)."""
 
     @hookspec
     def register_rewards(self, register: Callable) -> None:
@@ -87,7 +107,8 @@ class CoprsHookSpecs:
 
     @hookspec
     def register_rollout_engines(self, register: Callable) -> None:
-        """Register rollout engines into ``ROLLOUT_ENGINES``."""
+        """Register rollout engines into ``ROLLOUT_ENGINES`` (contract:
+        :class:`coprs.rollout.BaseRolloutEngine`)."""
 
     @hookspec
     def register_cot_judges(self, register: Callable) -> None:
@@ -111,7 +132,12 @@ class PluginWarning(UserWarning):
 
 
 class PluginConflictError(ValueError):
-    """A plugin registered a name that a built-in or another plugin already has."""
+    """A plugin registered a name that a built-in or another plugin already has (the plugin is
+    then left out with status 'conflict')."""
+
+
+class _Refused(Exception):
+    """A plugin that coprs does not load; the message says why, in one line."""
 
 
 @dataclass
@@ -121,8 +147,9 @@ class PluginInfo:
     Attributes:
         name: the entry-point name (used in ``PLUGIN::path`` config references).
         dist: the distribution that declares it (``pip install`` name), version included.
-        status: 'loaded', 'failed', 'disabled' or 'skipped' (not in ``COPRS_PLUGINS``).
-        error: why it failed, for 'failed'.
+        status: 'loaded', 'failed', 'conflict' (it registers a name that exists already),
+            'disabled' (``COPRS_DISABLE_PLUGINS``) or 'skipped' (left out by ``COPRS_PLUGINS``).
+        error: why it is not loaded, for every status but 'loaded'.
         components: ``(kind, name)`` of everything it registered.
         config_dirs: the config directories it contributes.
     """
@@ -153,7 +180,6 @@ class _State:
         self.done = False  # loading finished
         self.plugins: list[PluginInfo] = []
         self.origins: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) → plugin
-        self.error: PluginConflictError | None = None
         self.pm: pluggy.PluginManager | None = None
         self.pending: list[str] = []  # warnings to give once loading is done
 
@@ -209,9 +235,18 @@ def isolated_plugins(entry_points: Iterable[Any] = ()) -> Iterator[None]:
             _STATE.override = None
 
 
-def _env_list(name: str) -> list[str] | None:
-    value = os.environ.get(name, "").strip()
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _norm(name: str) -> str:
+    """Distribution-style normalisation: ``Coprs_Timm`` and ``coprs-timm`` are one name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _selection() -> tuple[set[str] | None, set[str]]:
+    """``COPRS_PLUGINS`` as (names to load, None: all; names to leave out), normalised. Items are
+    separated by commas and/or spaces; ``-name`` leaves a plugin out."""
+    items = [v for v in re.split(r"[,\s]+", os.environ.get("COPRS_PLUGINS", "")) if v]
+    allowed = {_norm(v) for v in items if not v.startswith("-")}
+    denied = {_norm(v[1:]) for v in items if v.startswith("-") and v[1:]}
+    return (allowed or None), denied
 
 
 def plugins_disabled() -> bool:
@@ -232,10 +267,25 @@ def origin_of(kind: str, name: str) -> str:
     return f"module {module}" if module else "unknown"
 
 
+def _path(obj: Any, name: str) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)}"
+
+
 def _describe(kind: str, name: str) -> str:
-    obj = ALL_REGISTRIES[kind].module_dict.get(name)
-    where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)}"
-    return f"{origin_of(kind, name)} ({where})"
+    return f"{origin_of(kind, name)} ({_path(ALL_REGISTRIES[kind].module_dict.get(name), name)})"
+
+
+def _check_base(kind: str, cls: Any, name: str) -> None:
+    """Refuse ``cls`` unless it is a class deriving from ``kind``'s base class."""
+    if kind not in BASE_CLASSES:
+        return
+    module, attr = BASE_CLASSES[kind]
+    base = getattr(importlib.import_module(module), attr)
+    if isinstance(cls, type) and issubclass(cls, base):
+        return
+    what = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}, not a class"
+    raise _Refused(f"it registers {name!r} ({_path(cls, name)}, {what}) into {kind}, but "
+                   f"everything registered there must be a class deriving from {module}.{attr}")
 
 
 def _registrar(info: PluginInfo, kind: str | None) -> Callable:
@@ -250,6 +300,7 @@ def _registrar(info: PluginInfo, kind: str | None) -> Callable:
         name = name or getattr(cls, "__name__", None)
         if not name:
             raise TypeError(f"register({cls!r}) needs name=...")
+        _check_base(kind, cls, name)
         parent = registry.parent  # mmengine's registries, which coprs's inherit from
         while parent is not None:
             parent.import_from_location()
@@ -260,17 +311,17 @@ def _registrar(info: PluginInfo, kind: str | None) -> Callable:
                     f"{registry.name}' registry, which would hide {obj.__module__}."
                     f"{getattr(obj, '__qualname__', name)} that coprs gets from the "
                     f"'{parent.scope}::{parent.name}' registry. A plugin cannot replace a "
-                    "component: rename it (register(cls, name=...)) or uninstall the plugin; "
-                    "COPRS_DISABLE_PLUGINS=1 runs coprs without plugins.")
+                    f"component: rename it (register(cls, name=...)), or leave this plugin out "
+                    f"with COPRS_PLUGINS=-{info.name} (or uninstall {info.dist}).")
             parent = parent.parent
         if name in registry.module_dict:
             raise PluginConflictError(
                 f"plugin {info.label} registers {name!r} ({cls.__module__}."
                 f"{getattr(cls, '__qualname__', name)}) in the '{registry.scope}::"
                 f"{registry.name}' registry, which {_describe(kind, name)} already registered. "
-                "A plugin cannot replace a component: rename it (register(cls, name=...)) or "
-                "uninstall one of the two packages; COPRS_DISABLE_PLUGINS=1 runs coprs without "
-                "plugins.")
+                "A plugin cannot replace a component: rename it (register(cls, name=...)), or "
+                f"leave this plugin out with COPRS_PLUGINS=-{info.name} (or uninstall one of "
+                "the two packages).")
         registry.register_module(name=name, module=cls)
         _STATE.origins[(kind, name)] = info
         info.components.append((kind, name))
@@ -293,16 +344,67 @@ def _rollback(info: PluginInfo) -> None:
     info.config_dirs.clear()
 
 
-def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # pluggy's and others' multi-line messages
+    return text if isinstance(exc, _Refused | PluginConflictError) else (
+        f"{type(exc).__name__}: {text}")
+
+
+def _fail(info: PluginInfo, what: str, exc: BaseException, status: str = "failed") -> None:
+    """Leave ``info`` out (``what`` says what it did, '' if the error says it all) and queue the
+    one-line warning."""
     _rollback(info)
-    info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+    info.status, info.error = status, _one_line(exc)
     if _STATE.pm is not None and _STATE.pm.has_plugin(info.name):
         _STATE.pm.unregister(name=info.name)
+    error = info.error if info.error.endswith((".", "?")) else info.error + "."
+    if status == "conflict":  # the error names the plugin and the fix already
+        message = f"{error} It is not loaded; coprs and the other plugins work without it."
+    else:
+        message = (f"coprs plugin {info.label}{f' {what} and' if what else ''} is not loaded: "
+                   f"{error} coprs and the other plugins work without it "
+                   f"(COPRS_PLUGINS=-{info.name} leaves it out).")
     # warned once every plugin is loaded (load_plugins), so that warnings turned into errors
     # (python -W error, pytest's filterwarnings) cannot stop the plugins after this one
-    _STATE.pending.append(f"coprs plugin {info.label} {what} and is not loaded: {info.error}. "
-                          "coprs and the other plugins work without it "
-                          "(COPRS_DISABLE_PLUGINS=1 loads no plugin).")
+    _STATE.pending.append(message)
+
+
+def _signature(name: str, argnames: Iterable[str]) -> str:
+    return f"{name}({', '.join(argnames)})"
+
+
+def _check_hooks(pm: pluggy.PluginManager, obj: Any) -> None:
+    """Refuse a plugin with an unknown hook, a hook with an argument its spec lacks, or no hook
+    at all, in one line each (pluggy's own messages span several lines)."""
+    specs = {n: getattr(pm.hook, n).spec.argnames
+             for n in dir(CoprsHookSpecs) if not n.startswith("_")}
+    hooks = {n: opts for n in dir(obj) if (opts := pm.parse_hookimpl_opts(obj, n)) is not None}
+    for name, opts in hooks.items():
+        args = pluggy.HookImpl(obj, "", getattr(obj, name), opts).argnames
+        if name not in specs and not opts.get("optionalhook"):
+            close = difflib.get_close_matches(name, specs, n=1)
+            hint = (f"did you mean {_signature(close[0], specs[close[0]])}?" if close else
+                    "the hooks are " + ", ".join(_signature(n, a) for n, a in specs.items()))
+            raise _Refused(f"{_signature(name, args)} is not a coprs hook; {hint}")
+        extra = [a for a in args if a not in specs.get(name, args)]
+        if extra:
+            raise _Refused(f"its hook {_signature(name, args)} takes {', '.join(map(repr, extra))}, "
+                           f"which the hook does not give; the signature is "
+                           f"{_signature(name, specs[name])}")
+    if hooks:
+        return
+    unmarked = [n for n in dir(obj) if (n.startswith("register_") or n == "config_dirs")
+                and callable(getattr(obj, n, None))]
+    if unmarked:
+        cause = (f"{', '.join(unmarked)} is not marked @hookimpl (from coprs.plugins import "
+                 "hookimpl)")
+    elif hasattr(obj, "__path__"):
+        cause = (f"the entry point names the package {obj.__name__}, whose __init__ holds no "
+                 f"hook; point it at the module that does, such as {obj.__name__}.plugin, and "
+                 "re-run pip install -e")
+    else:
+        cause = "no function of it is marked @hookimpl (from coprs.plugins import hookimpl)"
+    raise _Refused(f"it implements no coprs hook, so it would register nothing: {cause}")
 
 
 def _call_hooks(pm: pluggy.PluginManager, info: PluginInfo) -> None:
@@ -329,21 +431,41 @@ def _dist_of(ep) -> tuple[str, str]:
     return dist.name, dist.version
 
 
+def _unknown_names(unknown: list[str], eps: list) -> list[str]:
+    """Warnings for ``COPRS_PLUGINS`` names that are no plugin; an installed distribution without
+    an entry point in the ``coprs`` group (a misspelt group) is said to be one."""
+    plain, messages = [], []
+    for name in unknown:
+        try:
+            dist = importlib.metadata.distribution(name)
+            groups = sorted({ep.group for ep in dist.entry_points})
+        except Exception:  # noqa: BLE001 - not installed (or unreadable): a plain typo
+            dist = None
+        if dist is None or ENTRY_POINT_GROUP in groups:
+            plain.append(name)
+            continue
+        messages.append(
+            f"COPRS_PLUGINS names {name}: that distribution is installed ({dist.version}) but "
+            f"declares no entry point in the group '{ENTRY_POINT_GROUP}' "
+            f"({'its groups: ' + ', '.join(groups) if groups else 'it declares none'}), so it is "
+            "no coprs plugin; declare it under [project.entry-points.coprs] and re-run "
+            "pip install -e")
+    if plain:
+        messages.insert(0, f"COPRS_PLUGINS names {', '.join(plain)}, which no installed plugin "
+                           f"is; installed: {', '.join(sorted(ep.name for ep in eps)) or 'none'}")
+    return messages
+
+
 def load_plugins() -> list[PluginInfo]:
     """Load the ``coprs`` entry points once (later calls return the same list).
 
     Returns:
-        list[PluginInfo]: every entry point seen, with its status.
-
-    Raises:
-        PluginConflictError: a plugin registered a name that exists already (raised again on
-            every call until the conflict is resolved and the process restarted).
+        list[PluginInfo]: every entry point seen, with its status (a plugin that conflicts with
+        a name registered already has status 'conflict' and is warned about, not raised).
     """
-    if _STATE.done and _STATE.error is None:  # every registry lookup comes here: be quick
+    if _STATE.done:  # every registry lookup comes here: be quick
         return _STATE.plugins
     with _STATE.lock:
-        if _STATE.error is not None:
-            raise _STATE.error
         if _STATE.started:  # loaded, or loading further up this thread's stack
             return _STATE.plugins
         _STATE.started = True
@@ -351,28 +473,32 @@ def load_plugins() -> list[PluginInfo]:
             pm = pluggy.PluginManager("coprs")
             pm.add_hookspecs(CoprsHookSpecs)
             _STATE.pm = pm
-            if plugins_disabled():
-                return _STATE.plugins
-            allowed = _env_list("COPRS_PLUGINS")
             try:
                 eps = list(_entry_points())
             except Exception as exc:  # noqa: BLE001 - broken metadata must not break coprs
-                warnings.warn(f"coprs could not list its plugins: {exc}", PluginWarning,
-                              stacklevel=2)
+                if not plugins_disabled():
+                    warnings.warn(f"coprs could not list its plugins: {exc}", PluginWarning,
+                                  stacklevel=2)
                 return _STATE.plugins
-            if allowed is not None:
-                names = {n for ep in eps for n in (ep.name, _dist_of(ep)[0])}
-                unknown = sorted(set(allowed) - names)
-                if unknown:
-                    _STATE.pending.append(
-                        f"COPRS_PLUGINS names {', '.join(unknown)}, which no installed plugin "
-                        f"is; installed: {', '.join(sorted(ep.name for ep in eps)) or 'none'}")
+            if plugins_disabled():  # listed (coprs list plugins), never imported
+                _STATE.plugins.extend(
+                    PluginInfo(ep.name, *_dist_of(ep), status="disabled",
+                               error="COPRS_DISABLE_PLUGINS is set") for ep in eps)
+                return _STATE.plugins
+            allowed, denied = _selection()
+            names = {_norm(n) for ep in eps for n in (ep.name, _dist_of(ep)[0])}
+            unknown = sorted(((allowed or set()) | denied) - names)
+            _STATE.pending.extend(_unknown_names(unknown, eps))
             for ep in eps:
                 dist, version = _dist_of(ep)
                 info = PluginInfo(name=ep.name, dist=dist, version=version)
                 _STATE.plugins.append(info)
-                if allowed is not None and ep.name not in allowed and dist not in allowed:
-                    info.status = "skipped"
+                own = {_norm(ep.name), _norm(dist)}
+                if own & denied:
+                    info.status, info.error = "skipped", "excluded by COPRS_PLUGINS"
+                    continue
+                if allowed is not None and not own & allowed:
+                    info.status, info.error = "skipped", "not named in COPRS_PLUGINS"
                     continue
                 try:
                     obj = ep.load()
@@ -380,14 +506,14 @@ def load_plugins() -> list[PluginInfo]:
                     _fail(info, "failed to import", exc)
                     continue
                 try:
+                    _check_hooks(pm, obj)
                     pm.register(obj, name=ep.name)
                     pm.check_pending()  # a hook name that is no hook of coprs
                     _call_hooks(pm, info)
-                except PluginConflictError as exc:
-                    _rollback(info)
-                    info.status, info.error = "failed", str(exc)
-                    _STATE.error = exc
-                    raise
+                except PluginConflictError as exc:  # left out: the other plugins still load
+                    _fail(info, "", exc, "conflict")
+                except _Refused as exc:
+                    _fail(info, "", exc)
                 except Exception as exc:  # noqa: BLE001 - report, keep going
                     _fail(info, "raised while registering", exc)
             return _STATE.plugins
@@ -411,9 +537,27 @@ def unload_plugins() -> None:
 
 
 def seen_plugins() -> list[PluginInfo]:
-    """The entry points the last load saw, with their status, without loading again or raising
-    a conflict again (for reports such as ``coprs collect-env``)."""
+    """The entry points the last load saw, with their status, without loading again (for
+    reports such as ``coprs collect-env``)."""
     return list(_STATE.plugins)
+
+
+def not_loaded() -> list[str]:
+    """``'coprs-areaprior 0.2.0 is installed but not loaded: excluded by COPRS_PLUGINS'`` for
+    every plugin of the last load that is not loaded (for errors about a missing component);
+    entry points of one distribution with one reason make one line, and a reason its first
+    sentence (``coprs list plugins`` has it whole)."""
+    groups: dict[tuple[str, str, str], list[PluginInfo]] = {}
+    for p in _STATE.plugins:
+        if p.status != "loaded":
+            reason = (p.error or p.status).split(". ")[0].rstrip(".")
+            groups.setdefault((p.dist, p.version, reason), []).append(p)
+    lines = []
+    for (dist, version, reason), ps in groups.items():
+        who = ps[0].label if len(ps) == 1 else (
+            f"{dist} {version} (entry points {', '.join(p.name for p in ps)})")
+        lines.append(f"{who} is installed but not loaded: {reason}")
+    return lines
 
 
 def plugins() -> list[PluginInfo]:
@@ -436,6 +580,12 @@ def resolve_config(spec: str) -> Path:
     name, _, rel = spec.partition("::")
     dirs = config_dirs()
     if name not in dirs:
+        missing = [p for p in _STATE.plugins if p.status != "loaded"
+                   and _norm(name) in (_norm(p.name), _norm(p.dist))]
+        if missing:
+            raise FileNotFoundError(f"config '{spec}': plugin {missing[0].label} is installed "
+                                    f"but not loaded: {missing[0].error or missing[0].status} "
+                                    "(`coprs list plugins`)")
         known = ", ".join(sorted(dirs)) or "none"
         raise FileNotFoundError(f"config '{spec}': no loaded plugin named {name!r} ships configs "
                                 f"(plugins with configs: {known}; `coprs list configs`)")

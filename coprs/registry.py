@@ -61,12 +61,16 @@ class Registry(_MMRegistry):
     def build(self, cfg, *args, **kwargs):
         obj_type = cfg.get("type") if isinstance(cfg, dict) else None
         if isinstance(obj_type, str) and self.get(obj_type) is None:
+            from .plugins import not_loaded
+
             self.import_from_location()
             names = sorted(self.module_dict)
+            idle = "; ".join(not_loaded())  # 'DIST VERSION is installed but not loaded: why'
             raise KeyError(
                 f"'{obj_type}' is not registered in the '{self.scope}::{self.name}' registry. "
                 f"Registered names: {', '.join(names) if names else '(none)'}. Check `type` in "
                 "your config, or install the plugin that provides it (`coprs list` shows all)."
+                + (f" {idle}." if idle else "")
             )
         return super().build(cfg, *args, **kwargs)
 

@@ -43,11 +43,10 @@ def collect() -> dict:
     env["coprs"] = __version__
     for dist in PACKAGES:
         env[dist] = _version(dist)
-    try:
-        infos = plugins.load_plugins()
-    except plugins.PluginConflictError as exc:  # the report is most needed then: give it whole
-        infos = plugins.seen_plugins()
-        env["coprs plugin conflict"] = str(exc)
+    infos = plugins.load_plugins()
+    for p in infos:  # a conflicting plugin is left out: the report says why
+        if p.status == "conflict":
+            env[f"coprs plugin conflict ({p.name})"] = p.error
     env["coprs plugins"] = ", ".join(f"{p.dist} {p.version} ({p.status})" for p in infos) or "-"
     if plugins.plugins_disabled():
         env["coprs plugins"] += " [COPRS_DISABLE_PLUGINS is set]"
