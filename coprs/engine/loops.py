@@ -175,6 +175,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     #: why this iteration's update is skipped (non-finite rewards), None when it is not
     _skip_reason: str | None = None
+    #: whether the rollout engine's setup() ran (before the first rollout)
+    _engine_ready: bool = False
 
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
@@ -325,6 +327,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         instructions = [s["instruction"] for s in samples]
         pil = [Image.fromarray(im) for im in images]
 
+        if not self._engine_ready:  # once, outside any gather: an engine may allocate here
+            self.rollout_engine.setup(model.policy)
+            self._engine_ready = True
         # Outside the training forward, FSDP-sharded weights are gathered (full_params). The
         # reference copy reads them directly, so it is made in a block of its own before any
         # FSDP unit runs a forward (a unit's forward reshards it, also inside the block).

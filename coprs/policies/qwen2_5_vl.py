@@ -124,6 +124,25 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * finite).sum(-1)
 
 
+def merged_lora_weight(layer, weight: torch.Tensor, name: str) -> torch.Tensor:
+    """``weight`` plus the deltas of peft LoRA ``layer``'s active adapters (as peft's ``merge``
+    computes them) as a new tensor, or ``weight`` itself when the adapters are merged already
+    or disabled. ``name`` (the layer's) is for the error on LoRA variants it does not merge."""
+    if layer.merged or layer.disable_adapters:
+        return weight
+    merged = weight
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A and adapter not in getattr(layer, "lora_embedding_A", {}):
+            continue
+        if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(
+                adapter):
+            raise NotImplementedError(
+                f"coprs merges plain LoRA adapters only; {name} uses a LoRA variant (e.g. DoRA) "
+                "or lora_bias")
+        merged = merged + layer.get_delta_weight(adapter)
+    return merged.to(weight.dtype)
+
+
 #: what a checkpoint's generation_config.json may keep: the token ids, not how to decode
 _GENERATION_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
 #: generation-config keys that do not change which tokens are decoded (not worth a log line)
@@ -339,25 +358,25 @@ class Qwen25VLPolicy(BasePolicy):
                 m.enable_adapters(True)
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy's weights with LoRA adapters merged in, under plain transformers names."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        """The policy's weights with LoRA adapters merged in, under plain transformers names.
 
+        The merged weights are new tensors (:func:`merged_lora_weight`): the policy's own
+        weights are not touched (peft's ``merge`` then ``unmerge`` would leave them changed by
+        rounding)."""
         if not self.uses_adapters:
             return dict(self.model.state_dict())
-        for m in self.model.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.merge()
-        try:
-            state = {}
-            for k, v in self.model.state_dict().items():
-                if "lora_" in k:
-                    continue
-                state[k.replace(".base_layer.", ".")] = v.clone()
-            return state
-        finally:
-            for m in self.model.modules():
-                if isinstance(m, BaseTunerLayer):
-                    m.unmerge()
+        from peft.tuners.lora import LoraLayer
+
+        layers = {n: m for n, m in self.model.named_modules() if isinstance(m, LoraLayer)}
+        state = {}
+        for k, v in self.model.state_dict().items():
+            if "lora_" in k:
+                continue
+            prefix, sep, leaf = k.rpartition(".base_layer.")
+            if sep and leaf == "weight" and prefix in layers:
+                v = merged_lora_weight(layers[prefix], v, prefix)
+            state[k.replace(".base_layer.", ".")] = v.clone()
+        return state
 
     # ------------------------------------------------------------------ setup
     def _add_special_tokens(self) -> None:

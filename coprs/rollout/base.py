@@ -28,6 +28,16 @@ class BaseRolloutEngine(metaclass=ABCMeta):
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
 
+    def setup(self, policy) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Prepare the engine for ``policy`` (default: nothing to prepare).
+
+        The training loop calls it once, before the first rollout and outside any FSDP gather
+        (the policy's sharded weights are not gathered then), on every rank at the same time, so
+        an engine can allocate what it needs (e.g. a vLLM engine and its GPU memory) while
+        memory is at its lowest and run collectives. :meth:`generate` must still work when
+        ``setup`` was not called.
+        """
+
     @abstractmethod
     def generate(self, policy, images: list[Image.Image], instructions: list[str],
                  num_samples: int) -> list[list[Rollout]]:

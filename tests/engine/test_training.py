@@ -45,8 +45,16 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, train):
+def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, train,
+                                                           monkeypatch):
+    from coprs.rollout import HFRolloutEngine
+
+    calls, generate = [], HFRolloutEngine.generate
+    monkeypatch.setattr(HFRolloutEngine, "setup", lambda self, policy: calls.append("setup"))
+    monkeypatch.setattr(HFRolloutEngine, "generate",
+                        lambda self, *a: calls.append("generate") or generate(self, *a))
     assert train(tmp_path / "w") == 0
+    assert calls == ["setup", "generate", "generate"]  # the engine is set up once, first
     ckpt = tmp_path / "w" / "iter_4.pth"
     full = torch.load(ckpt, map_location="cpu", weights_only=True)  # no unsafe globals
     assert {"state_dict", "optimizer", "message_hub", "rng", "meta"} <= set(full)

@@ -116,3 +116,22 @@ def test_lora_adapters_train_in_float32_over_a_bfloat16_base(tiny_qwen_dir):
     logp.sum().backward()
     grads = [p.grad for n, p in policy.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_merged_state_dict_leaves_the_policys_weights_untouched(tiny_qwen_dir):
+    from coprs.policies import Qwen25VLPolicy
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
+                            lora=dict(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    merged = policy.merged_state_dict()
+    after = policy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit for bit
+    name = next(k for k in merged if k.endswith("q_proj.weight"))
+    base = before[name.replace("q_proj.weight", "q_proj.base_layer.weight")]
+    assert not torch.equal(merged[name], base)  # the adapters are in the merged weight
+    assert not any("lora_" in k or ".base_layer." in k for k in merged)
