@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from types import SimpleNamespace
 
 import torch
@@ -204,6 +205,14 @@ def _group_attention_installed(cache):
             del fns["sdpa"]
 
 
+def cache_keyword(module) -> str:
+    """The name under which ``module.forward`` takes the key/value cache: ``cache`` from
+    transformers 5.24, ``past_key_values`` before (vLLM 0.33 pins transformers < 5.21). An
+    unknown keyword would vanish into ``**kwargs`` and every step would run without context."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _sampling_parts(model, input_ids: torch.Tensor, gen_kwargs: dict):
     """transformers' generation config (model defaults merged with ``gen_kwargs``) and the
     logits processors ``generate`` would build from it, so the lean loop samples from exactly
@@ -257,10 +266,11 @@ def sample_with_cache(model, prefill: dict, gen_kwargs: dict, capture_id: int | 
     hidden: list[torch.Tensor | None] = [None] * n
     pending = torch.zeros(n, dtype=torch.bool, device=device)  # special token sampled, not fed
     lm = model.model
+    cache_kw = cache_keyword(lm)
     with _group_attention_installed(cache):
         for _ in range(max_new):
-            out = lm(input_ids=cur, attention_mask=mask, position_ids=pos[None], cache=cache,
-                     use_cache=True)
+            out = lm(input_ids=cur, attention_mask=mask, position_ids=pos[None],
+                     **{cache_kw: cache}, use_cache=True)
             if pending.any():
                 _take(hidden, pending, out.last_hidden_state[:, -1])
             logits = model.lm_head(out.last_hidden_state)[:, -1].to(dtype=torch.float32)
@@ -283,7 +293,7 @@ def sample_with_cache(model, prefill: dict, gen_kwargs: dict, capture_id: int | 
             full = None if mask is None else torch.cat(
                 [prefill["attention_mask"], mask.new_ones(n, done)], dim=-1)
             out = lm(input_ids=seqs[:, -1:], attention_mask=full, position_ids=last_pos[None],
-                     cache=cache, use_cache=True)
+                     **{cache_kw: cache}, use_cache=True)
             _take(hidden, pending, out.last_hidden_state[:, -1])
     return SimpleNamespace(sequences=seqs, scores=tuple(scores)), hidden
 

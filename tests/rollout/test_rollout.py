@@ -146,3 +146,20 @@ def test_vllm_seeded_requests_follow_torch_stream(tiny_policy, monkeypatch):
         p["seed"] for p in first]  # the stream moved on
     plain = VLLMRolloutEngine(max_new_tokens=5).request_params(3, 8, tiny_policy)
     assert isinstance(plain, dict) and plain["seed"] is None
+
+
+def test_cache_keyword_follows_the_forward_signature(tiny_policy):
+    """transformers 5.24 takes the key/value cache as ``cache``; the 5.20 that vLLM 0.33 pins
+    as ``past_key_values``, and swallows an unknown ``cache=`` into ``**kwargs``."""
+    from coprs.rollout.hf import cache_keyword
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+            return input_ids
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+            return input_ids
+
+    assert cache_keyword(Old()) == "past_key_values" and cache_keyword(New()) == "cache"
+    assert cache_keyword(tiny_policy.model.model) in ("cache", "past_key_values")
