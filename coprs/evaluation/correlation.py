@@ -228,16 +228,21 @@ class OLSFit:
         xs = np.asarray(xs, dtype=np.float64)
         return self.t * self.s * np.sqrt(1.0 / self.n + (xs - self.x_mean) ** 2 / self.sxx)
 
-    def band(self, xs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    def band(self, xs: ArrayLike, eta: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Confidence band of the mean response (not a prediction band for new samples).
 
         Args:
             xs (ArrayLike): shape M, where to evaluate the band.
+            eta (float | None): None: the ``level`` confidence band (``t`` standard errors);
+                a number: ``eta`` standard errors of the mean response instead (the paper's
+                Figures 3-4 draw ``ŷ ± 10·s.e.`` "for visual clarity").
 
         Returns:
             tuple[np.ndarray, np.ndarray]: ``(lower, upper)``, each shape M.
         """
         mid, half = self.predict(xs), self.half_width(xs)
+        if eta is not None:
+            half = half / self.t * float(eta)
         return mid - half, mid + half
 
 
@@ -285,6 +290,7 @@ def plot_correlation(
     level: float = 0.95,
     span: tuple[float, float] | None = None,
     points: str = "samples",
+    eta: float | None = None,
 ) -> OLSFit:
     """Scatter plot with the OLS line, its shaded mean-confidence band and R in the legend.
 
@@ -302,16 +308,20 @@ def plot_correlation(
         span (tuple[float, float] | None): x range of the line and band; None: [0, 1] when every
             x lies in it (IoU-like data), else the data's range.
         points (str): what a point is, for the legend ("samples (n = 200)").
+        eta (float | None): draw ``ŷ ± eta·s.e.`` instead of the ``level`` confidence band (the
+            paper's figures use 10).
 
     Returns:
         OLSFit: the fit that was drawn.
 
     Raises:
-        ValueError: as :func:`ols_fit`.
+        ValueError: as :func:`ols_fit`, or a ``eta`` that is not a positive number.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if eta is not None and not (isinstance(eta, int | float) and eta > 0):
+        raise ValueError(f"eta must be a positive number of standard errors, got {eta!r}")
     fit = ols_fit(x, y, level)
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -321,16 +331,15 @@ def plot_correlation(
     elif 0.0 <= lo and hi <= 1.0:  # IoU-like data: show the whole unit interval
         lo, hi = 0.0, 1.0
     xs = np.linspace(lo, hi, 200)
-    lower, upper = fit.band(xs)
+    lower, upper = fit.band(xs, eta)
 
     fig = Figure(figsize=(5.0, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.scatter(x, y, s=10, alpha=0.5, color="tab:blue", label=f"{points} (n = {fit.n})")
     ax.plot(xs, fit.predict(xs), color="tab:red", label=f"OLS fit (R = {fit.r:.3f})")
-    ax.fill_between(
-        xs, lower, upper, color="tab:red", alpha=0.2, label=f"{level:.0%} confidence band"
-    )
+    band = f"{level:.0%} confidence band" if eta is None else f"fit ± {eta:g} s.e."
+    ax.fill_between(xs, lower, upper, color="tab:red", alpha=0.2, label=band)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -111,6 +111,11 @@ def test_band_width():
     assert half[0] == pytest.approx(half[2]) and half[1] < half[0]
     # A higher level widens the band.
     assert np.all(ols_fit(X, Y, level=0.99).half_width([3.0]) > fit.half_width([3.0]))
+    # eta: the paper's band of eta standard errors (s·sqrt(1/n + ...)), whatever the level
+    lower, upper = fit.band([3.0, 5.0], eta=10)
+    assert (upper - lower)[0] / 2 == pytest.approx(10 * s / math.sqrt(n), abs=1e-6)
+    assert (upper - lower)[1] / 2 == pytest.approx(10 * s * math.sqrt(0.2 + 0.4), abs=1e-6)
+    assert (upper + lower)[0] / 2 == pytest.approx(4.0)
 
 
 def test_ols_fit_needs_three_samples():
@@ -135,4 +140,7 @@ def test_plot_correlation_writes_png(tmp_path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     with pytest.raises(ValueError, match="at least 3"):
         plot_correlation([0.1, 0.2], [0.3, 0.4], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="eta must be a positive number"):
+        plot_correlation(x, y, tmp_path / "bad.png", eta=0)
+    assert plot_correlation(x, y, tmp_path / "eta.png", eta=10).n == 40  # the paper's band
     assert not (tmp_path / "bad.png").exists()

@@ -44,7 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--level", type=float, default=0.95, help="confidence level of the band (default: 0.95)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--eta", type=float, default=None, metavar="K",
+        help="draw the band as fit ± K standard errors of the mean response instead (the "
+             "paper's Figures 3-4 use 10 'for visual clarity')",
+    )
+    args = parser.parse_args(argv)
+    if args.eta is not None and not args.eta > 0:
+        parser.error(f"--eta {args.eta:g}: give a positive number of standard errors")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir / "correlation.png",
                 title=f"{name}: heatmap IoU vs mask IoU",
                 level=args.level,
+                eta=args.eta,
             )
         except ValueError as err:
             print(
