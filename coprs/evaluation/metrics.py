@@ -11,7 +11,6 @@ from ..registry import METRICS
 from .functional import (
     PER_SAMPLE_FILENAME,
     PRECISION_THRESHOLDS,
-    mask_iou,
     reduce_by,
     reduce_counts,
     results_subdir,
@@ -72,12 +71,16 @@ class ReasonSegMetric(BaseMetric):
                 continue
             pred, gt = s["pred"], np.asarray(s["gt_mask"], bool)
             ignore = s.get("ignore_mask")
-            record = sample_counts(pred.mask, gt, None if ignore is None else np.asarray(ignore))
+            ignore = None if ignore is None else np.asarray(ignore)
+            record = sample_counts(pred.mask, gt, ignore)
+            # the heatmap under the mask's protocol (ignore regions, empty targets), so that the
+            # two IoUs the paper correlates are measured alike
+            heat = sample_counts(pred.heatmap > 0.5, gt, ignore)
             record.update(
                 sample_id=str(s.get("sample_id")),
                 instruction=s.get("instruction", ""),
                 iou=sample_iou(record, self.empty_empty, self.ignore_mode),
-                heatmap_iou=mask_iou(pred.heatmap > 0.5, gt),
+                heatmap_iou=sample_iou(heat, self.empty_empty, self.ignore_mode),
                 format_ok=bool(pred.format_ok),
                 response=pred.response,
                 instruction_type=s.get("instruction_type"),

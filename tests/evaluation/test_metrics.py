@@ -60,6 +60,9 @@ def test_metric_protocol_switches():
     assert res["exclude"]["gIoU"] == pytest.approx(1.0)  # ignore pixel not counted; empty = 1
     assert res["background"]["gIoU"] == pytest.approx(0.5) and res["background"]["n"] == 1
     assert res["foreground"]["gIoU"] == pytest.approx(0.5)  # (1 + 0) / 2
+    # the heatmap IoU is measured under the same protocol (here the heatmap is the mask)
+    assert [res[m]["heatmap_IoU"] for m in ("exclude", "background", "foreground")] == [
+        pytest.approx(res[m]["gIoU"]) for m in ("exclude", "background", "foreground")]
     with pytest.raises(ValueError):
         ReasonSegMetric(ignore_mode="nope")
 
