@@ -31,6 +31,8 @@ model = dict(
         max_pixels=705600,
         torch_dtype='bfloat16',
         max_new_tokens=2000,
+        # recompute the decoder layers in the backward (paper B.3); no effect at inference
+        gradient_checkpointing=True,
     ),
     vision_backbone=dict(type='SAMViTBackbone', arch='vit_h', checkpoint=sam_checkpoint),
     prior=dict(type='HeatmapPrior', d_q=256, d_k=256, attn_dim=128, num_heads=8),
