@@ -82,11 +82,16 @@ def format_results_table(results: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for key, m in results.items():
+        dropped = m.get("dropped_at_load", [])
         lines.append(f"{key}: n={m['n']}, Pr@0.5 {100 * m['Pr@0.5']:.1f}%, "
                      f"heatmap IoU {100 * m['heatmap_IoU']:.2f}, "
                      f"format rate {100 * m['format_rate']:.1f}%, "
-                     f"skipped (unreadable) {m['n_unreadable']}")
+                     f"skipped (unreadable) {m['n_unreadable']}, "
+                     f"dropped at load {m.get('n_dropped_at_load', len(dropped))}")
         lines.extend(f"  skipped: {u}" for u in m.get("unreadable", []))
+        lines.extend(f"  dropped at load: {d}" for d in dropped[:10])
+        if len(dropped) > 10:
+            lines.append(f"  dropped at load: … {len(dropped) - 10} more (--out lists them all)")
     typed = {k: m["by_type"] for k, m in results.items() if m.get("by_type")}
     if typed:
         types = sorted({t for by in typed.values() for t in by})
@@ -232,9 +237,16 @@ def run(args) -> int:
     if several:
         print("\n## reasoning modes compared\n")
         print(format_mode_comparison(by_mode))
+    failed = runner.test_loop.failed_datasets
     if args.out:
         results = by_mode if several else by_mode[modes[0]]
+        if failed:
+            results = dict(results, not_evaluated=failed)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
+    if failed:
+        raise UsageError("not evaluated (the other datasets were): " + "; ".join(
+            f"{key} {why}" for key, why in failed.items()) + "; fix the path or format and run "
+            "again")
     return 0

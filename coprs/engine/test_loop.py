@@ -97,6 +97,11 @@ class ReasonSegTestLoop(BaseLoop):
         max_new_tokens: response budget (the policy's default when None).
     """
 
+    #: where the datasets are configured (for errors naming one)
+    _cfg_key = "test_cfg.datasets"
+    #: ``{"test_cfg.datasets.<i>": why}`` for the datasets of the last run that could not be built
+    failed_datasets: dict[str, str] = {}
+
     def __init__(self, runner, dataloader: dict, evaluator: dict, datasets: list[dict],
                  reasoning: str = "generated", gold_key: str = "response_coprs",
                  out_dir: str | None = None, show_dir: str | None = None,
@@ -135,9 +140,21 @@ class ReasonSegTestLoop(BaseLoop):
                 raise ValueError("reasoning='given' needs responses= (a JSON-lines file or a "
                                  "per-sample folder); coprs test --responses PATH")
             given = load_given_responses(self.responses)
-        for ds_cfg in self.datasets:
-            loader = self.runner.build_dataloader(dict(copy.deepcopy(self.dataloader_cfg),
-                                                       dataset=copy.deepcopy(ds_cfg)))
+        self.failed_datasets = {}
+        for i, ds_cfg in enumerate(self.datasets):
+            try:
+                loader = self.runner.build_dataloader(dict(copy.deepcopy(self.dataloader_cfg),
+                                                           dataset=copy.deepcopy(ds_cfg)))
+            except Exception as exc:  # noqa: BLE001 - reported; the splits done are kept
+                # a wrong path or format in one dataset must not lose the splits evaluated
+                # before it (hours of inference): it is logged, the others are evaluated, and
+                # coprs test ends with an error naming it
+                key = f"{self._cfg_key}.{i}"
+                what = ds_cfg.get("type", "?") if isinstance(ds_cfg, dict) else "?"
+                self.failed_datasets[key] = f"{what}: {type(exc).__name__}: {exc}"
+                self.runner.logger.error(f"{key} ({what}) could not be built, so it is not "
+                                         f"evaluated: {exc}")
+                continue
             self.dataloader = loader  # the runner's test/val_dataloader: the split being run
             meta = loader.dataset.metainfo
             name, split = str(meta.get("dataset_name", "dataset")), str(meta.get("split", "test"))
@@ -163,6 +180,11 @@ class ReasonSegTestLoop(BaseLoop):
                 raise ValueError(f"responses '{self.responses}' has no response for any sample "
                                  f"of {name}/{split}; do its sample_ids come from this split?")
             metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
+            # samples the dataset left out while loading its annotations (a missing image, a
+            # broken line): counted beside the unreadable ones, so n is never silently short
+            dropped = list(getattr(loader.dataset, "skipped", None) or [])
+            metrics["n_dropped_at_load"] = len(dropped)
+            metrics["dropped_at_load"] = [f"{where}: {why}" for where, why in dropped]
             self.runner.logger.info(f"{name}/{split} ({self.reasoning} reasoning): " + ", ".join(
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return results
@@ -243,6 +265,8 @@ class ReasonSegValLoop(ReasonSegTestLoop):
     state is restored after each validation, so a run with validation trains exactly as one
     without; under FSDP the weights are gathered for it.
     """
+
+    _cfg_key = "val_cfg.datasets"
 
     def __init__(self, *args, vis_samples: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)

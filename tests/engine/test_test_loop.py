@@ -46,3 +46,37 @@ def test_flat_metrics_keeps_the_scalars_of_every_split():
                "refcoco/val": {"cIoU": 0.25}}
     assert flat_metrics(results) == {"shapes/val/gIoU": 0.5, "shapes/val/n": 64.0,
                                      "refcoco/val/cIoU": 0.25}
+
+
+def test_a_dataset_that_cannot_be_built_loses_no_other_split(tmp_path, capsys):
+    """``coprs test`` over two datasets, the second with a wrong path: the first is evaluated,
+    printed and written to --out (with the lines it dropped while loading), and the run ends
+    with an error naming the second's config key."""
+    import json
+
+    from mmengine.config import Config
+
+    from coprs.cli import main
+    from coprs.testing.data_fixtures import make_jsonl_fixture
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    make_jsonl_fixture(tmp_path / "mine")  # 3 usable lines and 3 that are dropped at load
+    base = Config.fromfile(str(TINY_CONFIG.parents[1] / "_base_" / "datasets" / "jsonl.py"))
+    good = base.test_cfg.datasets[0]
+    good.update(data_root=str(tmp_path / "mine"), ann_file="val.jsonl")
+    bad = dict(good, ann_file="nope.jsonl")
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [good, bad]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "gold", "--work-dir",
+                 str(tmp_path / "t"), "--out", str(tmp_path / "r.json")]) == 2
+    out, err = capsys.readouterr()
+    assert "error: not evaluated (the other datasets were): test_cfg.datasets.1 " \
+           "JsonlSegDataset: FileNotFoundError" in err and "nope.jsonl" in err
+    assert "mine/val: n=3" in out and "dropped at load 3" in out
+    assert out.count("  dropped at load: ") == 3
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["mine/val"]["n"] == 3 and res["mine/val"]["n_dropped_at_load"] == 3
+    assert any("does not exist" in d for d in res["mine/val"]["dropped_at_load"])
+    assert list(res["not_evaluated"]) == ["test_cfg.datasets.1"]
