@@ -84,3 +84,30 @@ def test_reasonseg_configs_evaluate_the_refcoco_model(path):
     mine, theirs = cfg.model.to_dict(), trained.model.to_dict()
     mine.pop("seg_loss", None), theirs.pop("seg_loss", None)
     assert mine == theirs
+
+
+def test_tiny_jsonl_config_trains_and_evaluates_your_own_lines(tmp_path, small_run, capsys):
+    """configs/coprs/coprs_tiny_jsonl_cpu.py: the main job's model on JSON lines, pointed at a
+    folder with the documented overrides."""
+    import json
+    import shutil
+
+    from coprs.cli import main
+    from coprs.testing.data_fixtures import make_jsonl_fixture
+
+    root = tmp_path / "mine"
+    make_jsonl_fixture(root)
+    shutil.copy(root / "val.jsonl", root / "train.jsonl")
+    config = str(CONFIG_DIR / "coprs" / "coprs_tiny_jsonl_cpu.py")
+    where = [f"test_cfg.datasets.0.data_root={root}", f"val_cfg.datasets.0.data_root={root}",
+             f"train_dataloader.dataset.data_root={root}"]
+    # the training lines' bad ones (not JSON, a missing image, an empty instruction) are
+    # dropped when the dataset is built; the warm-up reads the good lines' gold responses
+    assert main(["train", config, "--work-dir", str(tmp_path / "w"), "--cfg-options", *where,
+                 "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=1",
+                 *(o for o in small_run if not o.startswith("val_cfg"))]) == 0
+    assert (tmp_path / "w" / "iter_3.pth").is_file()
+    assert main(["test", config, str(tmp_path / "w"), "--reasoning", "gold", "--out",
+                 str(tmp_path / "r.json"), "--cfg-options", *where]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())["mine/val"]
+    assert res["n"] == 3 and res["n_dropped_at_load"] == 3 and res["format_rate"] == 1.0
