@@ -88,6 +88,8 @@ class PlainCheckpointStateHook(Hook):
     and numbers and adds the random states (torch, numpy, python, and the current CUDA
     device's when CUDA is in use); after loading, it restores both, whatever device the
     strategy loaded the checkpoint onto. Loading therefore stays ``weights_only=True``.
+    ``meta`` also records the coprs version (``coprs_version``) and the plugins loaded
+    (``coprs_plugins``: entry-point name → distribution and version).
     """
 
     priority = "VERY_LOW"
@@ -108,6 +110,13 @@ class PlainCheckpointStateHook(Hook):
                               for k, v in hub.get("log_scalars", {}).items()}
         hub["runtime_info"] = to_plain(hub.get("runtime_info", {}))
         checkpoint["meta"] = to_plain(checkpoint.get("meta", {}))
+        # what built the run: a checkpoint whose components come from a plugin says which
+        from .. import __version__
+        from ..plugins import seen_plugins
+
+        checkpoint["meta"]["coprs_version"] = __version__
+        checkpoint["meta"]["coprs_plugins"] = {
+            p.name: f"{p.dist} {p.version}" for p in seen_plugins() if p.status == "loaded"}
         np_state = np.random.get_state()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
