@@ -80,12 +80,12 @@ def check_trainable_dtypes(model: torch.nn.Module) -> None:
     0.02), so such weights would barely move in a whole run. Raises ``ValueError`` naming the
     parameters and the fix.
     """
-    low = [n for n, p in model.named_parameters()
+    low = [(n, p.dtype) for n, p in model.named_parameters()
            if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
     if low:
         raise ValueError(
-            f"{len(low)} trainable parameters are stored in low precision (e.g. {low[0]}, "
-            f"{model.get_parameter(low[0]).dtype}); AdamW updates at fine-tuning learning rates "
+            f"{len(low)} trainable parameters are stored in low precision (e.g. {low[0][0]}, "
+            f"{low[0][1]}); AdamW updates at fine-tuning learning rates "
             "are below its resolution and would be lost. Train float32 weights with bf16 "
             "compute: --cfg-options model.policy.torch_dtype=float32 and `coprs train --amp` "
             "(the 8-GPU FSDP config does this), or train LoRA adapters (model.policy.lora), which "
