@@ -14,10 +14,19 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["load_image", "to_rgb_array", "longest_side_size", "resize_longest_side", "pad_to_square",
-           "policy_view_size", "MAX_ASPECT_RATIO"]
+           "policy_view_size", "too_large_message", "MAX_ASPECT_RATIO"]
 
 #: Qwen2.5-VL's image processor rejects images more elongated than this.
 MAX_ASPECT_RATIO = 200
+
+
+def too_large_message(what: str, exc: Exception) -> str:
+    """The message for PIL's ``DecompressionBombError`` on ``what`` (e.g. ``"image 'x.png'"``):
+    PIL's reason and the setting that lifts the limit."""
+    return (f"{what} is too large to read: {exc} PIL refuses images of more than twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS}) pixels; if the file is "
+            "trusted, set PIL.Image.MAX_IMAGE_PIXELS higher (or to None) in the process that "
+            "reads it, or shrink the image")
 
 
 def load_image(image, name: str | None = None) -> np.ndarray:
@@ -30,8 +39,9 @@ def load_image(image, name: str | None = None) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the path is a folder, the file is not a readable image, the array has an
-            unsupported shape/dtype or values out of range, the image is empty, or it is more
+        ValueError: the path is a folder, the file is not a readable image (or has more pixels
+            than PIL's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``), the array has
+            an unsupported shape/dtype or values out of range, the image is empty, or it is more
             elongated than 200:1.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -45,6 +55,8 @@ def load_image(image, name: str | None = None) -> np.ndarray:
             with Image.open(path) as im:
                 im.load()
                 pil = ImageOps.exif_transpose(im)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(too_large_message(f"image '{path}'", exc)) from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"image '{path}' cannot be read as an image: {exc}") from exc
         arr = to_rgb_array(pil, label)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -34,19 +35,21 @@ class JsonlSegDataset(BaseDataset):
       COCO RLE dict or a list of polygons (``[[x1, y1, x2, y2, ...], ...]``); an empty list is an
       empty target;
     * ``ignore``: an ignore region in the same forms (excluded from scoring);
-    * ``id``: the sample id (default: the line number); ``type``: an instruction type, for the
-      per-type breakdown of ``coprs test``; ``response``: a gold response (the gold-reasoning
-      evaluation mode and the supervised warm-up read it under ``response_key``).
+    * ``id``: the sample id (default: the line number), unique in the file; ``type``: an
+      instruction type, for the per-type breakdown of ``coprs test``; ``response``: a gold
+      response (the gold-reasoning evaluation mode and the supervised warm-up read it under
+      ``response_key``).
 
     The lines ``coprs browse-dataset --dump`` writes load too (``mask_rle``, ``ignore_rle`` and
     ``sample_id`` stand for ``mask``, ``ignore`` and ``id``).
 
     Relative paths are relative to ``data_root``, or to the folder of ``ann_file`` when
-    ``data_root`` is empty. Lines are checked when the dataset is built: a line that is not a JSON
-    object, lacks a required field, has a field of the wrong type or names a file that does not
-    exist is **skipped and reported** (``dataset.skipped`` holds ``(line, reason)``; one warning
-    sums them up), never a crash in the middle of a run. A file where every line is bad is a
-    ``ValueError``, a missing file a ``FileNotFoundError``. Masks are read in the pipeline
+    ``data_root`` is empty. Lines are checked when the dataset is built: a line that is not UTF-8
+    text or not a JSON object, lacks a required field, has a field of the wrong type or names a
+    file that does not exist is **skipped and reported** (``dataset.skipped`` holds ``(line,
+    reason)``; one warning sums them up), never a crash in the middle of a run. A file where
+    every line is bad, or where two usable lines share an ``id``, is a ``ValueError`` (naming
+    the lines), a missing file a ``FileNotFoundError``. Masks are read in the pipeline
     (``LoadSegAnnotations``), so a mask image of the wrong size is reported there (with
     ``skip_errors=True``, as evaluation configs set it, the sample is reported and skipped).
 
@@ -101,7 +104,12 @@ class JsonlSegDataset(BaseDataset):
         raise _BadLine(f"'{field}' must be a mask image path, a COCO RLE dict or a list of "
                        f"polygons [[x1, y1, ...], ...], got {type(value).__name__}")
 
-    def _sample(self, number: int, line: str) -> dict:
+    def _sample(self, number: int, raw: bytes) -> dict:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _BadLine(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at byte {err.start + 1} "
+                           "of the line); save the file as UTF-8") from None
         try:
             item = json.loads(line)
         except ValueError as err:
@@ -144,11 +152,13 @@ class JsonlSegDataset(BaseDataset):
             raise FileNotFoundError(
                 f"JSON-lines file '{self.ann_file}' does not exist; each line is "
                 '{"image": PATH, "instruction": TEXT, "mask": PNG | RLE | polygons}')
-        with open(self.ann_file, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+        with open(self.ann_file, "rb") as f:  # decoded line by line: one bad line is one skip
+            raw = f.read()
+        if raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
         self.skipped = []
         data_list = []
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -161,8 +171,27 @@ class JsonlSegDataset(BaseDataset):
             print_log(f"{self.name}/{self.split}: skipped {len(self.skipped)} line(s): "
                       f"{shown}{more}. See dataset.skipped.", logger="current",
                       level=logging.WARNING)
+        self._check_unique_ids(data_list)
         if not data_list:
             reasons = "; ".join(f"{w}: {r}" for w, r in self.skipped[:3])
             raise ValueError(f"no usable line in '{self.ann_file}'" +
                              (f": {reasons}" if reasons else " (the file is empty)"))
         return data_list
+
+    def _check_unique_ids(self, data_list: list[dict]) -> None:
+        """Raise if two usable lines share an id: results, panels and given responses are keyed
+        by it, so one sample would silently stand for the other."""
+        first_line: dict[str, int] = {}
+        duplicates = []
+        for sample in data_list:
+            line = first_line.setdefault(sample["sample_id"], sample["line"])
+            if line != sample["line"]:
+                duplicates.append((sample["sample_id"], line, sample["line"]))
+        if duplicates:
+            sid, line, again = duplicates[0]
+            more = f" (and {len(duplicates) - 1} more repeated id(s))" if len(duplicates) > 1 else ""
+            raise ValueError(
+                f"'{self.ann_file}': lines {line} and {again} have the same id {sid!r}{more}; "
+                "ids must be unique (results, --show-dir panels and --reasoning given responses "
+                "are keyed by them). Give each line its own 'id' (a line without one is "
+                "named by its line number)")

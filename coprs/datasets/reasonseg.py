@@ -12,7 +12,10 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 from PIL import Image
 
+from coprs.image import too_large_message
 from coprs.registry import DATASETS
+
+from .masks import polygon_pixels
 
 __all__ = ["ReasonSegDataset", "parse_reasonseg_json"]
 
@@ -75,12 +78,6 @@ def _shape_polygon(shape: Any, index: int) -> tuple[str, list[float]]:
             "a region needs at least 3"
         )
     return label, [v for p in points for v in p]
-
-
-def _polygon_area(poly: list[float]) -> float:
-    xs, ys = poly[0::2], poly[1::2]
-    n = len(xs)
-    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
 
 
 def parse_reasonseg_json(anno: Any, flag_as: str = "drop") -> dict:
@@ -186,18 +183,20 @@ class ReasonSegDataset(BaseDataset):
     * missing/empty ``text`` or a non-string instruction, missing ``shapes`` -> skipped;
     * a shape with < 3 points (after rectangle/circle conversion) or bad coordinates -> the sample
       is skipped (its ground truth is ill-defined);
-    * no target shape, or only zero-area targets -> *kept* with an empty target by default, as
-      LISA does, so the evaluation's empty/empty switch decides how it scores (listed in
-      ``self.empty_target`` and the warning); ``skip_empty_target=True`` skips them instead;
-    * JSON without its image (``<stem>.jpg/.jpeg/.png``), or an unreadable image header when the
-      size must be read from it -> skipped.
+    * no target shape, or target shapes that cover no pixel once rasterised (outside the image,
+      or of zero area) -> *kept* with an empty target by default, as LISA does, so the
+      evaluation's empty/empty switch decides how it scores (listed in ``self.empty_target`` and
+      the warning); ``skip_empty_target=True`` skips them instead;
+    * JSON without its image (``<stem>.jpg/.jpeg/.png``), or an unreadable image header (or an
+      image above PIL's ``MAX_IMAGE_PIXELS`` limit) when the size must be read from it ->
+      skipped.
 
     Args:
         data_root: Folder holding the split folders.
         split: Split folder name (``'val'``, ``'test'``, ``'train'``).
         query: ``'first'`` or ``'all'``.
         flag_as: ``'drop'`` (default, LISA) or ``'ignore'``.
-        skip_empty_target: Skip samples without a (non-zero-area) target instead of keeping them.
+        skip_empty_target: Skip samples whose target covers no pixel instead of keeping them.
         **kwargs: Passed to ``mmengine.dataset.BaseDataset`` (``pipeline``, ``lazy_init``, ...).
     """
 
@@ -269,11 +268,17 @@ class ReasonSegDataset(BaseDataset):
                             # LISA's cv2.imread) see the image upright, so swap
                             if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                                 width, height = height, width
+                    except Image.DecompressionBombError as err:
+                        raise _BadSample(too_large_message(f"image {img_path}", err)) from None
                     except OSError as err:
                         raise _BadSample(f"cannot read image header of {img_path}: {err}") from None
-                if sum(_polygon_area(p) for p in parsed["target"]) == 0:
+                # measured on the rasterised target: a polygon outside the image covers nothing
+                if polygon_pixels(parsed["target"], height, width) == 0:
                     if self.skip_empty_target:
-                        raise _BadSample("no target shape with non-zero area")
+                        raise _BadSample(
+                            f"no target region: no target shape, or target shapes that cover no "
+                            f"pixel of the {height}x{width} image (outside it, or of zero area)"
+                        )
                     self.empty_target.append(json_path)
             except _BadSample as err:
                 self.skipped.append((json_path, str(err)))
@@ -314,7 +319,8 @@ class ReasonSegDataset(BaseDataset):
         if self.empty_target:
             print_log(
                 f"ReasonSeg {self.split}: {len(self.empty_target)} annotation(s) have no target "
-                f"region and are kept with an empty ground truth: "
+                "region (no target shape, or target shapes that cover no pixel of the image: "
+                "outside it, or of zero area) and are kept with an empty ground truth: "
                 f"{', '.join(self.empty_target[:10])}",
                 logger="current",
                 level=logging.WARNING,

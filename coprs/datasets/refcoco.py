@@ -45,6 +45,7 @@ _LAYOUT = (
     "train2014 images under img_dir"
 )
 _REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+_SENT_KEYS = ("sent_id", "sent")
 
 
 def _refs_path(data_root: str, dataset: str, split_by: str) -> str:
@@ -63,7 +64,9 @@ def load_refs(path: str) -> list[dict]:
     Raises:
         FileNotFoundError: If ``path`` does not exist (the message describes the layout).
         coprs.datasets.safe_pickle.UnsafePickleError: If the pickle holds anything but builtins.
-        ValueError: If it is not a list of dicts with the ``refer`` keys.
+        ValueError: If it is not a list of dicts with the ``refer`` keys, or a ref's
+            ``sentences`` are not dicts with ``sent_id`` and ``sent`` (naming the file and the
+            first such ref and sentence).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"refs file not found: {path}; {_LAYOUT}")
@@ -76,6 +79,21 @@ def load_refs(path: str) -> list[dict]:
             raise ValueError(
                 f"{path}: ref #{i} lacks key(s) {missing}; this is not a `refer` refs pickle"
             )
+        sentences = ref["sentences"]
+        if not isinstance(sentences, list):
+            raise ValueError(
+                f"{path}: ref #{i} (ref_id {ref['ref_id']}) has 'sentences' of type "
+                f"{type(sentences).__name__}; in a `refer` refs pickle it is a list of "
+                "{'sent_id', 'sent', ...} dicts"
+            )
+        for j, sent in enumerate(sentences):
+            missing = [k for k in _SENT_KEYS if not isinstance(sent, dict) or k not in sent]
+            if missing:
+                raise ValueError(
+                    f"{path}: sentence #{j} of ref #{i} (ref_id {ref['ref_id']}) lacks key(s) "
+                    f"{missing}; each sentence of a `refer` refs pickle is a dict with "
+                    f"{list(_SENT_KEYS)} (and 'tokens', 'raw')"
+                )
     return refs
 
 
@@ -111,6 +129,36 @@ def collect_eval_image_ids(
     return image_ids, missing
 
 
+def _load_instances(path: str) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Read a COCO ``instances.json``: ``(images by id, annotations by id)``.
+
+    Raises:
+        ValueError: Naming ``path`` if it is not JSON (UTF-8) or not a COCO instances object.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            instances = json.load(f)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(
+            f"{path} is not a readable JSON file ({err}); re-download or repair it"
+        ) from None
+    if not isinstance(instances, dict) or not all(
+        isinstance(instances.get(k), list) for k in ("images", "annotations")
+    ):
+        raise ValueError(
+            f"{path}: expected a COCO instances object with 'images' and 'annotations' lists"
+        )
+    try:
+        images = {int(img["id"]): img for img in instances["images"]}
+        anns = {int(ann["id"]): ann for ann in instances["annotations"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: every entry of 'images' and 'annotations' needs an integer 'id' "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    return images, anns
+
+
 @DATASETS.register_module()
 class RefCOCODataset(BaseDataset):
     """RefCOCO, RefCOCO+ and RefCOCOg over COCO train2014, one sample per referring sentence.
@@ -133,9 +181,16 @@ class RefCOCODataset(BaseDataset):
     * a missing refs pickle, ``instances.json`` or image folder -> ``FileNotFoundError`` naming
       the path and the expected layout; a pickle that references anything but builtins ->
       ``UnsafePickleError``;
-    * a ref whose ``ann_id`` (or ``image_id``) is not in ``instances.json`` -> skipped, recorded in
-      ``self.skipped`` as ``(where, reason)`` and summarised in one warning naming the ref ids;
-      no sample left at all -> ``ValueError``.
+    * a refs pickle whose refs or sentences lack the ``refer`` keys (``sent_id``, ``sent``, ...),
+      or an ``instances.json`` that is not JSON or not a COCO instances object -> ``ValueError``
+      naming the file and what is missing;
+    * a ref whose ``ann_id`` (or ``image_id``) is not in ``instances.json``, or whose annotation
+      has no ``segmentation`` -> skipped, recorded in ``self.skipped`` as ``(where, reason)`` and
+      summarised in one warning naming the ref ids; no sample left at all -> ``ValueError``;
+    * an annotation whose ``segmentation`` is empty (``[]``) -> *kept* with an empty target,
+      listed in ``self.empty_target`` and one warning (as ReasonSeg keeps a JSON without a
+      target); polygons that cover no pixel of the image are kept and warned about by
+      ``LoadSegAnnotations`` when the sample is loaded.
       Image files are not checked here (that would stat ~20k files); a missing image fails when
       the pipeline loads it, with its path.
 
@@ -194,6 +249,7 @@ class RefCOCODataset(BaseDataset):
         self.img_dir = img_dir or os.path.join(data_root, "images", "mscoco", "images", "train2014")
         self.exclude_eval_images = exclude_eval_images
         self.skipped: list[tuple[str, str]] = []
+        self.empty_target: list[str] = []
         self.num_excluded_refs = 0
         super().__init__(
             ann_file=os.path.join(dataset, f"refs({split_by}).p"), data_root=data_root, **kwargs
@@ -231,12 +287,10 @@ class RefCOCODataset(BaseDataset):
                     level=logging.WARNING,
                 )
 
-        with open(inst_path, encoding="utf-8") as f:
-            instances = json.load(f)
-        images = {int(img["id"]): img for img in instances.get("images", [])}
-        anns = {int(ann["id"]): ann for ann in instances.get("annotations", [])}
+        images, anns = _load_instances(inst_path)
 
         self.skipped = []
+        self.empty_target = []
         self.num_excluded_refs = 0
         data_list: list[dict] = []
         for ref in refs:
@@ -260,14 +314,27 @@ class RefCOCODataset(BaseDataset):
                     (where, f"ann_id {ann_id} belongs to image {ann['image_id']}, not {image_id}")
                 )
                 continue
+            lacks = [k for k in ("file_name", "height", "width") if k not in img]
+            if lacks:
+                self.skipped.append((where, f"image {image_id} in {inst_path} lacks {lacks}"))
+                continue
+            segm = ann.get("segmentation")
+            if not isinstance(segm, (list, dict)):
+                self.skipped.append(
+                    (where, f"annotation {ann_id} in {inst_path} has no 'segmentation' "
+                            "(polygons or RLE)")
+                )
+                continue
+            if len(segm) == 0:  # the referred object has no region: kept, as ReasonSeg keeps one
+                self.empty_target.append(where)
             img_path = os.path.abspath(os.path.join(self.img_dir, img["file_name"]))
             for sent in ref["sentences"]:
                 sent_id = int(sent["sent_id"])
                 data_list.append(
                     dict(
                         img_path=img_path,
-                        instruction=str(sent.get("sent", sent.get("raw", ""))),
-                        gt_segm=ann["segmentation"],
+                        instruction=str(sent["sent"]),
+                        gt_segm=segm,
                         ignore_segm=None,
                         height=int(img["height"]),
                         width=int(img["width"]),
@@ -288,8 +355,19 @@ class RefCOCODataset(BaseDataset):
             more = f" (+{len(self.skipped) - 20} more)" if len(self.skipped) > 20 else ""
             print_log(
                 f"{self.dataset_name}({self.split_by}) {self.split}: skipped {len(self.skipped)} "
-                f"ref(s) whose annotation/image is missing from {inst_path}: {shown}{more}. "
+                f"ref(s) whose annotation/image is missing from (or incomplete in) {inst_path}: "
+                f"{shown}{more}. "
                 "See dataset.skipped for reasons.",
+                logger="current",
+                level=logging.WARNING,
+            )
+        if self.empty_target:
+            shown = ", ".join(w.rsplit("#", 1)[-1] for w in self.empty_target[:20])
+            more = f" (+{len(self.empty_target) - 20} more)" if len(self.empty_target) > 20 else ""
+            print_log(
+                f"{self.dataset_name}({self.split_by}) {self.split}: {len(self.empty_target)} "
+                f"ref(s) whose annotation in {inst_path} has an empty 'segmentation' are kept "
+                f"with an empty target: {shown}{more}. See dataset.empty_target.",
                 logger="current",
                 level=logging.WARNING,
             )

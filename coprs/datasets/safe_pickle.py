@@ -22,8 +22,12 @@ from typing import IO, Any
 __all__ = ["UnsafePickleError", "SafeUnpickler", "safe_load", "safe_loads"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global that is not a builtin container or scalar (or is corrupt)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global that is not a builtin container or scalar (or is corrupt).
+
+    Also a ``ValueError`` (a bad input file, whose message names it), so the ``coprs`` command
+    reports it in one line as it does other unreadable data.
+    """
 
 
 def _checked_reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -155,7 +159,7 @@ def safe_load(path_or_file: str | os.PathLike | IO[bytes]) -> Any:
 
     Raises:
         FileNotFoundError: If the path does not exist.
-        UnsafePickleError: (a ``pickle.UnpicklingError``) naming the file and the forbidden
+        UnsafePickleError: (a ``pickle.UnpicklingError`` and ``ValueError``) naming the file and the forbidden
             ``module.name`` if the pickle references anything else, or if it is corrupt.
     """
     if isinstance(path_or_file, (str, os.PathLike)):

@@ -2,12 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import re
 import textwrap
+import warnings
 
 import numpy as np
 
 __all__ = ["heatmap_overlay", "mask_overlay", "make_panel", "render_panel", "make_sample_panel",
            "save_png"]
+
+
+#: installed fonts with CJK glyphs that text falls back to, in this order, after matplotlib's
+#: default (DejaVu, which has none); none is downloaded
+_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans CJK KR",
+              "Source Han Sans SC", "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+              "Droid Sans Fallback", "Microsoft YaHei", "SimHei", "PingFang SC",
+              "Hiragino Sans GB", "Arial Unicode MS", "IPAGothic", "Malgun Gothic")
+_GLYPH_MISSING = re.compile(r"Glyph (\d+) .*missing from font")
+_missing_reported = False
+
+
+@functools.cache
+def _installed_cjk_fonts() -> tuple[str, ...]:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return tuple(name for name in _CJK_FONTS if name in installed)
+
+
+def _families(generic: str) -> list[str]:
+    """``generic`` (``'sans-serif'``, ``'monospace'``), then every installed :data:`_CJK_FONTS`
+    font: matplotlib draws each character with the first family that has it."""
+    return [generic, *_installed_cjk_fonts()]
+
+
+@contextlib.contextmanager
+def _missing_glyphs_noted_once():
+    """Draw with matplotlib's "Glyph ... missing from font" warnings (one per character per
+    panel) folded into one warning per process that says which font to install."""
+    global _missing_reported
+    missing: set[int] = set()
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def collect(message, category, *args, **kwargs):
+            found = _GLYPH_MISSING.search(str(message))
+            if found:
+                missing.add(int(found.group(1)))
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = collect
+        warnings.filterwarnings("always", message=_GLYPH_MISSING.pattern)
+        yield
+    if missing and not _missing_reported:
+        _missing_reported = True
+        shown = ", ".join(f"{chr(c)!r} (U+{c:04X})" for c in sorted(missing)[:5])
+        warnings.warn(
+            f"no installed font has the glyphs of {shown}{' ...' if len(missing) > 5 else ''}: "
+            "panels draw them as empty boxes (noted once). For CJK text install a font such as "
+            "Noto Sans CJK (e.g. apt install fonts-noto-cjk); panels use it when it is there",
+            UserWarning, stacklevel=3)
 
 
 def _colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
@@ -45,7 +102,8 @@ def make_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: n
                response: str, path, format_ok: bool | None = None, wrap: int = 48) -> None:
     """Write the paper's Figure-5 style panel: image + instruction | heatmap | mask | response."""
     fig = _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap)
-    fig.savefig(path, format="png")
+    with _missing_glyphs_noted_once():
+        fig.savefig(path, format="png")
 
 
 def render_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask: np.ndarray,
@@ -55,7 +113,8 @@ def render_panel(image: np.ndarray, instruction: str, heatmap: np.ndarray, mask:
 
     fig = _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap)
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
+    with _missing_glyphs_noted_once():
+        canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
@@ -73,7 +132,7 @@ def _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap):
     axes = fig.subplots(1, 4)
     axes[0].imshow(image)
     axes[0].set_title("\n".join(textwrap.wrap(_printable(instruction or "(empty instruction)"),
-                                             40)), fontsize=9)
+                                             40)), fontsize=9, family=_families("sans-serif"))
     axes[1].imshow(heatmap_overlay(image, heatmap))
     # the peak, so that a faint prior (all values near 0, a flat blue overlay) reads as such
     axes[1].set_title(f"positional prior (heatmap), peak {float(np.max(heatmap)):.2g}",
@@ -84,8 +143,8 @@ def _panel_figure(image, instruction, heatmap, mask, response, format_ok, wrap):
                      for p in _printable(response or "(empty)").splitlines() or [""])
     if format_ok is not None:
         text = f"[format {'ok' if format_ok else 'NOT ok'}]\n" + text
-    axes[3].text(0.0, 1.0, text[:2500], va="top", ha="left", fontsize=8, family="monospace",
-                 wrap=True)
+    axes[3].text(0.0, 1.0, text[:2500], va="top", ha="left", fontsize=8,
+                 family=_families("monospace"), wrap=True)
     axes[3].set_title("response", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
@@ -124,9 +183,10 @@ def make_sample_panel(image: np.ndarray, mask: np.ndarray, instruction: str, pat
     body = [textwrap.fill(instruction or "(empty instruction)", wrap), ""]
     body += [textwrap.fill(p, wrap) for p in text.splitlines() if p.strip()]
     axes[2].text(0.0, 1.0, "\n".join(body)[:2500], va="top", ha="left", fontsize=8,
-                 family="monospace")
+                 family=_families("monospace"))
     axes[2].set_title("instruction", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.05)
-    fig.savefig(path, format="png")
+    with _missing_glyphs_noted_once():
+        fig.savefig(path, format="png")

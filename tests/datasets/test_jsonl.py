@@ -115,3 +115,37 @@ def test_evaluate_and_train_on_jsonl(tmp_path, capsys, small_run):
     assert (tmp_path / "w" / "iter_3.pth").is_file()
     log = "".join(p.read_text() for p in (tmp_path / "w").rglob("*.log"))
     assert "mine/val/gIoU" in log  # validated on the lines too
+
+
+def _lines(tmp_path):
+    """The three good lines of make_jsonl_fixture, as dicts."""
+    make_jsonl_fixture(tmp_path)
+    return [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()[:3]]
+
+
+def test_duplicate_ids_are_an_error_naming_the_lines(tmp_path):
+    lines = _lines(tmp_path)
+    lines[2]["id"] = lines[0]["id"]
+    path = tmp_path / "dup.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(ValueError, match=r"dup\.jsonl': lines 1 and 3 have the same id 'box'"):
+        JsonlSegDataset(str(path))
+    # a line without an id is named by its line number, which another line may use
+    del lines[2]["id"]
+    lines[0]["id"] = "3"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(ValueError, match=r"lines 1 and 3 have the same id '3'"):
+        JsonlSegDataset(str(path))
+
+
+def test_a_line_that_is_not_utf8_is_skipped_with_its_number(tmp_path):
+    lines = _lines(tmp_path)
+    raw = [json.dumps(line, ensure_ascii=False).encode("utf-8") for line in lines]
+    raw[1] = json.dumps(dict(lines[1], instruction="caf\u00e9"),
+                        ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(raw) + b"\n")  # a BOM is allowed
+    ds = JsonlSegDataset(str(path), serialize_data=False)
+    assert [ds.get_data_info(i)["sample_id"] for i in range(len(ds))] == ["box", "triangle"]
+    assert len(ds.skipped) == 1 and ds.skipped[0][0] == f"{path}:2"
+    assert "not UTF-8" in ds.skipped[0][1] and "0xe9" in ds.skipped[0][1]

@@ -187,3 +187,28 @@ def test_folder_errors(tmp_path):
         _reasonseg(str(tmp_path))
     with pytest.raises(ValueError, match="'first' or 'all'"):
         _reasonseg(str(tmp_path), query="some")
+
+
+def test_target_outside_the_image_counts_as_empty(tmp_path, logs):
+    split = tmp_path / "val"
+    write_reasonseg_sample(split, "inside", "x", [{"label": "target", "points": SQUARE}])
+    outside = [[500, 500], [600, 500], [550, 600]]  # a 64x48 image: no pixel covered
+    write_reasonseg_sample(split, "outside", "x", [{"label": "target", "points": outside}])
+    ds = _reasonseg(str(tmp_path))
+    assert len(ds) == 2 and [os.path.basename(p) for p in ds.empty_target] == ["outside.json"]
+    assert any("outside.json" in m and "cover no pixel" in m for m in logs)
+    ds = _reasonseg(str(tmp_path), skip_empty_target=True)
+    assert len(ds) == 1 and "cover no pixel of the 48x64 image" in ds.skipped[0][1]
+
+
+def test_image_above_the_pixel_limit_is_skipped(tmp_path, monkeypatch, logs):
+    from PIL import Image
+
+    split = tmp_path / "val"
+    write_reasonseg_sample(split, "ok", "x", [{"label": "target", "points": SQUARE}])
+    write_reasonseg_sample(split, "big", "x", [{"label": "target", "points": SQUARE}],
+                           write_size=False)  # the size must come from the image header
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x48 > twice that
+    ds = _reasonseg(str(tmp_path))
+    assert len(ds) == 1 and os.path.basename(ds.skipped[0][0]) == "big.json"
+    assert "big.jpg" in ds.skipped[0][1] and "PIL.Image.MAX_IMAGE_PIXELS" in ds.skipped[0][1]

@@ -179,3 +179,78 @@ def test_registry_build_lazy_init_and_pipeline(fx):
     sample = ds[0]
     assert sample["gt_mask"].shape == (48, 64) and sample["gt_mask"].any()
     assert ds.metainfo["dataset_name"] == "refcocog"
+
+
+def _edit_instances(root, edit):
+    import json
+
+    path = os.path.join(root, "refcoco", "instances.json")
+    with open(path) as f:
+        instances = json.load(f)
+    edit(instances)
+    with open(path, "w") as f:
+        json.dump(instances, f)
+    return path
+
+
+def _val_ref(root):
+    with open(os.path.join(root, "refcoco", "refs(unc).p"), "rb") as f:
+        return next(r for r in pickle.load(f) if r["split"] == "val")
+
+
+def test_empty_segmentation_is_kept_and_reported(fx_copy, logs):
+    ref = _val_ref(fx_copy)
+
+    def empty(instances):
+        next(a for a in instances["annotations"] if a["id"] == ref["ann_id"])["segmentation"] = []
+
+    _edit_instances(fx_copy, empty)
+    ds = _refcoco(fx_copy, dataset="refcoco", split="val")
+    assert ds.empty_target == [f"{ds.ann_file}#ref_id={ref['ref_id']}"]
+    assert any("empty 'segmentation'" in m and f"ref_id={ref['ref_id']}" in m for m in logs)
+    infos = [ds.get_data_info(i) for i in range(len(ds))]
+    kept = [i for i in infos if i["ref_id"] == ref["ref_id"]]
+    assert len(kept) == len(ref["sentences"]) and all(i["gt_segm"] == [] for i in kept)
+
+
+def test_broken_instances_and_refs_name_the_file(fx_copy):
+    path = os.path.join(fx_copy, "refcoco", "instances.json")
+    with open(path, "a") as f:
+        f.write(",")
+    with pytest.raises(ValueError, match=r"refcoco/instances\.json is not a readable JSON"):
+        _refcoco(fx_copy, dataset="refcoco", split="val")
+    refs_path = os.path.join(fx_copy, "refcocog", "refs(umd).p")
+    with open(refs_path, "rb") as f:
+        refs = pickle.load(f)
+    for ref in refs:
+        for sent in ref["sentences"]:
+            del sent["sent_id"]
+    with open(refs_path, "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    with pytest.raises(ValueError, match=r"refs\(umd\)\.p: sentence #0 of ref #0.*'sent_id'"):
+        _refcoco(fx_copy, dataset="refcocog", split="val")
+
+
+def test_unreadable_refs_pickle_is_a_one_line_cli_error(fx_copy, tmp_path, capsys):
+    from mmengine.config import Config
+
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    refs_path = os.path.join(fx_copy, "refcoco", "refs(unc).p")
+    with open(refs_path, "rb") as f:
+        data = f.read()
+    with open(refs_path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):  # UnsafePickleError
+        _refcoco(fx_copy, dataset="refcoco", split="val")
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(type="RefCOCODataset", data_root=fx_copy, dataset="refcoco",
+                                  split="val", pipeline=[dict(type="LoadSegAnnotations")])]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    code = main(["browse-dataset", str(tmp_path / "cfg.py"), "--split", "val", "--dump",
+                 str(tmp_path / "dump.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "error: " in err and "refs(unc).p: not a readable pickle" in err

@@ -69,3 +69,12 @@ def test_pack_and_collate():
     assert "unrelated" not in packed["data_samples"]
     batch = reasonseg_collate([packed, packed])
     assert len(batch["inputs"]) == 2 and batch["data_samples"][1]["sample_id"] == "a"
+
+
+def test_image_above_the_pixel_limit_is_a_per_sample_error(tmp_path, monkeypatch):
+    Image.new("L", (20, 20)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 px: PIL raises above twice that
+    out = LoadImage()({"img_path": str(tmp_path / "big.png")})
+    assert "big.png" in out["load_error"] and "PIL.Image.MAX_IMAGE_PIXELS" in out["load_error"]
+    with pytest.raises(ValueError, match=r"big\.png.*MAX_IMAGE_PIXELS"):
+        LoadImage(skip_errors=False)({"img_path": str(tmp_path / "big.png")})
