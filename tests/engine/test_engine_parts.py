@@ -313,10 +313,13 @@ def test_loop_refuses_a_reward_that_is_not_a_base_reward():
         pass
 
     REWARDS.register_module(module=_NotAReward, force=True)
-    runner = types.SimpleNamespace()
-    with pytest.raises(TypeError, match="train_cfg.reward built _NotAReward.*BaseReward"):
-        ReasoningSegTrainLoop(runner, dataloader=[], stages=[dict(kind="grpo", iters=1)],
-                              reward=dict(type="_NotAReward"))
+    try:
+        with pytest.raises(TypeError, match="train_cfg.reward built _NotAReward.*BaseReward"):
+            ReasoningSegTrainLoop(types.SimpleNamespace(), dataloader=[],
+                                  stages=[dict(kind="grpo", iters=1)],
+                                  reward=dict(type="_NotAReward"))
+    finally:  # the registry is the process's: leave it as it was
+        REWARDS.module_dict.pop("_NotAReward")
 
 
 def test_loop_stopped_by_nonfinite_rewards_points_at_the_reward():

@@ -182,5 +182,8 @@ def test_backbone_without_the_declared_sizes_is_named_when_built():
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.model.vision_backbone.type = "_NoGrid"
     cfg.model.pop("feature_cache")
-    with pytest.raises(TypeError, match="vision backbone _NoGrid does not set grid_size"):
-        MODELS.build(cfg.model)
+    try:
+        with pytest.raises(TypeError, match="vision backbone _NoGrid does not set grid_size"):
+            MODELS.build(cfg.model)
+    finally:  # the registry is the process's: leave it as it was
+        VISION_BACKBONES.module_dict.pop("_NoGrid")
