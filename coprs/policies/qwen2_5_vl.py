@@ -136,7 +136,7 @@ def merged_lora_weight(layer, weight: torch.Tensor, name: str) -> torch.Tensor:
             continue
         if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(
                 adapter):
-            raise NotImplementedError(
+            raise ValueError(
                 f"coprs merges plain LoRA adapters only; {name} uses a LoRA variant (e.g. DoRA) "
                 "or lora_bias")
         merged = merged + layer.get_delta_weight(adapter)

@@ -221,6 +221,20 @@ def test_sync_pushes_the_policys_plain_weights_then_resets_caches(tiny_policy, f
     assert calls[-3:] == [("load_weights",), ("reset_prefix_cache",), ("reset_encoder_cache",)]
 
 
+def _lora_policy(tiny_qwen_dir):
+    """The tiny policy with LoRA adapters on q/v whose B matrices are non-zero (so merging
+    changes the weights)."""
+    from coprs.policies import Qwen25VLPolicy
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
+                            lora=dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return policy
+
+
 def test_sync_merges_lora_adapters_under_plain_names(tiny_qwen_dir, fake_vllm):
     """With LoRA adapters vLLM gets the plain transformers names (no ``base_layer``, no
     ``lora_`` matrices) and the merged weights of ``policy.merged_state_dict()``; the adapted
@@ -228,12 +242,7 @@ def test_sync_merges_lora_adapters_under_plain_names(tiny_qwen_dir, fake_vllm):
     from coprs.policies import Qwen25VLPolicy
 
     vllm, _ = fake_vllm
-    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
-                            lora=dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    policy = _lora_policy(tiny_qwen_dir)
     merged = policy.merged_state_dict()
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     engine = VLLMRolloutEngine(sleep_level=None)
@@ -412,14 +421,8 @@ def test_vllm_weights_under_fsdp_use_the_gathered_plain_names(tiny_qwen_dir, tmp
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     from coprs.engine.fsdp import full_params, wrap_layers
-    from coprs.policies import Qwen25VLPolicy
 
-    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
-                            lora=dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    policy = _lora_policy(tiny_qwen_dir)
     want = {k: v.clone() for k, v in vllm_weights(policy)}
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
                             world_size=1)
