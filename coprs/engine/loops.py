@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -90,6 +91,40 @@ def check_trainable_dtypes(model: torch.nn.Module) -> None:
             "compute: --cfg-options model.policy.torch_dtype=float32 and `coprs train --amp` "
             "(the 8-GPU FSDP config does this), or train LoRA adapters (model.policy.lora), which "
             "are kept in float32 over a bf16 base")
+
+
+def dry_run_reward(reward) -> None:
+    """Score a dummy batch with ``reward`` (the loop's ``WeightedSumReward``) before training.
+
+    Three responses, a well-formed one, an empty one and one without the format, over 16 x 16
+    masks (with geometry for the rewards that read coordinates): a reward that raises, or
+    returns something other than one value per response, is a ``ValueError`` now rather than at
+    the first GRPO iteration, after the whole warm-up. A non-finite value is only warned about
+    (the loop skips such steps).
+    """
+    from mmengine.logging import print_log
+
+    from ..structures import ImageGeometry
+
+    responses = ["<think>the red square</think><REF_POS>", "", "no reasoning at all"]
+    n, m = len(responses), 16
+    gt = torch.zeros(n, m, m, dtype=torch.bool)
+    gt[:, 4:10, 4:10] = True
+    try:
+        total, breakdown = reward.score(
+            responses, torch.full((n, m, m), 0.5), gt, torch.ones(n, m, m, dtype=torch.bool),
+            geometry=[ImageGeometry((m, m), (m, m)) for _ in range(n)])
+    except Exception as exc:  # noqa: BLE001 - any failure of a user reward, named
+        raise ValueError(
+            f"train_cfg.reward {reward!r} failed on a dummy batch before training ({n} "
+            f"responses: a well-formed one, an empty one, one without the format): "
+            f"{type(exc).__name__}: {exc}. A reward must score any response, malformed ones "
+            "included (a malformed response is a low score, not an exception)") from exc
+    bad = _nonfinite_rewards(total, breakdown)
+    if bad is not None:
+        print_log(f"train_cfg.reward gave a non-finite {bad} on a dummy batch before training; "
+                  "GRPO steps with non-finite rewards are skipped", logger="current",
+                  level=logging.WARNING)
 
 
 def grpo_start(stages) -> int | None:
@@ -247,6 +282,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     def run(self) -> torch.nn.Module:
         check_trainable_dtypes(self.runner.model)
+        if self.grpo_start() is not None:
+            dry_run_reward(self.reward)
         return super().run()
 
     # --------------------------------------------------------------- iteration

@@ -332,3 +332,36 @@ def test_loop_stopped_by_nonfinite_rewards_points_at_the_reward():
     with pytest.raises(FloatingPointError, match=r"terms: area\).*make the reward terms named "
                                                  r"return finite values"):
         loop._check_nonfinite({"nonfinite_step": 1.0})
+
+
+@pytest.mark.parametrize("config", ["coprs/coprs_tiny_shapes_cpu.py", "lisa/lisa_tiny_shapes_cpu.py",
+                                    "segzero/segzero_tiny_shapes_cpu.py"])
+def test_the_configs_rewards_pass_the_dry_run(config):
+    from mmengine.config import Config
+
+    from coprs.engine.loops import dry_run_reward
+    from coprs.registry import REWARDS
+    from coprs.rewards.combine import COPRS_REWARD
+    from coprs.utils import register_all_modules
+
+    from ..conftest import REPO  # noqa: TID252
+
+    register_all_modules()
+    cfg = Config.fromfile(str(REPO / "configs" / config))
+    dry_run_reward(REWARDS.build(cfg.train_cfg.get("reward") or COPRS_REWARD))
+
+
+def test_a_reward_that_fails_on_a_malformed_response_is_named_before_training():
+    from coprs.engine.loops import dry_run_reward
+    from coprs.rewards import BaseReward
+    from coprs.rewards.combine import WeightedSumReward
+
+    class NeedsThink(BaseReward):
+        name = "needs_think"
+
+        def __call__(self, responses, pred_probs=None, gt=None, valid=None):
+            return torch.tensor([len(r.split("<think>")[1]) for r in responses], dtype=torch.float)
+
+    with pytest.raises(ValueError, match=r"train_cfg.reward WeightedSumReward\(1·needs_think\) "
+                                         r"failed on a dummy batch.*IndexError.*malformed ones"):
+        dry_run_reward(WeightedSumReward([dict(reward=NeedsThink(), weight=1.0)]))

@@ -222,14 +222,14 @@ REWARDS.register_module(module=_LengthReward, force=True)
 
 class _NaNOnceReward(BaseReward):
     """The length reward, except NaN for every rollout of the first GRPO iteration (a buggy
-    reward plugin)."""
+    reward plugin). Its first call is the loop's dry run on a dummy batch, before training."""
 
     name = "nan_once"
     calls = 0
 
     def __call__(self, responses, pred_probs=None, gt=None, valid=None):
         type(self).calls += 1
-        value = float("nan") if type(self).calls == 1 else 0.0
+        value = float("nan") if type(self).calls == 2 else 0.0
         return torch.tensor([value + len(r) / 100 for r in responses])
 
 
