@@ -7,7 +7,7 @@ import contextvars
 import os
 from pathlib import Path
 
-__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home",
+__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home", "first_few",
            "repeat_each", "fork_rng", "state_dict_mismatch", "torch_load_reason", "on_any_rank"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
@@ -75,6 +75,13 @@ def using_coprs_home(path: str | os.PathLike):
             os.environ.pop("COPRS_HOME", None)
         else:
             os.environ["COPRS_HOME"] = old
+
+
+def first_few(items: list[str], limit: int, sep: str = ", ") -> str:
+    """The first ``limit`` of ``items`` joined by ``sep``, and ``" (+K more)"`` for the rest (the
+    lists of skipped samples in warnings)."""
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
 
 
 def repeat_each(items: list, n: int) -> list:

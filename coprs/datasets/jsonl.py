@@ -13,6 +13,7 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 
 from coprs.registry import DATASETS
+from coprs.utils import first_few
 
 __all__ = ["JsonlSegDataset"]
 
@@ -166,10 +167,9 @@ class JsonlSegDataset(BaseDataset):
             except _BadLine as err:
                 self.skipped.append((f"{self.ann_file}:{number}", str(err)))
         if self.skipped:
-            shown = "; ".join(f"{where}: {why}" for where, why in self.skipped[:10])
-            more = f" (+{len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
+            shown = first_few([f"{where}: {why}" for where, why in self.skipped], 10, "; ")
             print_log(f"{self.name}/{self.split}: skipped {len(self.skipped)} line(s): "
-                      f"{shown}{more}. See dataset.skipped.", logger="current",
+                      f"{shown}. See dataset.skipped.", logger="current",
                       level=logging.WARNING)
         self._check_unique_ids(data_list)
         if not data_list:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from coprs.image import too_large_message
 from coprs.registry import DATASETS
+from coprs.utils import first_few
 
 from .masks import polygon_pixels
 
@@ -308,11 +309,10 @@ class ReasonSegDataset(BaseDataset):
                 )
 
         if self.skipped:
-            shown = "; ".join(f"{p}: {r}" for p, r in self.skipped[:10])
-            more = f" (+{len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
+            shown = first_few([f"{p}: {r}" for p, r in self.skipped], 10, "; ")
             print_log(
                 f"ReasonSeg {self.split}: skipped {len(self.skipped)} of {len(names)} "
-                f"annotation(s): {shown}{more}. See dataset.skipped.",
+                f"annotation(s): {shown}. See dataset.skipped.",
                 logger="current",
                 level=logging.WARNING,
             )

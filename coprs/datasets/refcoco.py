@@ -12,6 +12,7 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 
 from coprs.registry import DATASETS
+from coprs.utils import first_few
 
 from .safe_pickle import safe_load
 
@@ -351,23 +352,20 @@ class RefCOCODataset(BaseDataset):
                 )
 
         if self.skipped:
-            shown = ", ".join(w.rsplit("#", 1)[-1] for w, _ in self.skipped[:20])
-            more = f" (+{len(self.skipped) - 20} more)" if len(self.skipped) > 20 else ""
+            shown = first_few([w.rsplit("#", 1)[-1] for w, _ in self.skipped], 20)
             print_log(
                 f"{self.dataset_name}({self.split_by}) {self.split}: skipped {len(self.skipped)} "
                 f"ref(s) whose annotation/image is missing from (or incomplete in) {inst_path}: "
-                f"{shown}{more}. "
-                "See dataset.skipped for reasons.",
+                f"{shown}. See dataset.skipped for reasons.",
                 logger="current",
                 level=logging.WARNING,
             )
         if self.empty_target:
-            shown = ", ".join(w.rsplit("#", 1)[-1] for w in self.empty_target[:20])
-            more = f" (+{len(self.empty_target) - 20} more)" if len(self.empty_target) > 20 else ""
+            shown = first_few([w.rsplit("#", 1)[-1] for w in self.empty_target], 20)
             print_log(
                 f"{self.dataset_name}({self.split_by}) {self.split}: {len(self.empty_target)} "
                 f"ref(s) whose annotation in {inst_path} has an empty 'segmentation' are kept "
-                f"with an empty target: {shown}{more}. See dataset.empty_target.",
+                f"with an empty target: {shown}. See dataset.empty_target.",
                 logger="current",
                 level=logging.WARNING,
             )
