@@ -98,16 +98,15 @@ def _kept_random_state():
     rank's training stream equal and depend on when the engine was built."""
     import numpy as np
 
-    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    from ..utils import fork_rng
+
+    py, npy = random.getstate(), np.random.get_state()
     try:
-        yield
+        with fork_rng():  # torch's, as the loop's rollouts and validation keep it
+            yield
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
 
 
 def _single_process_launch_env() -> None:
