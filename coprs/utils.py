@@ -7,7 +7,7 @@ import contextvars
 import os
 from pathlib import Path
 
-__all__ = ["register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home", "first_few",
+__all__ = ["atomic_write", "register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home", "first_few",
            "repeat_each", "fork_rng", "state_dict_mismatch", "torch_load_reason", "on_any_rank"]
 
 _META_BUILD = contextvars.ContextVar("coprs_meta_build", default=False)
@@ -147,3 +147,25 @@ def on_any_rank(flag: bool) -> bool:
     t = torch.tensor(float(flag), device=get_comm_device())
     all_reduce(t, op="sum")
     return t.item() > 0
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (str as UTF-8) to ``path`` through a temporary file in the same folder
+    and ``os.replace``: a crash at any moment leaves the old file or the new one, never a
+    truncated one. The parent folder is created."""
+    import tempfile
+
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
         description="Evaluate a checkpoint on every split in the config's test_cfg.datasets; "
                     "print a Markdown table (dataset x split), write per-sample records and, "
                     "with --out, a JSON of the metrics. Unreadable samples are reported and "
-                    "skipped.",
+                    "skipped; an interrupted evaluation continues with --resume.",
         epilog="example: coprs test configs/coprs/coprs_tiny_shapes_cpu.py "
                "work_dirs/coprs_tiny_shapes_cpu --out results.json --show-dir panels",
     )
@@ -56,6 +56,10 @@ def add_parser(sub) -> None:
                         "per line (e.g. a per_sample.jsonl of another run), or a per_sample_<mode>"
                         "/ folder of another run (one file per dataset/split)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation in the same work dir: the samples "
+                        "it scored (same checkpoint, mode and configs; written as it went) are "
+                        "kept and only the others are predicted")
     p.add_argument("--limit", type=int, metavar="N",
                    help="evaluate only the first N samples of every split (a quick check; "
                         "the numbers are not the split's)")
@@ -189,7 +193,8 @@ def run(args) -> int:
         return dict(reasoning=mode, show_dir=show,
                     out_dir=str(Path(cfg.work_dir) / f"per_sample_{mode}"))
 
-    cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, **dirs(modes[0]))
+    cfg.test_cfg.update(max_new_tokens=args.max_new_tokens, resume=args.resume,
+                        checkpoint=args.checkpoint, **dirs(modes[0]))
     if args.responses is not None:
         cfg.test_cfg.responses = args.responses
     cfg.load_from = None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
-from ..utils import state_dict_mismatch
+from ..utils import atomic_write, state_dict_mismatch
 
 __all__ = ["SegLossScheduleHook", "PlainCheckpointStateHook", "AtomicLocalBackend",
            "AtomicCheckpointHook", "TrainTimeBudgetHook", "TrainProgressBarHook",
@@ -160,24 +158,10 @@ class AtomicLocalBackend(LocalBackend):
     never leaves a truncated checkpoint or ``last_checkpoint`` pointer."""
 
     def put(self, obj: bytes, filepath) -> None:
-        _atomic_write(Path(filepath), obj)
+        atomic_write(Path(filepath), obj)
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
-        _atomic_write(Path(filepath), obj.encode(encoding))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(Path(filepath), obj.encode(encoding))
 
 
 @HOOKS.register_module()
@@ -211,7 +195,7 @@ class AtomicCheckpointHook(CheckpointHook):
                                by_epoch=self.by_epoch, backend_args=self.backend_args,
                                **self.args)
         if is_main_process():
-            _atomic_write(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt).encode())
+            atomic_write(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt).encode())
 
 
 @HOOKS.register_module()

@@ -95,17 +95,26 @@ class ReasonSegTestLoop(BaseLoop):
         out_dir: per-sample results folder (``<out_dir>/<dataset>_<split>/per_sample.jsonl``).
         show_dir: if set, a panel PNG per sample under ``<show_dir>/<dataset>_<split>/``.
         max_new_tokens: response budget (the policy's default when None).
+        resume: continue an interrupted evaluation: with ``out_dir``, the records each split
+            wrote as it went (``progress/``, :mod:`coprs.evaluation.progress`) are kept and
+            only the samples without one are predicted; the earlier run must have had the
+            same fingerprint (checkpoint, mode, budget, model/dataset/metric configs), or it is
+            an error naming what changed. False: every split starts from nothing.
+        checkpoint: the checkpoint evaluated (a file or an export folder), for the fingerprint.
     """
 
     #: where the datasets are configured (for errors naming one)
     _cfg_key = "test_cfg.datasets"
     #: ``{"test_cfg.datasets.<i>": why}`` for the datasets of the last run that could not be built
     failed_datasets: dict[str, str] = {}
+    #: whether splits write their records as they go, so that ``resume`` can continue them
+    _keeps_progress = True
 
     def __init__(self, runner, dataloader: dict, evaluator: dict, datasets: list[dict],
                  reasoning: str = "generated", gold_key: str = "response_coprs",
                  out_dir: str | None = None, show_dir: str | None = None,
-                 max_new_tokens: int | None = None, responses: str | None = None) -> None:
+                 max_new_tokens: int | None = None, responses: str | None = None,
+                 resume: bool = False, checkpoint: str | None = None) -> None:
         self._runner = runner
         _check_reasoning(reasoning)
         if not datasets:
@@ -116,6 +125,8 @@ class ReasonSegTestLoop(BaseLoop):
         self.out_dir, self.show_dir = out_dir, show_dir
         self.max_new_tokens = max_new_tokens
         self.responses = responses
+        self.resume, self.checkpoint = resume, checkpoint
+        self._done: dict[str, dict] = {}
 
     def run(self) -> dict:
         """Returns ``{"<dataset>/<split>": metrics}``.
@@ -171,15 +182,23 @@ class ReasonSegTestLoop(BaseLoop):
                 if table is None:
                     raise ValueError(f"responses '{self.responses}' has no folder {subdir}/ "
                                      f"(it has: {', '.join(k for k in given if k)})")
+            progress = self._start_progress(evaluator, ds_cfg, name, split)
             found = 0
             for batch in tqdm(loader, desc=f"{name}/{split} ({self.reasoning})",
                               disable=not is_main_process()):
                 found += self._predict(model, batch, name, split, table)
+                before = len(evaluator.metrics[0].results)
                 evaluator.process(data_samples=batch["data_samples"], data_batch=batch)
+                if progress is not None:  # on disk now: a kill loses at most this batch
+                    progress.append(r for r in evaluator.metrics[0].results[before:]
+                                    if not r.get("skipped") and r["sample_id"] not in self._done)
             if table is not None and len(loader.dataset) and not _sum_over_ranks(found):
                 raise ValueError(f"responses '{self.responses}' has no response for any sample "
                                  f"of {name}/{split}; do its sample_ids come from this split?")
             metrics = results[f"{name}/{split}"] = evaluator.evaluate(len(loader.dataset))
+            if progress is not None:
+                progress.finish()
+            self._done = {}
             # samples the dataset left out while loading its annotations (a missing image, a
             # broken line): counted beside the unreadable ones, so n is never silently short
             dropped = list(getattr(loader.dataset, "skipped", None) or [])
@@ -189,17 +208,56 @@ class ReasonSegTestLoop(BaseLoop):
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return results
 
+    def _start_progress(self, evaluator, ds_cfg, name: str, split: str):
+        """The split's :class:`~coprs.evaluation.progress.EvalProgress` (None when records are
+        not written), after reading what an earlier run scored into ``self._done``."""
+        from .. import __version__
+        from ..evaluation import ReasonSegMetric
+        from ..evaluation.functional import results_subdir
+        from ..evaluation.progress import EvalProgress, config_digest, file_stamp
+
+        self._done = {}
+        if (not self._keeps_progress or self.out_dir is None
+                or not isinstance(evaluator.metrics[0], ReasonSegMetric)):
+            return None
+        fingerprint = dict(
+            coprs_version=__version__, checkpoint=file_stamp(self.checkpoint),
+            reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
+            gold_key=self.gold_key if self.reasoning == "gold" else None,
+            responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
+            model=config_digest(self.runner.cfg.get("model")),
+            # --limit (the dataset's indices) changes which samples, not how each is scored
+            dataset=config_digest(ds_cfg, drop=("indices",)),
+            metric=config_digest(self.evaluator_cfg, drop=("out_dir",)))
+        progress = EvalProgress(Path(self.out_dir) / results_subdir(name, split), fingerprint,
+                                f"{name}/{split}")
+        self._done = progress.start(self.resume)
+        if self.resume:
+            self.runner.logger.info(
+                f"{name}/{split} ({self.reasoning}): --resume: "
+                + (f"{len(self._done)} samples scored by the earlier run are kept, the others "
+                   "are predicted" if self._done else "no earlier records, evaluating it all"))
+        return progress
+
     def _predict(self, model, batch: dict, name: str, split: str,
                  given: dict[str, str] | None = None) -> int:
-        """Predict the batch's readable samples into ``sample['pred']``; returns how many."""
+        """Predict the batch's readable samples into ``sample['pred']`` (a sample an earlier
+        run scored keeps its record, ``sample['resumed_record']``); returns how many."""
         samples, images = batch["data_samples"], batch["inputs"]
+        resumed = 0
+        for s in samples:
+            record = self._done.get(str(s.get("sample_id")))
+            if record is not None:
+                s["resumed_record"], resumed = record, resumed + 1
         if given is not None:  # no response in the file: reported with the unreadable samples
             for s in samples:
-                if not s.get("load_error") and str(s.get("sample_id")) not in given:
+                if (not s.get("load_error") and "resumed_record" not in s
+                        and str(s.get("sample_id")) not in given):
                     s["load_error"] = f"no response for this sample in '{self.responses}'"
-        ok = [i for i, s in enumerate(samples) if not s.get("load_error")]
+        ok = [i for i, s in enumerate(samples)
+              if not s.get("load_error") and "resumed_record" not in s]
         if not ok:
-            return 0
+            return resumed
         instructions = ["" if self.reasoning == "empty" else samples[i]["instruction"]
                         for i in ok]
         responses = None
@@ -218,7 +276,7 @@ class ReasonSegTestLoop(BaseLoop):
             samples[i]["pred"] = pred
             if self.show_dir is not None:
                 self._show(images[i], samples[i], instructions[ok.index(i)], name, split)
-        return len(ok)
+        return len(ok) + resumed
 
     def _show(self, image, sample: dict, instruction: str, name: str, split: str) -> None:
         from ..evaluation.functional import results_subdir
@@ -267,6 +325,7 @@ class ReasonSegValLoop(ReasonSegTestLoop):
     """
 
     _cfg_key = "val_cfg.datasets"
+    _keeps_progress = False
 
     def __init__(self, *args, vis_samples: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)

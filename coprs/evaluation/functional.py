@@ -48,6 +48,7 @@ __all__ = [
     "mask_iou",
     "results_subdir",
     "write_per_sample",
+    "append_per_sample",
     "read_per_sample",
     "read_json_records",
     "find_per_sample",
@@ -401,6 +402,18 @@ def write_per_sample(path: str | os.PathLike, records: Iterable[Mapping[str, Any
     Raises:
         ValueError: if a record lacks a required key.
     """
+    return _write_records(path, records, "w")
+
+
+def append_per_sample(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """:func:`write_per_sample`, appending to ``path`` (created if missing) and flushing the
+    lines to disk before returning, so that records written survive the process being killed
+    (an evaluation's progress, :mod:`coprs.evaluation.progress`)."""
+    return _write_records(path, records, "a")
+
+
+def _write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]], mode: str
+                   ) -> Path:
     path = Path(path)
     lines = []
     for index, record in enumerate(records):
@@ -416,8 +429,11 @@ def write_per_sample(path: str | os.PathLike, records: Iterable[Mapping[str, Any
         }
         lines.append(json.dumps(clean, default=_json_default, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with path.open(mode, encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
+        if mode == "a":
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 

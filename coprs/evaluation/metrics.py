@@ -62,8 +62,13 @@ class ReasonSegMetric(BaseMetric):
         ``gt_mask``, ``ignore_mask``, ``sample_id``, ``instruction`` and ``load_error``. Each
         per-sample record keeps the policy's ``response`` (its chain of thought and answer; the
         gold one in gold mode), and the synthetic world's ``instruction_type`` and
-        ``template_id`` (None elsewhere) for breakdowns (``recompute_metrics.py --by``)."""
+        ``template_id`` (None elsewhere) for breakdowns (``recompute_metrics.py --by``). A sample
+        with ``resumed_record`` (scored by an earlier, interrupted run: ``coprs test --resume``)
+        keeps that record."""
         for s in data_samples:
+            if s.get("resumed_record") is not None:
+                self.results.append(dict(s["resumed_record"]))
+                continue
             if s.get("load_error") or s.get("pred") is None:
                 self.results.append({"skipped": True, "sample_id": s.get("sample_id"),
                                      "img_path": s.get("img_path"),

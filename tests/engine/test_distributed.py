@@ -233,6 +233,25 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
             path = tmp_path / name / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
             ids = [json.loads(x)["sample_id"] for x in path.read_text().splitlines()]
             assert len(ids) == len(set(ids)) == 5
+    # the single-process run, as if killed after two gold samples, resumed on two ranks:
+    # they predict the other three and end with the same metrics (coprs test --resume)
+    split = tmp_path / "one" / "per_sample_gold" / "shapes_test"
+    lines = (split / "per_sample.jsonl").read_text().splitlines()
+    (split / "per_sample.jsonl").unlink()
+    (split / "progress").mkdir()
+    (split / "progress" / "rank0.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    run = json.loads((split / "run.json").read_text())
+    (split / "run.json").write_text(json.dumps(dict(run, complete=False)))
+    proc = subprocess.run([*launches["torchrun"], "--reasoning", "gold", "--max-new-tokens", "4",
+                           "--work-dir", str(tmp_path / "one"), "--resume",
+                           "--out", str(tmp_path / "resumed.json")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "2 samples scored by the earlier run are kept" in proc.stdout + proc.stderr
+    resumed = json.loads((tmp_path / "resumed.json").read_text())["shapes/test"]
+    for key in ("gIoU", "cIoU", "heatmap_IoU", "n"):
+        assert abs(resumed[key] - one["gold"]["shapes/test"][key]) < 1e-5, key
+    assert sorted((split / "per_sample.jsonl").read_text().splitlines()) == sorted(lines)
 
 
 def test_a_finished_command_leaves_the_process_group(tmp_path):

@@ -163,8 +163,8 @@ def test_training_writes_the_last_checkpoint_pointer_atomically(tmp_path, monkey
     import coprs.engine.hooks as hooks
 
     written = []
-    real = hooks._atomic_write
-    monkeypatch.setattr(hooks, "_atomic_write", lambda p, d: (written.append(p.name), real(p, d)))
+    real = hooks.atomic_write
+    monkeypatch.setattr(hooks, "atomic_write", lambda p, d: (written.append(p.name), real(p, d)))
     from coprs.cli import main
 
     from ..conftest import TINY_CONFIG  # noqa: TID252

@@ -1,0 +1,190 @@
+"""Resumable evaluation: the records of a split written as it goes, and what a rerun may reuse.
+
+A long evaluation (a 7B policy reasoning over thousands of samples) that is killed — a
+preempted job, a lost node — should not start over. While a split is evaluated, every rank
+appends the per-sample record of each sample it has scored to
+``<out_dir>/<dataset>_<split>/progress/rank<r>.jsonl``; ``run.json`` beside ``per_sample.jsonl``
+says what produced them (the fingerprint: checkpoint file, reasoning mode, response budget,
+model, dataset and metric configs, coprs version) and whether the split finished. ``coprs test
+--resume`` reads them back and predicts only the samples without a record
+(:class:`ReasonSegTestLoop`, ``resume=True``); a fingerprint that differs is an error naming
+what changed, never a silent mix of two runs' records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mmengine.dist import barrier, get_rank, is_main_process
+from mmengine.logging import print_log
+
+from .functional import append_per_sample, read_per_sample
+
+__all__ = ["EvalProgress", "config_digest", "file_stamp", "PROGRESS_DIRNAME", "RUN_FILENAME"]
+
+#: the folder (inside a split's results folder) of the records written as the split goes
+PROGRESS_DIRNAME = "progress"
+#: the fingerprint of the run that wrote a split's records, and whether it finished
+RUN_FILENAME = "run.json"
+
+
+def config_digest(cfg: Any, drop: Iterable[str] = ()) -> str | None:
+    """A short sha256 of a config (a dict or mmengine ``ConfigDict``) in canonical JSON, without
+    the top-level keys ``drop``; None for None."""
+    if cfg is None:
+        return None
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if isinstance(cfg, Mapping):
+        cfg = {k: v for k, v in cfg.items() if k not in set(drop)}
+    text = json.dumps(cfg, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_stamp(path: str | os.PathLike | None) -> dict | None:
+    """What identifies a checkpoint (or a responses file) without reading it: its absolute
+    path, size and modification time; for a folder (an ``export-hf`` directory) the total size
+    and latest modification time of the files in it. None for None."""
+    if path is None:
+        return None
+    path = Path(path).expanduser().resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [f.stat() for f in files]
+    return {"path": str(path), "size": sum(s.st_size for s in stats),
+            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def _json_round_trip(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=repr))
+
+
+class EvalProgress:
+    """The records of one split's evaluation, written as it goes (see the module docstring).
+
+    Args:
+        split_dir: the split's results folder (``<out_dir>/<dataset>_<split>``).
+        fingerprint: what produced the records (JSON-able; compared key by key on resume).
+        split: ``<dataset>/<split>``, for messages.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, fingerprint: dict, split: str) -> None:
+        self.split_dir = Path(split_dir)
+        self.fingerprint = _json_round_trip(fingerprint)
+        self.split = split
+        self.progress_dir = self.split_dir / PROGRESS_DIRNAME
+        self.run_file = self.split_dir / RUN_FILENAME
+
+    # ------------------------------------------------------------------ start
+    def start(self, resume: bool) -> dict[str, dict]:
+        """Begin the split; returns ``{sample_id: record}`` of the samples an earlier run with
+        the same fingerprint scored (empty unless ``resume``).
+
+        Without ``resume`` the earlier progress is discarded (a finished ``per_sample.jsonl``
+        stays until this run replaces it). With ``resume`` and no earlier run, the split starts
+        from nothing. Every rank reads; rank 0 writes; all ranks meet before returning.
+
+        Raises:
+            ValueError: with ``resume``, when the earlier run's fingerprint differs (the message
+                names each difference and what to do).
+        """
+        done: dict[str, dict] = {}
+        earlier = self._read_run() if resume else None
+        if earlier is not None:
+            self._check_same(earlier["fingerprint"])
+            done = self._read_done(complete=bool(earlier.get("complete")))
+        elif is_main_process() and self.progress_dir.is_dir():
+            left = sum(1 for p in self.progress_dir.glob("rank*.jsonl")
+                       for line in p.open(encoding="utf-8") if line.strip())
+            if left:
+                print_log(f"{self.split}: {left} records of an interrupted evaluation in "
+                          f"{self.progress_dir} are discarded; coprs test --resume would have "
+                          "kept them", logger="current", level=logging.WARNING)
+        if is_main_process():
+            if earlier is None:
+                shutil.rmtree(self.progress_dir, ignore_errors=True)
+                self._write_run(complete=False)
+            self.progress_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        return done
+
+    def _read_run(self) -> dict | None:
+        if not self.run_file.is_file():
+            return None
+        try:
+            run = json.loads(self.run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"{self.run_file} (the record of an earlier evaluation of {self.split}) is "
+                f"unreadable ({exc}); delete it to evaluate {self.split} from the start") from None
+        if not isinstance(run, dict) or "fingerprint" not in run:
+            raise ValueError(f"{self.run_file} has no fingerprint; delete it to evaluate "
+                             f"{self.split} from the start")
+        return run
+
+    def _check_same(self, earlier: dict) -> None:
+        keys = sorted(set(earlier) | set(self.fingerprint))
+        changed = [k for k in keys if earlier.get(k) != self.fingerprint.get(k)]
+        if changed:
+            what = "; ".join(f"{k}: {earlier.get(k)!r} then, {self.fingerprint.get(k)!r} now"
+                             for k in changed)
+            raise ValueError(
+                f"--resume: the records of {self.split} in {self.split_dir} were written by "
+                f"another evaluation ({what}). Evaluate with the same checkpoint and options "
+                "to continue it, leave out --resume to evaluate this split from the start "
+                "(its records are then replaced), or give another --work-dir")
+
+    def _read_done(self, complete: bool) -> dict[str, dict]:
+        from .functional import PER_SAMPLE_FILENAME
+
+        done: dict[str, dict] = {}
+        final = self.split_dir / PER_SAMPLE_FILENAME
+        if complete and final.is_file():
+            done.update((str(r["sample_id"]), r) for r in read_per_sample(final))
+        for path in sorted(self.progress_dir.glob("rank*.jsonl")):
+            done.update(self._read_progress(path))
+        return done
+
+    @staticmethod
+    def _read_progress(path: Path) -> dict[str, dict]:
+        """One rank's records; a line cut short by a killed process is left out (that sample
+        is predicted again)."""
+        out, broken = {}, 0
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    out[str(record["sample_id"])] = record
+                except (ValueError, TypeError, KeyError):
+                    broken += 1
+        if broken:
+            print_log(f"{path}: {broken} unreadable line(s) left out (a write cut short); "
+                      "their samples are evaluated again", logger="current", level=logging.WARNING)
+        return out
+
+    def _write_run(self, complete: bool) -> None:
+        from ..utils import atomic_write
+
+        atomic_write(self.run_file, json.dumps(
+            {"fingerprint": self.fingerprint, "complete": complete}, indent=2) + "\n")
+
+    # --------------------------------------------------------------- progress
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """This rank's newly scored records, on disk before returning."""
+        records = list(records)
+        if records:
+            append_per_sample(self.progress_dir / f"rank{get_rank()}.jsonl", records)
+
+    def finish(self) -> None:
+        """The split's ``per_sample.jsonl`` is written (rank 0, by the metric): mark the run
+        complete and remove the progress folder. Every rank calls it."""
+        barrier()
+        if is_main_process():
+            self._write_run(complete=True)
+            shutil.rmtree(self.progress_dir, ignore_errors=True)

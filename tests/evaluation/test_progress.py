@@ -1,0 +1,84 @@
+"""Resumable evaluation's records (coprs.evaluation.progress): written as a split goes, read
+back only for the same fingerprint."""
+
+import json
+
+import pytest
+
+from coprs.evaluation.functional import PER_SAMPLE_FILENAME, write_per_sample
+from coprs.evaluation.progress import EvalProgress, config_digest, file_stamp
+
+COUNTS = dict(inter_exclude=1, union_exclude=2, inter_background=1, union_background=2,
+              inter_foreground=1, union_foreground=2, pred_area=1, gt_area=2, ignore_area=0)
+
+
+def _record(sample_id, iou=0.5):
+    return dict(COUNTS, sample_id=sample_id, instruction="x", iou=iou, heatmap_iou=0.25,
+                format_ok=True)
+
+
+def test_records_written_as_it_goes_come_back_on_resume(tmp_path):
+    fp = dict(checkpoint={"path": "/c.pth", "size": 3}, reasoning="generated")
+    first = EvalProgress(tmp_path / "shapes_test", fp, "shapes/test")
+    assert first.start(resume=False) == {}
+    assert json.loads(first.run_file.read_text()) == {"fingerprint": fp, "complete": False}
+    first.append([_record("a"), _record("b", 0.75)])
+    first.append([])  # a batch of unreadable samples only
+    # killed while writing the next line: the cut-short line is left out
+    with (first.progress_dir / "rank0.jsonl").open("a") as f:
+        f.write('{"sample_id": "c", "inter_ex')
+    again = EvalProgress(tmp_path / "shapes_test", dict(fp), "shapes/test")
+    done = again.start(resume=True)
+    assert sorted(done) == ["a", "b"] and done["b"]["iou"] == 0.75
+    # the same again without --resume: everything starts over
+    assert EvalProgress(tmp_path / "shapes_test", fp, "shapes/test").start(resume=False) == {}
+    assert not list(first.progress_dir.glob("*.jsonl"))
+
+
+def test_a_different_fingerprint_is_an_error_naming_what_changed(tmp_path):
+    EvalProgress(tmp_path, dict(reasoning="generated", max_new_tokens=None), "s/t").start(False)
+    later = EvalProgress(tmp_path, dict(reasoning="generated", max_new_tokens=64), "s/t")
+    with pytest.raises(ValueError, match=r"max_new_tokens: None then, 64 now.*leave out --resume"):
+        later.start(resume=True)
+    # nothing earlier: --resume evaluates everything
+    assert EvalProgress(tmp_path / "other", {}, "s/t").start(resume=True) == {}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable.*delete it"):
+        EvalProgress(tmp_path / "bad", {}, "s/t").start(resume=True)
+
+
+def test_a_finished_split_is_reused_only_while_it_is_marked_complete(tmp_path):
+    fp = dict(reasoning="gold")
+    run = EvalProgress(tmp_path, fp, "s/t")
+    run.start(resume=False)
+    run.append([_record("a")])
+    write_per_sample(tmp_path / PER_SAMPLE_FILENAME, [_record("a"), _record("b")])
+    run.finish()
+    assert not run.progress_dir.exists()
+    assert json.loads(run.run_file.read_text())["complete"] is True
+    assert sorted(EvalProgress(tmp_path, fp, "s/t").start(resume=True)) == ["a", "b"]
+    # a fresh start leaves the old per_sample.jsonl in place until it is replaced, but a
+    # later --resume must not take it for this run's records
+    EvalProgress(tmp_path, fp, "s/t").start(resume=False)
+    assert (tmp_path / PER_SAMPLE_FILENAME).is_file()
+    assert EvalProgress(tmp_path, fp, "s/t").start(resume=True) == {}
+
+
+def test_fingerprint_parts(tmp_path):
+    ckpt = tmp_path / "iter_10.pth"
+    ckpt.write_bytes(b"123")
+    stamp = file_stamp(ckpt)
+    assert stamp["size"] == 3 and stamp["path"] == str(ckpt.resolve())
+    ckpt.write_bytes(b"1234")  # a new checkpoint under the same name
+    assert file_stamp(ckpt) != stamp
+    folder = tmp_path / "export"
+    (folder / "policy").mkdir(parents=True)
+    (folder / "policy" / "a.bin").write_bytes(b"12")
+    (folder / "seg_head.pth").write_bytes(b"345")
+    assert file_stamp(folder)["size"] == 5 and file_stamp(None) is None
+    a = dict(type="ShapesReasonDataset", split="test", indices=4)
+    assert config_digest(a, drop=("indices",)) == config_digest(dict(a, indices=8),
+                                                                drop=("indices",))
+    assert config_digest(a) != config_digest(dict(a, split="val"))
+    assert config_digest(None) is None
