@@ -31,10 +31,13 @@ def result_summary(result: SegmentationResult, instruction: str) -> dict:
     }
 
 
-def write_result(out_dir, image: np.ndarray, instruction: str, result: SegmentationResult
-                 ) -> dict:
+def write_result(out_dir, image: np.ndarray, instruction: str, result: SegmentationResult,
+                 extra: dict | None = None) -> dict:
     """Write ``response.txt``, ``heatmap.png`` (overlay), ``mask.png`` (binary, original size),
-    ``panel.png`` (image+instruction | heatmap | mask | response) and ``result.json``."""
+    ``panel.png`` (image+instruction | heatmap | mask | response) and ``result.json`` (the
+    summary, with the keys of ``extra`` added; written last and atomically, so a folder with a
+    readable ``result.json`` is complete)."""
+    from ..utils import atomic_write
     from ..visualization import heatmap_overlay, make_panel, save_png
 
     out = Path(out_dir)
@@ -44,7 +47,6 @@ def write_result(out_dir, image: np.ndarray, instruction: str, result: Segmentat
     save_png(result.mask, out / "mask.png")
     make_panel(image, instruction, result.heatmap, result.mask, result.response,
                out / "panel.png", format_ok=result.format_ok)
-    summary = result_summary(result, instruction)
-    (out / "result.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+    summary = dict(result_summary(result, instruction), **(extra or {}))
+    atomic_write(out / "result.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1,
                    help="--input-jsonl lines segmented per batched pass (default: %(default)s; "
                         "the same results up to float rounding, faster)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --input-jsonl: keep the lines an earlier run into the same --out "
+                        "finished (same checkpoint, config and options) and segment the rest")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int,
                    help="response budget, at least 1 (default: the policy's max_new_tokens)")
@@ -73,6 +76,48 @@ def _check_out(out: Path) -> None:
             raise UsageError(f"--out '{out}' {where}; give a folder (created if missing)")
 
 
+def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> set[int]:
+    """Write the batch's fingerprint to ``<out>/run.json``; with ``--resume``, first check it
+    against the earlier run's and return the line numbers whose folder already holds a complete
+    result for the same image, instruction and response (they are not segmented again)."""
+    import json
+
+    from coprs import __version__
+    from coprs.evaluation.progress import config_digest, file_stamp, fingerprint_changes
+    from coprs.utils import atomic_write
+
+    fingerprint = dict(coprs_version=__version__, checkpoint=file_stamp(args.checkpoint),
+                       model=config_digest(cfg.get("model")), response=args.response,
+                       max_new_tokens=args.max_new_tokens, allow_empty=args.allow_empty)
+    run_file, kept = out / "run.json", set()
+    if args.resume and run_file.is_file():
+        try:
+            earlier = json.loads(run_file.read_text(encoding="utf-8"))["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--resume: {run_file} is unreadable ({exc}); delete it, or leave "
+                             "out --resume to segment every line again") from None
+        changed = fingerprint_changes(earlier, fingerprint)
+        if changed:
+            raise UsageError(f"--resume: the results in {out} come from another run ({changed});"
+                             " give the same checkpoint and options, another --out, or leave out"
+                             " --resume to segment every line again")
+        for n, item in lines:
+            try:
+                done = json.loads((out / f"{n:06d}" / "result.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not segmented, or cut short by the kill: segmented again
+            response = item.get("response", args.response)
+            if (isinstance(done, dict) and done.get("image") == str(item["image"])
+                    and done.get("instruction") == item["instruction"]
+                    and (response is None or done.get("response") == response)):
+                kept.add(n)
+    elif args.resume:
+        print(f"--resume: no earlier run in {out}; segmenting every line", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_file, json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
+    return kept
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -86,6 +131,8 @@ def run(args) -> int:
                          f"drop the positional {given}, or drop --input-jsonl")
     if args.input_jsonl is None and (args.image is None or args.instruction is None):
         raise UsageError("give IMAGE and INSTRUCTION, or --input-jsonl FILE")
+    if args.resume and args.input_jsonl is None:
+        raise UsageError("--resume continues an --input-jsonl batch; one image needs no resume")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -118,7 +165,9 @@ def run(args) -> int:
     items = read_jsonl(args.input_jsonl)
     failures = [(n, error) for n, _, error in items if error is not None]
     good = [(n, item) for n, item, error in items if error is None]
-    done = 0
+    kept = _start_batch(out, args, cfg, good)
+    good = [(n, item) for n, item in good if n not in kept]
+    done = len(kept)
     with tqdm(total=len(items), desc="infer", unit="sample") as bar:
         bar.update(len(items) - len(good))
         for start in range(0, len(good), args.batch_size):
@@ -138,10 +187,12 @@ def run(args) -> int:
                 if isinstance(result, Exception):
                     failures.append((n, f"{args.input_jsonl}:{n}: {result}"))
                     continue
-                write_result(out / f"{n:06d}", image, item["instruction"], result)
+                write_result(out / f"{n:06d}", image, item["instruction"], result,
+                             extra={"image": str(item["image"]), "line": n})
                 done += 1
             bar.update(len(chunk))
-    print(f"{done} of {len(items)} lines segmented into {out}/<line number>/")
+    print(f"{done} of {len(items)} lines segmented into {out}/<line number>/"
+          + (f" ({len(kept)} of them by the earlier run, kept)" if kept else ""))
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)
         for _, f in sorted(failures):

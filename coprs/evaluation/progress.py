@@ -27,7 +27,8 @@ from mmengine.logging import print_log
 
 from .functional import append_per_sample, read_per_sample
 
-__all__ = ["EvalProgress", "config_digest", "file_stamp", "PROGRESS_DIRNAME", "RUN_FILENAME"]
+__all__ = ["EvalProgress", "config_digest", "file_stamp", "fingerprint_changes", "PROGRESS_DIRNAME",
+           "RUN_FILENAME"]
 
 #: the folder (inside a split's results folder) of the records written as the split goes
 PROGRESS_DIRNAME = "progress"
@@ -63,6 +64,14 @@ def file_stamp(path: str | os.PathLike | None) -> dict | None:
 
 def _json_round_trip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=repr))
+
+
+def fingerprint_changes(earlier: Mapping, now: Mapping) -> str:
+    """What differs between two fingerprints, one ``key: <then> then, <now> now`` per key,
+    joined by ``; ``; empty when they are the same (compared as JSON)."""
+    earlier, now = _json_round_trip(dict(earlier)), _json_round_trip(dict(now))
+    return "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now"
+                     for k in sorted(set(earlier) | set(now)) if earlier.get(k) != now.get(k))
 
 
 class EvalProgress:
@@ -129,11 +138,8 @@ class EvalProgress:
         return run
 
     def _check_same(self, earlier: dict) -> None:
-        keys = sorted(set(earlier) | set(self.fingerprint))
-        changed = [k for k in keys if earlier.get(k) != self.fingerprint.get(k)]
-        if changed:
-            what = "; ".join(f"{k}: {earlier.get(k)!r} then, {self.fingerprint.get(k)!r} now"
-                             for k in changed)
+        what = fingerprint_changes(earlier, self.fingerprint)
+        if what:
             raise ValueError(
                 f"--resume: the records of {self.split} in {self.split_dir} were written by "
                 f"another evaluation ({what}). Evaluate with the same checkpoint and options "

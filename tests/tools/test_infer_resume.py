@@ -1,0 +1,66 @@
+"""``coprs infer --input-jsonl … --resume``: a batch killed part way keeps the lines it
+finished and segments the rest, with the results of an uninterrupted run."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from coprs.cli import main
+from coprs.models.segmentor import ReasoningSegmentor
+
+from ..conftest import TINY_CONFIG  # noqa: TID252
+
+
+def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    lines = [{"image": str(tmp_path / f"{i % 2}.png"), "instruction": f"the shape {i}"}
+             for i in range(4)]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    real, calls, fail_at = ReasoningSegmentor.predict_images, [], []
+
+    def counting(self, images, *args, **kwargs):
+        if fail_at and len(calls) >= fail_at[0]:
+            raise KeyboardInterrupt  # the job is stopped after some lines
+        calls.extend(images)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ReasoningSegmentor, "predict_images", counting)
+    base = ["infer", "--config", str(TINY_CONFIG), "--input-jsonl", str(jsonl),
+            "--max-new-tokens", "4"]
+    assert main([*base, "--out", str(tmp_path / "ref")]) == 0
+    calls.clear()
+    fail_at.append(2)
+    try:
+        main([*base, "--out", str(tmp_path / "run")])
+    except KeyboardInterrupt:
+        pass
+    assert len(calls) == 2 and not (tmp_path / "run" / "000003").exists()
+    # a folder cut short (no result.json) is segmented again
+    (tmp_path / "run" / "000002" / "result.json").unlink()
+    calls.clear()
+    fail_at.clear()
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert len(calls) == 3
+    assert "4 of 4 lines segmented" in capsys.readouterr().out
+    for n in range(1, 5):
+        for name in ("result.json", "mask.png", "response.txt"):
+            assert ((tmp_path / "run" / f"{n:06d}" / name).read_bytes()
+                    == (tmp_path / "ref" / f"{n:06d}" / name).read_bytes()), (n, name)
+    # a line edited since is segmented again; the others are kept
+    lines[3]["instruction"] = "another"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    calls.clear()
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "run" / "000004" / "result.json").read_text())[
+        "instruction"] == "another"
+    # another response budget is another run: refused, naming it; --resume needs a batch
+    assert main([*base[:-1], "5", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "max_new_tokens: 4 then, 5 now" in capsys.readouterr().err
+    assert main(["infer", "--config", str(TINY_CONFIG), str(tmp_path / "0.png"), "a",
+                 "--resume"]) == 2
