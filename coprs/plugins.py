@@ -14,13 +14,15 @@ module) implements some of the hooks of :class:`CoprsHookSpecs` with :data:`hook
 
 Loading happens once, on the first registry lookup (``Registry.get`` / ``build``) or
 :func:`coprs.utils.register_all_modules`, after the built-ins of the registry a plugin registers
-into. ``COPRS_DISABLE_PLUGINS=1`` loads none; ``COPRS_PLUGINS=a,b`` loads only the plugins named
-(entry-point or distribution names), ``COPRS_PLUGINS=-c`` loads all but ``c``. A plugin that
-fails to import, raises in a hook, has a hook coprs does not know (or with a wrong signature),
-implements no hook, registers a class that does not derive from its kind's base class, or
-registers a name that already exists (status ``conflict``, both origins named: nothing is
-replaced) is reported as a :class:`PluginWarning` naming it and why, and is left out with
-everything it registered; the core and every other plugin keep working.
+into. Plugins load in order of entry-point name, then distribution name (never in install order),
+so when two register one name the same one wins everywhere. ``COPRS_DISABLE_PLUGINS=1`` loads none;
+``COPRS_PLUGINS=a,b`` loads only the plugins named (entry-point or distribution names),
+``COPRS_PLUGINS=-c`` loads all but ``c``. A plugin that fails to import, raises in a hook, has a
+hook coprs does not know (or with a wrong signature), implements no hook, registers a class that
+does not derive from its kind's base class, or registers a name that already exists (status
+``conflict``, both origins named, the one kept and why: nothing is replaced) is reported as a
+:class:`PluginWarning` naming it and why, and is left out with everything it registered; the core
+and every other plugin keep working.
 
 See docs/plugins.md for a worked example.
 """
@@ -161,6 +163,9 @@ class PluginInfo:
     error: str | None = None
     components: list[tuple[str, str]] = field(default_factory=list)
     config_dirs: list[Path] = field(default_factory=list)
+    #: its name in the pluggy manager: the entry-point name, made unique when two distributions
+    #: declare one entry-point name (so that each is loaded, and left out, on its own)
+    _hook_name: str = field(default="", init=False, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -315,13 +320,24 @@ def _registrar(info: PluginInfo, kind: str | None) -> Callable:
                     f"with COPRS_PLUGINS=-{info.name} (or uninstall {info.dist}).")
             parent = parent.parent
         if name in registry.module_dict:
+            owner = _STATE.origins.get((kind, name))
+            said = (f"plugin {info.label} registers {name!r} ({cls.__module__}."
+                    f"{getattr(cls, '__qualname__', name)}) in the '{registry.scope}::"
+                    f"{registry.name}' registry, which ")
+            if owner is None or owner is info:  # a built-in, user code, or itself twice
+                raise PluginConflictError(
+                    f"{said}{_describe(kind, name)} already registered. A plugin cannot replace "
+                    f"a component: rename it (register(cls, name=...)), or leave this plugin out "
+                    f"with COPRS_PLUGINS=-{_exclusion(info, owner)} (or uninstall one of the "
+                    "two packages).")
+            kept, other = _exclusion(owner, info), _exclusion(info, owner)
             raise PluginConflictError(
-                f"plugin {info.label} registers {name!r} ({cls.__module__}."
-                f"{getattr(cls, '__qualname__', name)}) in the '{registry.scope}::"
-                f"{registry.name}' registry, which {_describe(kind, name)} already registered. "
-                "A plugin cannot replace a component: rename it (register(cls, name=...)), or "
-                f"leave this plugin out with COPRS_PLUGINS=-{info.name} (or uninstall one of "
-                "the two packages).")
+                f"{said}plugin {_describe(kind, name)} already registered; {kept} is kept and "
+                f"nothing is replaced: {_load_order_reason(owner, info)}, and the first to "
+                f"register a name keeps it. To use {other}'s {name!r} instead, leave {kept} out "
+                f"with COPRS_PLUGINS=-{kept} (with everything it registers); to keep {kept} "
+                f"without this warning, leave {other} out with COPRS_PLUGINS=-{other}, or "
+                "rename one of the two (register(cls, name=...)).")
         registry.register_module(name=name, module=cls)
         _STATE.origins[(kind, name)] = info
         info.components.append((kind, name))
@@ -355,8 +371,8 @@ def _fail(info: PluginInfo, what: str, exc: BaseException, status: str = "failed
     one-line warning."""
     _rollback(info)
     info.status, info.error = status, _one_line(exc)
-    if _STATE.pm is not None and _STATE.pm.has_plugin(info.name):
-        _STATE.pm.unregister(name=info.name)
+    if _STATE.pm is not None and info._hook_name and _STATE.pm.has_plugin(info._hook_name):
+        _STATE.pm.unregister(name=info._hook_name)
     error = info.error if info.error.endswith((".", "?")) else info.error + "."
     if status == "conflict":  # the error names the plugin and the fix already
         message = f"{error} It is not loaded; coprs and the other plugins work without it."
@@ -411,10 +427,10 @@ def _call_hooks(pm: pluggy.PluginManager, info: PluginInfo) -> None:
     """Run ``info``'s register hooks and collect its config dirs (exceptions propagate)."""
     for hook_name, kind in [*REGISTER_HOOKS.items(), ("register_modules", None)]:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            if impl.plugin_name == info.name:
+            if impl.plugin_name == info._hook_name:
                 impl.function(*[_registrar(info, kind) for _ in impl.argnames])
     for impl in pm.hook.config_dirs.get_hookimpls():
-        if impl.plugin_name != info.name:
+        if impl.plugin_name != info._hook_name:
             continue
         dirs = impl.function()
         dirs = [] if dirs is None else [dirs] if isinstance(dirs, str | Path) else list(dirs)
@@ -429,6 +445,38 @@ def _dist_of(ep) -> tuple[str, str]:
     if dist is None:
         return ep.name, "unknown"
     return dist.name, dist.version
+
+
+def _load_order(ep) -> tuple[str, ...]:
+    """The sort key plugins load by: entry-point name, then distribution name (both as
+    ``COPRS_PLUGINS`` compares them, then as spelt), then version and target so that even a
+    distribution seen twice has one place. Never the order ``importlib.metadata`` lists them in,
+    which follows install order: the same installed plugins must give the same winner of a
+    conflict on every machine."""
+    dist, version = _dist_of(ep)
+    return (_norm(ep.name), _norm(dist), ep.name, dist, version, str(getattr(ep, "value", "")))
+
+
+def _load_order_reason(first: PluginInfo, later: PluginInfo) -> str:
+    """Why ``first`` loaded before ``later``, in words (see :func:`_load_order`)."""
+    rule = "plugins load in order of entry-point name, then distribution name"
+    if _norm(first.name) != _norm(later.name):
+        return f"{rule} ({first.name!r} comes before {later.name!r})"
+    if _norm(first.dist) != _norm(later.dist):
+        return (f"{rule} (both entry points are named {first.name!r}; distribution "
+                f"{first.dist!r} comes before {later.dist!r})")
+    return f"{rule} (the same for both; {first.version!r} comes before {later.version!r})"
+
+
+def _exclusion(info: PluginInfo, other: PluginInfo | None) -> str:
+    """The ``COPRS_PLUGINS=-…`` name that leaves ``info`` out but not ``other``: its entry-point
+    name, or its distribution name if ``other`` answers to the entry-point name too."""
+    if other is None or other is info:
+        return info.name
+    theirs = {_norm(other.name), _norm(other.dist)}
+    if _norm(info.name) not in theirs:
+        return info.name
+    return info.dist if _norm(info.dist) not in theirs else info.name
 
 
 def _unknown_names(unknown: list[str], eps: list) -> list[str]:
@@ -457,11 +505,14 @@ def _unknown_names(unknown: list[str], eps: list) -> list[str]:
 
 
 def load_plugins() -> list[PluginInfo]:
-    """Load the ``coprs`` entry points once (later calls return the same list).
+    """Load the ``coprs`` entry points once (later calls return the same list), in order of
+    entry-point name, then distribution name, whatever order they were installed in: of two
+    plugins that register one name, the first in that order keeps it.
 
     Returns:
-        list[PluginInfo]: every entry point seen, with its status (a plugin that conflicts with
-        a name registered already has status 'conflict' and is warned about, not raised).
+        list[PluginInfo]: every entry point seen, in load order, with its status (a plugin that
+        conflicts with a name registered already has status 'conflict' and is warned about, not
+        raised).
     """
     if _STATE.done:  # every registry lookup comes here: be quick
         return _STATE.plugins
@@ -474,7 +525,7 @@ def load_plugins() -> list[PluginInfo]:
             pm.add_hookspecs(CoprsHookSpecs)
             _STATE.pm = pm
             try:
-                eps = list(_entry_points())
+                eps = sorted(_entry_points(), key=_load_order)  # never install order
             except Exception as exc:  # noqa: BLE001 - broken metadata must not break coprs
                 if not plugins_disabled():
                     warnings.warn(f"coprs could not list its plugins: {exc}", PluginWarning,
@@ -505,9 +556,11 @@ def load_plugins() -> list[PluginInfo]:
                 except Exception as exc:  # noqa: BLE001 - report, keep going
                     _fail(info, "failed to import", exc)
                     continue
+                info._hook_name = ep.name if not pm.has_plugin(ep.name) else (
+                    f"{ep.name} ({dist} {version}, #{len(_STATE.plugins)})")
                 try:
                     _check_hooks(pm, obj)
-                    pm.register(obj, name=ep.name)
+                    pm.register(obj, name=info._hook_name)
                     pm.check_pending()  # a hook name that is no hook of coprs
                     _call_hooks(pm, info)
                 except PluginConflictError as exc:  # left out: the other plugins still load

@@ -145,7 +145,8 @@ def test_failing_plugins_warn_with_name_and_error_and_the_rest_works():
         assert any("broken 0.3 failed to import" in m and "missing_dep" in m for m in messages)
         assert any("raiser 0.0" in m and "RuntimeError: boom" in m for m in messages)
         assert any("typo 0.0" in m and "register_reward" in m for m in messages)
-        assert [i.status for i in infos] == ["failed", "failed", "failed", "loaded"]
+        assert {i.name: i.status for i in infos} == {
+            "broken": "failed", "raiser": "failed", "typo": "failed", "fake-plugin": "loaded"}
         assert REWARDS.get("PartialReward") is None
         assert REWARDS.get("FakeReward") is FakeReward  # the healthy plugin
         assert REWARDS.get("MaskReward") is not None  # and the core
@@ -248,6 +249,65 @@ def test_duplicate_between_two_plugins_names_both():
         with pytest.warns(PluginWarning, match=r"second 2\.0.*first 1\.0.*COPRS_PLUGINS=-second"):
             load_plugins()
         assert plugins.origin_of("rewards", "FakeReward") == "first 1.0"
+
+
+class OtherFakeReward(BaseReward):
+    """Another plugin's class under :class:`FakeReward`'s name."""
+
+    name = "other-fake"
+
+
+class OtherRewardPlugin:
+    @hookimpl
+    def register_rewards(self, register):
+        register(OtherFakeReward, name="FakeReward")
+
+
+@pytest.mark.parametrize("name_a, dist_a, name_b, dist_b, kept, other", [
+    # the entry-point name decides ('alpha' < 'beta'), before the distribution name
+    ("alpha", "pkg-z", "beta", "pkg-a", "alpha", "beta"),
+    # one entry-point name in two distributions: the distribution name decides, and the messages
+    # name the plugins by it (COPRS_PLUGINS=-rewards would leave out both)
+    ("rewards", "pkg-a", "rewards", "pkg-b", "pkg-a", "pkg-b"),
+])
+def test_a_conflict_between_plugins_has_the_same_winner_whatever_the_install_order(
+        name_a, dist_a, name_b, dist_b, kept, other):
+    a = LocalPlugin(name_a, RewardPlugin(), dist=dist_a, version="1.0")  # first in load order
+    b = LocalPlugin(name_b, OtherRewardPlugin(), dist=dist_b, version="2.0")
+    messages = set()
+    try:
+        for eps in ([a, b], [b, a]):  # the order importlib.metadata lists them in
+            with isolated_plugins(eps):
+                with pytest.warns(PluginWarning) as record:
+                    infos = load_plugins()
+                assert REWARDS.get("FakeReward") is FakeReward  # a's, either way
+                assert [(i.dist, i.status) for i in infos] == [(dist_a, "loaded"),
+                                                               (dist_b, "conflict")]
+                (msg,) = [str(w.message) for w in record]
+                messages.add(msg)
+                assert "\n" not in msg
+                assert msg.startswith(f"plugin {b.dist.name} 2.0")  # both plugins named …
+                assert f"which plugin {dist_a} 1.0" in msg
+                assert "'FakeReward'" in msg and "'coprs::reward' registry" in msg  # … and what
+                assert f"; {kept} is kept and nothing is replaced: " in msg  # which one, why
+                assert "plugins load in order of entry-point name, then distribution name" in msg
+                assert f"{kept!r} comes before {other!r}" in msg
+                assert (f"To use {other}'s 'FakeReward' instead, leave {kept} out with "
+                        f"COPRS_PLUGINS=-{kept} ") in msg  # how to get the other one
+                assert f"leave {other} out with COPRS_PLUGINS=-{other}," in msg
+                assert infos[1].error == msg.removesuffix(
+                    " It is not loaded; coprs and the other plugins work without it.")
+        assert len(messages) == 1  # word for word the same either way
+        with pytest.MonkeyPatch.context() as mp, isolated_plugins([b, a]):
+            mp.setenv("COPRS_PLUGINS", f"-{kept}")  # the fix the message gives: no warning
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", PluginWarning)
+                assert REWARDS.get("FakeReward") is OtherFakeReward
+                assert [i.status for i in load_plugins()] == ["skipped", "loaded"]
+    finally:
+        plugins.unload_plugins()
+        REWARDS.module_dict.pop("FakeReward", None)  # never left behind, even on a failure
+    assert "FakeReward" not in REWARDS.module_dict
 
 
 def test_disable_and_allow_list_switches(monkeypatch, capsys):
@@ -393,7 +453,8 @@ def test_a_component_that_does_not_derive_from_its_base_class_fails_its_plugin(o
     msg = _warned_about(eps, "wrong 0.0")
     assert "'WrongReward'" in msg and shown in msg and "coprs.rewards.BaseReward" in msg
     with isolated_plugins(eps), pytest.warns(PluginWarning):
-        assert [i.status for i in load_plugins()] == ["failed", "loaded", "loaded"]
+        assert {i.name: i.status for i in load_plugins()} == {
+            "wrong": "failed", "unchecked": "loaded", "fake-plugin": "loaded"}
         assert REWARDS.get("WrongReward") is None and REWARDS.get("BeforeTheWrongOne") is None
         assert REWARDS.get("FakeReward") is FakeReward
 
@@ -411,7 +472,9 @@ def test_a_plugin_with_no_hook_is_said_to_be_one_with_the_likely_cause():
     assert "some_package.plugin" in msg
     assert "no function of it is marked @hookimpl" in _warned_about(eps, "nothing 0.0")
     with isolated_plugins(eps), pytest.warns(PluginWarning):
-        assert [i.status for i in load_plugins()] == ["failed", "failed", "failed", "loaded"]
+        assert {i.name: i.status for i in load_plugins()} == {
+            "unmarked": "failed", "package": "failed", "nothing": "failed",
+            "fake-plugin": "loaded"}
 
 
 def test_unknown_hook_gets_a_did_you_mean_and_a_wrong_signature_one_line():
