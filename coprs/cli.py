@@ -18,14 +18,21 @@ Subcommands (one module each in ``coprs.commands``):
 Errors in what the user gave (a wrong path, an unreadable image, a bad config key) print one
 line and exit with code 2; ``--debug`` shows the traceback. A config argument may name a config
 a plugin ships, as ``PLUGIN::path.py`` (``coprs list configs``).
+
+The scripts under ``tools/`` (``python tools/train.py …``) run these subcommands inside
+:func:`as_script`, so that their usage lines and errors name the script as it was run, not
+``coprs train``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from . import __version__
 from .commands import (
@@ -45,7 +52,7 @@ from .commands import (
 from .commands import list as list_components
 from .commands.common import UsageError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "as_script"]
 
 _COMMANDS = (infer, train, test, count_params, extract_features, browse_dataset, export_hf,
              publish_model, list_components, bench_paradigms, print_config, collect_env, demo)
@@ -88,9 +95,39 @@ def _unrecognized(parser: argparse.ArgumentParser, command: str | None, extra: l
     target.error(f"unrecognized arguments: {' '.join(hints)}")
 
 
+#: what :func:`main` calls its subcommand in usage lines and errors (None: ``coprs COMMAND``)
+_PROG: contextvars.ContextVar[str | None] = contextvars.ContextVar("coprs_cli_prog", default=None)
+
+
+@contextlib.contextmanager
+def as_script(prog: str | None = None) -> Iterator[None]:
+    """Inside, :func:`main` names its subcommand ``prog`` in usage lines and errors (default: the
+    running script as it was invoked, ``python tools/train.py``) instead of ``coprs train``. For
+    the scripts under ``tools/``::
+
+        with as_script():
+            sys.exit(main(["train", *sys.argv[1:]]))
+    """
+    if prog is None:
+        script = sys.argv[0] if sys.argv else ""
+        prog = f"python {script}" if script.endswith(".py") else None
+    token = _PROG.set(prog)
+    try:
+        yield
+    finally:
+        _PROG.reset(token)
+
+
 def main(argv=None) -> int:
+    """Run the ``coprs`` command line ``argv`` (default: ``sys.argv[1:]``), subcommand first, and
+    return the exit code."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = _PROG.get()
+    if prog is not None and argv:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and argv[0] in action.choices:
+                action.choices[argv[0]].prog = prog
     debug = "--debug" in argv  # accepted anywhere: `coprs --debug infer …` or `coprs infer … --debug`
     args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
     if extra:

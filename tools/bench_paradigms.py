@@ -8,7 +8,8 @@ Writes ``OUT/paradigms.json`` and ``OUT/paradigms.md``. Same as ``coprs bench-pa
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench-paradigms", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs bench-paradigms`
+        sys.exit(main(["bench-paradigms", *sys.argv[1:]]))

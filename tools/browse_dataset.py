@@ -2,7 +2,8 @@
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["browse-dataset", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs browse-dataset`
+        sys.exit(main(["browse-dataset", *sys.argv[1:]]))

@@ -8,7 +8,8 @@ Same as ``coprs count-params``.
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["count-params", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs count-params`
+        sys.exit(main(["count-params", *sys.argv[1:]]))

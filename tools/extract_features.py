@@ -2,7 +2,8 @@
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["extract-features", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs extract-features`
+        sys.exit(main(["extract-features", *sys.argv[1:]]))

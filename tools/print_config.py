@@ -6,7 +6,8 @@ Example:
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["print-config", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs print-config`
+        sys.exit(main(["print-config", *sys.argv[1:]]))

@@ -8,7 +8,8 @@ Same as ``coprs publish-model`` (mmsegmentation's ``tools/model_converters/publi
 
 import sys
 
-from coprs.cli import main
+from coprs.cli import as_script, main
 
 if __name__ == "__main__":
-    sys.exit(main(["publish-model", *sys.argv[1:]]))
+    with as_script():  # usage lines name this script, not `coprs publish-model`
+        sys.exit(main(["publish-model", *sys.argv[1:]]))
