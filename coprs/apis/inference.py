@@ -7,6 +7,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from ..utils import register_all_modules, state_dict_mismatch, torch_load_reason
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
            "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST", "config_file",
-           "check_checkpoint_file", "CONFIG_SUFFIXES"]
+           "check_checkpoint_file", "CONFIG_SUFFIXES", "load_torch_file"]
 
 #: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
 EXPORT_MANIFEST = "coprs_export.json"
@@ -140,18 +141,44 @@ def check_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint",
                      f"a pickle, and this file is neither); {advice}")
 
 
-def _torch_load(path: Path, what: str = "checkpoint"):
-    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line
-    ``ValueError`` naming the file (torch's own message would suggest ``weights_only=False``,
-    which coprs never uses)."""
-    check_checkpoint_file(path, what)
+#: how :func:`load_torch_file`'s message ends by default
+READ_ADVICE = ("coprs reads checkpoints only so: give a .pth written by coprs train, or a file "
+               "holding a state dict of tensors")
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", *, mmap: bool = False,
+                    advice: str = READ_ADVICE) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: the one way coprs reads a
+    checkpoint (SPEC §7: never ``weights_only=False``, so that a file cannot run code).
+
+    Run :func:`check_checkpoint_file` first where a file that is no checkpoint at all (a config,
+    a ``last_checkpoint`` pointer, a cut-short zip) should be named for what it is.
+
+    Args:
+        path: the file.
+        what: how the caller names it, for the message (``"checkpoint"``, ``"seg head"``).
+        mmap: map the tensors instead of reading them, so that a checkpoint of many GB costs
+            little; a file in torch's legacy format, which cannot be mapped, is read.
+        advice: what to give instead, ending the message.
+
+    Returns:
+        What the file holds.
+
+    Raises:
+        ValueError: one line, ``cannot read WHAT 'PATH' with torch.load(weights_only=True)
+            (REASON); ADVICE``, whatever went wrong (torch's own message would suggest
+            ``weights_only=False``); torch's exception is its ``__cause__``.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not mmap or "mmap can only be used" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
         raise ValueError(f"cannot read {what} '{path}' with torch.load(weights_only=True) "
-                         f"({torch_load_reason(exc)}); coprs reads checkpoints only so: give a "
-                         ".pth written by coprs train, or a file holding a state dict of "
-                         "tensors") from exc
+                         f"({torch_load_reason(exc)}); {advice}") from exc
 
 
 def export_dir(checkpoint) -> Path | None:
@@ -204,7 +231,8 @@ def check_export_heads(model: torch.nn.Module, export: str | os.PathLike) -> Non
     each shape) before a run loads it non-strictly (mmengine's ``load_from``), so that a head
     from another assembly is an error instead of a silently partial load."""
     path = Path(export) / "seg_head.pth"
-    head = _torch_load(path, "seg head")
+    check_checkpoint_file(path, "seg head")
+    head = load_torch_file(path, "seg head")
     own = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
     missing = [k for k in own if k not in head]
     unexpected = [k for k in head if k not in own]
@@ -259,7 +287,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         path = export / "seg_head.pth"
     else:
         path = checkpoint_file(checkpoint)
-    state = _torch_load(path)
+    check_checkpoint_file(path)
+    state = load_torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

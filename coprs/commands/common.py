@@ -118,35 +118,21 @@ def resolve_checkpoint(path: str | None) -> str | None:
         raise UsageError(str(exc)) from exc
 
 
-def _torch_load(path, mmap: bool = False):
-    """``torch.load(weights_only=True)`` on the CPU; ``mmap`` maps the tensors instead of reading
-    them, except for files in torch's legacy format, which cannot be mapped."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError as exc:
-        if not mmap or "mmap can only be used" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_checkpoint(checkpoint, mmap: bool = False) -> tuple[Path, object]:
     """(the file, what it holds) for a checkpoint file or a training work dir (its
     ``last_checkpoint``), read with ``torch.load(weights_only=True)``; ``mmap`` maps the tensors
     instead of reading them. A missing or unreadable file is a :class:`UsageError` naming it."""
 
-    from coprs.apis import checkpoint_file
+    from coprs.apis.inference import checkpoint_file, load_torch_file
 
     try:
         path = checkpoint_file(checkpoint)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        return path, _torch_load(path, mmap)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; name the file
-        raise UsageError(f"cannot read checkpoint '{path}' with torch.load(weights_only=True) "
-                         f"({torch_load_reason(exc)}); give a .pth written by coprs train") from exc
+        return path, load_torch_file(path, mmap=mmap, advice="give a .pth written by coprs train")
+    except ValueError as exc:  # names the file and torch's reason
+        raise UsageError(str(exc)) from exc.__cause__
 
 
 def check_checkpoint_readable(path: str | Path, what: str, advice: str | None = None):
@@ -162,24 +148,25 @@ def check_checkpoint_readable(path: str | Path, what: str, advice: str | None = 
     """
     import pickle
 
-    from coprs.apis.inference import CHECKPOINT_ADVICE, check_checkpoint_file
+    from coprs.apis.inference import CHECKPOINT_ADVICE, check_checkpoint_file, load_torch_file
 
     try:  # a config, a last_checkpoint pointer, a cut-short zip: named for what it is
         check_checkpoint_file(path, what, advice or CHECKPOINT_ADVICE)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _torch_load(path, mmap=True)
-    except pickle.UnpicklingError as exc:
+        return load_torch_file(path, what, mmap=True)
+    except ValueError as error:  # worded here for the command line, by what torch said
+        exc = error.__cause__ or error
+    if isinstance(exc, pickle.UnpicklingError):
         raise UsageError(
             f"{what} '{path}' cannot be read with torch.load(weights_only=True) "
             f"({torch_load_reason(exc)}). coprs loads checkpoints only that way, so that a file "
             "cannot run code; checkpoints of coprs train load so (PlainCheckpointStateHook "
             "saves plain state). For another file, save its state_dict alone, as a dict of "
             "tensors, and give that file instead") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, unreadable: name it
-        raise UsageError(f"{what} '{path}' is not a readable checkpoint "
-                         f"({torch_load_reason(exc)})") from exc
+    raise UsageError(f"{what} '{path}' is not a readable checkpoint ({torch_load_reason(exc)})"
+                     ) from exc
 
 
 def check_checkpoint_arg(checkpoint: str, what: str = "--checkpoint") -> None:

@@ -75,6 +75,53 @@ def test_an_unreadable_checkpoint_is_one_line_without_weights_only_false(tmp_pat
     assert torch.equal(model.weight, torch.ones(2, 2))
 
 
+def test_one_weights_only_reader_serves_the_api_and_the_commands(tmp_path, monkeypatch):
+    """``load_torch_file`` is coprs's one ``torch.load``: always ``weights_only=True`` (SPEC §7),
+    memory-mapped on request (a legacy-format file, which cannot be mapped, is read), and a file
+    it cannot read is a one-line ValueError naming it; the commands' readers go through it."""
+    from coprs.apis.inference import load_torch_file
+    from coprs.commands import common
+    from coprs.commands.common import UsageError, check_checkpoint_readable, read_checkpoint
+
+    assert not hasattr(common, "_torch_load")
+    calls = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    state = {"state_dict": {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}}
+    torch.save(state, tmp_path / "zip.pth")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for name in ("zip.pth", "legacy.pth"):
+        for mmap in (False, True):
+            got = load_torch_file(tmp_path / name, mmap=mmap)
+            assert torch.equal(got["state_dict"]["weight"], torch.ones(2, 2)), (name, mmap)
+    assert read_checkpoint(tmp_path / "legacy.pth", mmap=True)[0] == tmp_path / "legacy.pth"
+    assert set(check_checkpoint_readable(tmp_path / "zip.pth", "--resume")) == {"state_dict"}
+    load_checkpoint(torch.nn.Linear(2, 2), tmp_path / "zip.pth")
+    assert calls and all(c.get("weights_only") is True and c.get("map_location") == "cpu"
+                         for c in calls), calls
+
+    bad = tmp_path / "objects.pth"
+    torch.save({"args": argparse.Namespace(lr=1)}, bad)
+    with pytest.raises(ValueError) as exc:
+        load_torch_file(bad, "seg head", mmap=True)
+    assert _one_line(exc).startswith(f"cannot read seg head '{bad}' with "
+                                     "torch.load(weights_only=True) (Unsupported global")
+    assert "argparse.Namespace" in str(exc.value) and "state dict of tensors" in str(exc.value)
+    assert type(exc.value.__cause__).__name__ == "UnpicklingError"
+    with pytest.raises(UsageError, match=r"^cannot read checkpoint '.*objects\.pth' with "
+                                         r"torch\.load\(weights_only=True\) \(Unsupported global.*"
+                                         r"; give a \.pth written by coprs train$"):
+        read_checkpoint(bad)
+    with pytest.raises(UsageError, match=r"^--resume '.*objects\.pth' cannot be read with "
+                                         r"torch\.load\(weights_only=True\) \(Unsupported global"):
+        check_checkpoint_readable(bad, "--resume")
+
+
 def test_a_config_that_is_not_a_config_file_is_a_value_error_naming_it(tmp_path, no_build):
     ckpt = tmp_path / "iter_10.pth"
     torch.save({"a": torch.zeros(1)}, ckpt)
