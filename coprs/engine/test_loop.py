@@ -235,8 +235,9 @@ class ReasonSegTestLoop(BaseLoop):
         if self.resume:
             self.runner.logger.info(
                 f"{name}/{split} ({self.reasoning}): --resume: "
-                + (f"{len(self._done)} samples scored by the earlier run are kept, the others "
-                   "are predicted" if self._done else "no earlier records, evaluating it all"))
+                + (f"{len(self._done)} records of the earlier run are kept; only samples "
+                   "without one are predicted" if self._done
+                   else "no earlier records, evaluating it all"))
         return progress
 
     def _predict(self, model, batch: dict, name: str, split: str,

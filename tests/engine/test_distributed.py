@@ -247,7 +247,7 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
                            "--out", str(tmp_path / "resumed.json")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "2 samples scored by the earlier run are kept" in proc.stdout + proc.stderr
+    assert "2 records of the earlier run are kept" in proc.stdout + proc.stderr
     resumed = json.loads((tmp_path / "resumed.json").read_text())["shapes/test"]
     for key in ("gIoU", "cIoU", "heatmap_IoU", "n"):
         assert abs(resumed[key] - one["gold"]["shapes/test"][key]) < 1e-5, key
