@@ -172,6 +172,11 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     from a checkpoint samples the same rollouts as the uninterrupted run on every rank, although
     a checkpoint holds only rank 0's random state.
 
+    Before any compute of a step, in both kinds of stage, the samples whose prompt is longer than
+    the policy's cap (``model.policy.max_prompt_tokens``; paper: 1300 tokens) are dropped from
+    the batch, with a warning naming them; ``data/overlong_dropped`` logs how many so far. A
+    step left without samples is skipped (``overlong_step`` logged) and the run goes on.
+
     Args:
         runner: the Runner.
         dataloader: the train dataloader (config).
@@ -212,6 +217,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     _skip_reason: str | None = None
     #: whether the rollout engine's setup() ran (before the first rollout)
     _engine_ready: bool = False
+    #: samples dropped so far for a prompt over the policy's cap (None: not counted yet)
+    _overlong_dropped: int | None = None
 
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
@@ -294,7 +301,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             n = int(stage["batch_size"])
             data_batch = {k: v[:n] for k, v in data_batch.items()}
         timings: dict[str, float] = {}
-        extra: dict[str, float] = {}
+        data_batch, extra = self._drop_overlong(data_batch)
+        empty = not data_batch["data_samples"]  # every prompt over the cap (or another rank's)
         if stage["kind"] == "sft":
             for s in data_batch["data_samples"]:
                 if self.response_key not in s:
@@ -302,9 +310,13 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                                    f"(sample {s.get('sample_id')}); use a dataset with gold "
                                    "responses or start with a grpo stage")
                 s["response"] = s[self.response_key]
-        else:
-            extra = self._prepare_grpo(data_batch, timings)
-        if self._skip_reason is None:
+        elif not empty:
+            extra.update(self._prepare_grpo(data_batch, timings))
+        else:  # the reference is the policy at the start of GRPO, skipped step or not
+            self._snapshot_reference(self.unwrapped)
+        if empty:  # nothing to learn from: the update is skipped, as for non-finite rewards
+            outputs = {"overlong_step": 1.0}
+        elif self._skip_reason is None:
             t0 = time.perf_counter()
             micro = {} if self.actor_micro_batch is None else {
                 "micro_batch": self.actor_micro_batch}
@@ -317,11 +329,59 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         outputs.update(extra)
         outputs.update({f"time/{k}": v for k, v in timings.items()})
         outputs["stage_grpo"] = float(stage["kind"] == "grpo")
-        self._check_nonfinite(outputs)
+        if not empty:  # a step with nothing to compute neither adds to nor ends a non-finite run
+            self._check_nonfinite(outputs)
         self._skip_reason = None
         self.runner.call_hook("after_train_iter", batch_idx=self._iter, data_batch=data_batch,
                               outputs=outputs)
         self._iter += 1
+
+    def _drop_overlong(self, data_batch: dict) -> tuple[dict, dict]:
+        """The batch without the samples whose prompt is longer than the policy's cap
+        (``model.policy.max_prompt_tokens``, :meth:`~coprs.policies.BasePolicy.overlong_prompts`),
+        and the running count of dropped samples to log (``data/overlong_dropped``, over all
+        ranks). Nothing changes for a policy without a cap.
+
+        Every dropped sample is named in a warning. In a distributed run every rank keeps as
+        many samples as the rank that keeps fewest: the actor's forwards are collectives
+        (FSDP, DDP buffers) and with micro-batches their number follows the batch size. So a
+        rank that keeps none empties the batch everywhere, and every rank skips the step.
+        """
+        policy = self.unwrapped.policy
+        cap = policy.max_prompt_tokens
+        if cap is None:
+            return data_batch, {}
+        samples, images = data_batch["data_samples"], data_batch["inputs"]
+        instructions = [s["instruction"] for s in samples]
+        over = policy.overlong_prompts(images, instructions)
+        keep = sorted(set(range(len(samples))) - set(over))
+        counts = _per_rank(len(keep), len(over))  # world size x 2
+        fewest, dropped = int(counts[:, 0].min()), int(counts[:, 1].sum())
+        if self._overlong_dropped is None:  # a resumed run counts on from its checkpoint
+            logged = self.runner.message_hub.log_scalars.get("train/data/overlong_dropped")
+            self._overlong_dropped = int(logged.current()) if logged is not None else 0
+        self._overlong_dropped += dropped
+        where = f"iteration {self._iter + 1}"  # mmengine logs iterations from 1
+        if over:
+            named = ", ".join(f"{samples[i].get('sample_id', f'#{i}')} ({n} tokens)"
+                              for i, n in over.items())
+            self.runner.logger.warning(
+                f"{where}: dropped {len(over)} of {len(samples)} samples whose prompt is longer "
+                f"than model.policy.max_prompt_tokens={cap}: {named}. To train on them, raise "
+                "model.policy.max_prompt_tokens or lower model.policy.max_pixels (fewer image "
+                "tokens)")
+        if not fewest:
+            whose = "another rank's batch has no" if keep else "the batch has no"
+            self.runner.logger.warning(f"{where}: {whose} sample with a prompt within model."
+                                       f"policy.max_prompt_tokens={cap}; step skipped")
+        elif len(keep) > fewest:
+            self.runner.logger.warning(
+                f"{where}: dropped {len(keep) - fewest} more samples (prompts within the cap) to "
+                f"keep as many as the rank with the fewest ({fewest}): the ranks step together")
+        if over or len(keep) > fewest:
+            keep = keep[:fewest]
+            data_batch = {k: [v[i] for i in keep] for k, v in data_batch.items()}
+        return data_batch, {"data/overlong_dropped": float(self._overlong_dropped)}
 
     def _check_nonfinite(self, outputs: dict) -> None:
         """Count skipped steps (``nonfinite_step``), warn with what was not finite, and drop
@@ -367,12 +427,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         if not self._engine_ready:  # once, outside any gather: an engine may allocate here
             self.rollout_engine.setup(model.policy)
             self._engine_ready = True
-        # Outside the training forward, FSDP-sharded weights are gathered (full_params). The
-        # reference copy reads them directly, so it is made in a block of its own before any
-        # FSDP unit runs a forward (a unit's forward reshards it, also inside the block).
-        if model.rl["kl_coef"] > 0 and self._reference is None:
-            with full_params(self.runner.model):
-                self._reference_model(model)
+        self._snapshot_reference(model)
         with full_params(self.runner.model):
             t0 = time.perf_counter()
             groups = self._sample_rollouts(model.policy, pil, instructions, g)
@@ -493,6 +548,17 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     def reference_path(self) -> Path:
         return Path(self.runner.work_dir) / "reference_policy.pth"
 
+    def _snapshot_reference(self, model) -> None:
+        """Make the reference policy (if β > 0) unless made already: at the first GRPO
+        iteration, even one skipped for over-long prompts (a later one would take the run for a
+        resumed one and look for the snapshot)."""
+        # Outside the training forward, FSDP-sharded weights are gathered (full_params). The
+        # reference copy reads them directly, so it is made in a block of its own before any
+        # FSDP unit runs a forward (a unit's forward reshards it, also inside the block).
+        if model.rl["kl_coef"] > 0 and self._reference is None:
+            with full_params(self.runner.model):
+                self._reference_model(model)
+
     def _reference_model(self, model):
         """The frozen reference policy (built once, at the first GRPO iteration)."""
         if self._reference is not None:
@@ -536,6 +602,17 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             fwd = policy.forward_responses(images, instructions, rollouts, model=ref)
             logp, mask = policy.response_logprobs(fwd)
         return [logp[i, : int(mask[i].sum())].tolist() for i in range(len(rollouts))]
+
+
+def _per_rank(*counts: int) -> torch.Tensor:
+    """``counts`` of every rank, world size x len(counts) (one all_gather when distributed)."""
+    mine = torch.tensor(counts, dtype=torch.long)
+    if get_world_size() == 1:
+        return mine[None]
+    from mmengine.dist import all_gather
+    from mmengine.dist.utils import get_comm_device
+
+    return torch.stack(all_gather(mine.to(get_comm_device()))).cpu()
 
 
 def _is_number(value) -> bool:

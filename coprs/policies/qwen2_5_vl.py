@@ -72,6 +72,13 @@ def ensure_tiny_qwen2_5_vl(tiny: dict) -> Path:
     return target
 
 
+def _height_width(image) -> tuple[int, int]:
+    """(height, width) of a PIL image or an H x W (x C) array."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    return tuple(image.shape[:2])
+
+
 def _image_digest(image: Image.Image) -> str:
     """sha1 of a PIL image's mode, size and pixels."""
     h = hashlib.sha1(f"{image.mode}{image.size}".encode())
@@ -202,6 +209,11 @@ class Qwen25VLPolicy(BasePolicy):
             flash_attention_2 needs bf16 or float16 weights.
         gradient_checkpointing: enable transformers gradient checkpointing.
         max_new_tokens: default response budget (paper: 2000 in training).
+        max_prompt_tokens: the prompt-length cap (paper B.3: 1300 tokens): the chat-templated
+            prompt with its image tokens (:meth:`prompt_length`). The training loop drops the
+            samples whose prompt is longer, with a warning (verl's ``max_prompt_length`` and
+            ``filter_overlong_prompts``); evaluation and inference take every prompt. None
+            (default): no cap.
         stop_at_special_token: end a response at the special token (it is then the last token
             and no next-token loss shapes its hidden state, which stays free to carry the
             query; see docs/training.md). False: responses end at ``<|im_end|>``.
@@ -235,6 +247,7 @@ class Qwen25VLPolicy(BasePolicy):
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 256,
+        max_prompt_tokens: int | None = None,
         stop_at_special_token: bool = False,
         lora: dict | None = None,
         freeze_vision_tower: bool = False,
@@ -257,6 +270,12 @@ class Qwen25VLPolicy(BasePolicy):
                 "freeze_vision_tower=True (a trained tower's output changes every step); set "
                 "model.policy.freeze_vision_tower=True or model.policy.tower_cache=0")
         self.tower_cache = tower_cache
+        if max_prompt_tokens is not None and (isinstance(max_prompt_tokens, bool) or not isinstance(
+                max_prompt_tokens, int) or max_prompt_tokens < 1):
+            raise ValueError(
+                f"model.policy.max_prompt_tokens={max_prompt_tokens!r}: need a whole number of "
+                "tokens >= 1 (the paper caps prompts at 1300), or None for no cap")
+        self.max_prompt_tokens = max_prompt_tokens
         self._tower_entries: OrderedDict = OrderedDict()
         if torch_dtype not in _DTYPES:
             raise ValueError(f"policy torch_dtype {torch_dtype!r} must be one of {list(_DTYPES)}")
@@ -414,6 +433,29 @@ class Qwen25VLPolicy(BasePolicy):
         return policy_view_size(height, width, self.min_pixels, self.max_pixels)
 
     # ----------------------------------------------------------------- prompts
+    def prompt_length(self, height: int, width: int, instruction: str) -> int:
+        """The number of tokens of the prompt :meth:`encode_prompts` builds for an image of
+        ``height`` x ``width`` and ``instruction``, without processing any pixels: the
+        chat-templated text with one image placeholder, plus the merged image tokens of the
+        policy view (:meth:`view_size`) less that placeholder."""
+        text = self.processor.apply_chat_template(self.build_messages(instruction),
+                                                  add_generation_prompt=True, tokenize=False)
+        text_tokens = len(self.tokenizer(text)["input_ids"])  # as the processor tokenises it
+        image = self.processor.image_processor
+        h, w = self.view_size(height, width)
+        image_tokens = (h // image.patch_size) * (w // image.patch_size) // image.merge_size ** 2
+        return text_tokens + image_tokens - 1
+
+    def overlong_prompts(self, images: list, instructions: list[str]) -> dict[int, int]:
+        """``{index: length}`` of the (image, instruction) pairs whose :meth:`prompt_length`
+        exceeds ``max_prompt_tokens``; none without a cap. Images are PIL images or H x W x 3
+        arrays."""
+        if self.max_prompt_tokens is None:
+            return {}
+        lengths = (self.prompt_length(*_height_width(im), ins)
+                   for im, ins in zip(images, instructions, strict=True))
+        return {i: n for i, n in enumerate(lengths) if n > self.max_prompt_tokens}
+
     def build_messages(self, instruction: str) -> list[dict]:
         """The chat for one instruction: the image, then the filled prompt template."""
         text = build_prompt_text(instruction, self.prompt_template, self.special_token or "")

@@ -525,3 +525,121 @@ def test_validation_during_training_logs_keeps_best_and_changes_nothing(tmp_path
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@HOOKS.register_module(force=True)
+class _RecordBatches(Hook):
+    """Keeps, by run name, each iteration's sample ids as the loader gave them and as the step
+    used them, and what the iteration logged about over-long prompts."""
+
+    records: dict = {}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.records[name] = []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.records[self.name].append(
+            {"given": [s["sample_id"] for s in data_batch["data_samples"]]})
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.records[self.name][-1].update(
+            used=[s["sample_id"] for s in data_batch["data_samples"]],
+            logged={k: float(torch.as_tensor(v).detach()) for k, v in outputs.items()
+                    if k in ("data/overlong_dropped", "overlong_step", "loss")})
+
+
+def _first_prompt_lengths(policy, n: int) -> dict[str, int]:
+    """Prompt lengths of the tiny config's first ``n`` training scenes, by sample id (the
+    loader's order with ``train_dataloader.sampler.shuffle=False``)."""
+    from coprs.registry import DATASETS
+
+    dataset = DATASETS.build(Config.fromfile(str(TINY_CONFIG)).train_dataloader.dataset)
+    lengths = {}
+    for i in range(n):
+        item = dataset[i]
+        sample = item["data_samples"]
+        lengths[sample["sample_id"]] = policy.prompt_length(*item["inputs"].shape[:2],
+                                                            sample["instruction"])
+    return lengths
+
+
+def _train_capped(tmp_path, small_run, name: str, cap: int, sft: int, grpo: int) -> list[dict]:
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.custom_hooks.append(dict(type="_RecordBatches", name=name))
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", f"train_cfg.stages.0.iters={sft}",
+                 f"train_cfg.stages.1.iters={grpo}", "train_dataloader.sampler.shuffle=False",
+                 f"model.policy.max_prompt_tokens={cap}", f"visualizer.name=vis_{tmp_path.name}",
+                 *small_run]) == 0
+    return _RecordBatches.records[name]
+
+
+def test_prompts_over_the_cap_are_dropped_named_and_counted_and_training_goes_on(
+        tmp_path, small_run, tiny_segmentor):
+    """``model.policy.max_prompt_tokens`` (paper B.3: 1300): in the warm-up and in GRPO, the
+    samples whose prompt is longer leave the batch before any compute, with a warning naming
+    them; the others train. A step left empty (here the first GRPO one) is skipped."""
+    lengths = _first_prompt_lengths(tiny_segmentor.policy, 8)
+    ids = list(lengths)
+    steps = [ids[i:i + 2] for i in range(0, 8, 2)]  # batch 2: 2 warm-up, then 2 GRPO steps
+
+    def dropped(cap):
+        return [[i for i in step if lengths[i] > cap] for step in steps]
+
+    # a cap under which a warm-up step and the second GRPO step keep one sample of two, and
+    # the first GRPO step none
+    cap = next((c for c in sorted(set(lengths.values()))
+                if any(len(o) == 1 for o in dropped(c)[:2])
+                and [len(o) for o in dropped(c)[2:]] == [2, 1]), None)
+    assert cap is not None, f"the first training scenes' prompt lengths {lengths} offer no such cap"
+    over = dropped(cap)
+    records = _train_capped(tmp_path, small_run, "overlong", cap, sft=2, grpo=2)
+    assert [r["given"] for r in records] == steps
+    assert [r["used"] for r in records] == [[i for i in s if i not in o]
+                                            for s, o in zip(steps, over)]
+    running = [sum(len(o) for o in over[:k + 1]) for k in range(4)]
+    assert [r["logged"]["data/overlong_dropped"] for r in records] == running
+    assert [("loss" in r["logged"], "overlong_step" in r["logged"]) for r in records] == [
+        (True, False), (True, False), (False, True), (True, False)]
+    log = next((tmp_path / "w").glob("*/*.log")).read_text()
+    for it, drop in enumerate(over, 1):
+        named = ", ".join(f"{i} ({lengths[i]} tokens)" for i in drop)
+        message = (f"iteration {it}: dropped {len(drop)} of 2 samples whose prompt is longer "
+                   f"than model.policy.max_prompt_tokens={cap}: {named}. To train on them, raise "
+                   "model.policy.max_prompt_tokens or lower model.policy.max_pixels")
+        assert (message in log) == bool(drop), message
+    assert (f"iteration 3: the batch has no sample with a prompt within model.policy."
+            f"max_prompt_tokens={cap}; step skipped") in log
+    scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
+    assert [x["data/overlong_dropped"] for x in scalars if "data/overlong_dropped" in x] == running
+    # the warm-up learnt, the empty step changed nothing, GRPO learnt from the sample it kept
+    # (its reference: the policy at the start of GRPO, made at the skipped step)
+    states = [_state(tmp_path / "w" / f"iter_{i}.pth") for i in (1, 2, 3, 4)]
+    assert sum(not torch.equal(states[0][k], states[1][k]) for k in states[0]) > 10
+    assert all(torch.equal(states[1][k], states[2][k]) for k in states[0])
+    assert sum(not torch.equal(states[2][k], states[3][k]) for k in states[0]) > 10
+    reference = torch.load(tmp_path / "w" / "reference_policy.pth", weights_only=True)
+    assert all(torch.equal(v, states[1][f"policy.model.{k}"]) for k, v in reference.items())
+
+
+def test_a_batch_with_every_prompt_over_the_cap_is_skipped_and_evaluation_keeps_every_sample(
+        tmp_path, small_run):
+    records = _train_capped(tmp_path, small_run, "all_overlong", cap=1, sft=1, grpo=1)
+    assert [r["used"] for r in records] == [[], []]
+    assert [r["logged"] for r in records] == [
+        {"overlong_step": 1.0, "data/overlong_dropped": 2.0},
+        {"overlong_step": 1.0, "data/overlong_dropped": 4.0}]
+    log = next((tmp_path / "w").glob("*/*.log")).read_text()
+    for it in (1, 2):
+        assert (f"iteration {it}: the batch has no sample with a prompt within model.policy."
+                "max_prompt_tokens=1; step skipped") in log
+    assert "non-finite" not in log
+    # no update: the weights are those of the start, and the optimiser never stepped
+    a, b = (torch.load(tmp_path / "w" / f"iter_{i}.pth", weights_only=True) for i in (1, 2))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["optimizer"]["state"] == b["optimizer"]["state"] == {}
+    # validation at the end is not filtered: it scores every sample
+    scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
+    assert [x["shapes/val/n"] for x in scalars if "shapes/val/n" in x] == [2]

@@ -418,3 +418,45 @@ def test_checkpoint_generation_settings_do_not_change_decoding(tiny_qwen_dir, tm
     a = policy.generate(imgs, ["x", "y"], max_new_tokens=12)
     b = plain.generate(imgs, ["x", "y"], max_new_tokens=12)
     assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
+
+
+@pytest.mark.parametrize("height,width", [(100, 150), (60, 60), (28, 300), (500, 90), (13, 17)])
+@pytest.mark.parametrize("instruction", ["x", "segment the small red square left of the circle"])
+def test_prompt_length_counts_the_prompt_encode_prompts_builds(tiny_policy, height, width,
+                                                               instruction):
+    image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+    batch = tiny_policy.encode_prompts([image], [instruction])
+    assert tiny_policy.prompt_length(height, width, instruction) == batch["input_ids"].shape[1]
+
+
+def test_overlong_prompts_are_those_above_the_cap(tiny_qwen_dir, tiny_policy):
+    small = np.zeros((28, 28, 3), dtype=np.uint8)  # a PIL image or an array, as the loop has
+    big = Image.fromarray(np.zeros((112, 112, 3), dtype=np.uint8))
+    lengths = [tiny_policy.prompt_length(28, 28, "x"), tiny_policy.prompt_length(112, 112, "x")]
+    assert lengths[0] < lengths[1]
+    assert tiny_policy.max_prompt_tokens is None
+    assert tiny_policy.overlong_prompts([small, big], ["x", "x"]) == {}  # no cap
+    capped = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                            max_prompt_tokens=lengths[0])
+    assert capped.overlong_prompts([small, big, small], ["x", "x", "x"]) == {1: lengths[1]}
+    assert list(capped.overlong_prompts([small], ["x y"])) == [0]  # a longer instruction
+
+
+@pytest.mark.parametrize("value", [0, -5, 12.5, True, "1300"])
+def test_an_invalid_prompt_cap_is_refused_before_loading(tmp_path, value):
+    with pytest.raises(ValueError, match=r"model\.policy\.max_prompt_tokens=.*>= 1.*or None"):
+        Qwen25VLPolicy(model_path=str(tmp_path / "nowhere"), max_prompt_tokens=value)
+
+
+def test_the_paper_configs_cap_prompts_at_1300_and_the_tiny_ones_do_not():
+    """Paper B.3: prompts of at most 1300 tokens; the tiny CPU configs (and so their
+    checkpoints' runs) have no cap."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    root = Path(__file__).parents[2] / "configs"
+    leaves = sorted(p for p in root.glob("*/*.py") if p.parent.name != "_base_")
+    caps = {p.name: Config.fromfile(str(p)).model.policy.get("max_prompt_tokens")
+            for p in leaves}
+    assert caps and all(cap == (None if "tiny" in name else 1300) for name, cap in caps.items()), caps

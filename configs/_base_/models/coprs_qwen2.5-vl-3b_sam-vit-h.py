@@ -31,6 +31,9 @@ model = dict(
         max_pixels=705600,
         torch_dtype='bfloat16',
         max_new_tokens=2000,
+        # the paper's prompt cap (B.3): training drops a sample whose prompt (text and image
+        # tokens) is longer, with a warning; evaluation and inference take every prompt
+        max_prompt_tokens=1300,
         # recompute the decoder layers in the backward (paper B.3); no effect at inference
         gradient_checkpointing=True,
     ),

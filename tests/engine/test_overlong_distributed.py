@@ -1,0 +1,82 @@
+"""Two gloo ranks whose batches lose different numbers of over-long prompts keep stepping together
+(``model.policy.max_prompt_tokens``; DDP with micro-batches, whose forwards are collectives)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from ..conftest import TINY_CONFIG  # noqa: TID252
+
+ROOT = Path(__file__).parents[2]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _rank_batches(policy, steps: int) -> list[list[list[int]]]:
+    """Prompt lengths of each rank's batch (2 samples) at each step of the tiny config's
+    training set, unshuffled: ``InfiniteSampler`` deals the scenes to the 2 ranks in turn."""
+    from coprs.registry import DATASETS
+
+    dataset = DATASETS.build(Config.fromfile(str(TINY_CONFIG)).train_dataloader.dataset)
+    lengths = []
+    for i in range(4 * steps):
+        item = dataset[i]
+        lengths.append(policy.prompt_length(*item["inputs"].shape[:2],
+                                            item["data_samples"]["instruction"]))
+    return [[[lengths[4 * k + r], lengths[4 * k + r + 2]] for r in (0, 1)] for k in range(steps)]
+
+
+def test_ranks_keep_equal_batches_and_skip_together(tmp_path, tiny_segmentor):
+    batches = _rank_batches(tiny_segmentor.policy, steps=3)
+
+    def kept(cap):  # per step: samples within the cap on each rank
+        return [[sum(n <= cap for n in rank) for rank in step] for step in batches]
+
+    # a cap under which one step has a rank with nothing left (every rank skips) and another
+    # step ranks that keep different numbers of samples (the larger batch is cut)
+    cap = next((c for c in sorted({n for s in batches for r in s for n in r})
+                if any(min(k) == 0 < max(k) for k in kept(c))
+                and any(0 < min(k) < max(k) for k in kept(c))), None)
+    assert cap is not None, f"the first scenes' prompt lengths {batches} offer no such cap"
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.custom_imports = dict(imports=["ddp_worker"], allow_failed_imports=False)
+    cfg.custom_hooks.append(dict(type="DumpParamsHook"))
+    cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    cfg.dump(str(tmp_path / "cfg.py"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent), PORT="29543",
+               PYTHON=sys.executable)
+    cmd = ["bash", str(ROOT / "tools" / "dist_train.sh"), str(tmp_path / "cfg.py"), "2",
+           "--work-dir", str(tmp_path / "w"), "--cfg-options",
+           "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=1",
+           "train_dataloader.batch_size=2", "train_dataloader.sampler.shuffle=False",
+           "train_cfg.group_size=2", "train_cfg.actor_micro_batch=1",
+           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
+           "default_hooks.logger.interval=1", "val_cfg.datasets.0.num_samples=2",
+           f"model.policy.max_prompt_tokens={cap}",
+           f"model.feature_cache.root={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    a = torch.load(tmp_path / "w" / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "w" / "rank1.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # rank 0's log and scalars: every step's warnings, the count over both ranks
+    log = out + "".join(p.read_text() for p in (tmp_path / "w").rglob("*.log"))
+    dropped = 0
+    for it, (step, k) in enumerate(zip(batches, kept(cap)), 1):
+        dropped += sum(n > cap for rank in step for n in rank)
+        if min(k) == 0:
+            whose = "another rank's batch has no" if k[0] else "the batch has no"
+            assert f"iteration {it}: {whose} sample with a prompt within" in log
+        elif k[0] > min(k):
+            assert (f"iteration {it}: dropped {k[0] - min(k)} more samples (prompts within the "
+                    f"cap) to keep as many as the rank with the fewest ({min(k)})") in log
+    scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
+    counts = [x["data/overlong_dropped"] for x in scalars if "data/overlong_dropped" in x]
+    assert counts[-1] == dropped
+    assert sum("overlong_step" in x for x in scalars) == sum(min(k) == 0 for k in kept(cap))
