@@ -121,16 +121,20 @@ def resolve_checkpoint(path: str | None) -> str | None:
 def read_checkpoint(checkpoint, mmap: bool = False) -> tuple[Path, object]:
     """(the file, what it holds) for a checkpoint file or a training work dir (its
     ``last_checkpoint``), read with ``torch.load(weights_only=True)``; ``mmap`` maps the tensors
-    instead of reading them. A missing or unreadable file is a :class:`UsageError` naming it."""
+    instead of reading them. A missing or unreadable file is a :class:`UsageError` naming it,
+    and a file that is no checkpoint at all (a config, a ``last_checkpoint`` pointer, a cut-short
+    zip) is named for what it is."""
 
-    from coprs.apis.inference import checkpoint_file, load_torch_file
+    from coprs.apis.inference import check_checkpoint_file, checkpoint_file, load_torch_file
 
+    advice = "give a .pth written by coprs train"
     try:
         path = checkpoint_file(checkpoint)
-    except FileNotFoundError as exc:
+        check_checkpoint_file(path, advice=advice)
+    except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     try:
-        return path, load_torch_file(path, mmap=mmap, advice="give a .pth written by coprs train")
+        return path, load_torch_file(path, mmap=mmap, advice=advice)
     except ValueError as exc:  # names the file and torch's reason
         raise UsageError(str(exc)) from exc.__cause__
 

@@ -93,13 +93,16 @@ def test_an_interrupted_write_leaves_no_file(checkpoint, tmp_path, monkeypatch):
 def _bad_inputs(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "text.pth").write_text("not a checkpoint")
+    (tmp_path / "cfg.py").write_text("model = dict()\n")
     torch.save({"state_dict": {"w": torch.zeros(2)}, "hook": print}, tmp_path / "unsafe.pth")
     torch.save({"w": torch.zeros(2)}, tmp_path / "plain.pth")
     return [
         ("missing.pth", "out.pth", "'{t}/missing.pth' does not exist"),
         ("empty_dir", "out.pth", "'{t}/empty_dir' is a folder without a last_checkpoint"),
-        ("text.pth", "out.pth", "cannot read checkpoint '{t}/text.pth' with torch.load"
-                                "(weights_only=True)"),
+        ("text.pth", "out.pth", "checkpoint '{t}/text.pth' is not a checkpoint (torch.save "
+                                "writes a zip archive or a pickle, and this file is neither)"),
+        ("cfg.py", "out.pth", "checkpoint '{t}/cfg.py' is a config file, not a checkpoint; "
+                              "give a .pth written by coprs train"),
         ("unsafe.pth", "out.pth", "'{t}/unsafe.pth' with torch.load(weights_only=True) "
                                   "(Unsupported global"),
         ("plain.pth", "out.pth", "'{t}/plain.pth' has no 'state_dict': it is not a "
