@@ -56,6 +56,11 @@ def add_parser(sub) -> None:
                         "per line (e.g. a per_sample.jsonl of another run), or a per_sample_<mode>"
                         "/ folder of another run (one file per dataset/split)")
     p.add_argument("--max-new-tokens", type=int, help="response budget")
+    p.add_argument("--vllm", action="store_true",
+                   help="write the responses of the generated and empty modes with vLLM (GPU; "
+                        "pip install -e .[vllm]) instead of transformers: "
+                        f"test_cfg.generation_engine={VLLM_TEST_ENGINE}, whose keys "
+                        "--cfg-options test_cfg.generation_engine.KEY=VALUE may change")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted evaluation in the same work dir: the samples "
                         "it scored (same checkpoint, mode and configs; written as it went) are "
@@ -66,6 +71,12 @@ def add_parser(sub) -> None:
     add_launcher(p, "test")
     add_cfg_options(p)
     p.set_defaults(func=run)
+
+
+#: ``coprs test --vllm``: greedy vLLM generation; the weights are pushed once, the engine stays
+#: awake (nothing else needs the GPU memory between batches)
+VLLM_TEST_ENGINE = dict(type="VLLMRolloutEngine", weights_fixed=True, sleep_level=None,
+                        gpu_memory_utilization=0.5)
 
 
 def format_results_table(results: dict) -> str:
@@ -181,6 +192,12 @@ def run(args) -> int:
                          "responses to teacher-force")
     if args.responses is not None and not Path(args.responses).exists():
         raise UsageError(f"--responses '{args.responses}' does not exist")
+    if args.vllm:
+        configured = dict(cfg.test_cfg.get("generation_engine") or {})
+        if configured.get("type", VLLM_TEST_ENGINE["type"]) != VLLM_TEST_ENGINE["type"]:
+            raise UsageError(f"--vllm, but the config's test_cfg.generation_engine is a "
+                             f"{configured['type']}; drop one of the two")
+        cfg.test_cfg.generation_engine = {**VLLM_TEST_ENGINE, **configured}
     if args.limit is not None:
         if args.limit < 1:
             raise UsageError(f"--limit {args.limit} must be at least 1")

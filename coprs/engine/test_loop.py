@@ -101,6 +101,10 @@ class ReasonSegTestLoop(BaseLoop):
             same fingerprint (checkpoint, mode, budget, model/dataset/metric configs), or it is
             an error naming what changed. False: every split starts from nothing.
         checkpoint: the checkpoint evaluated (a file or an export folder), for the fingerprint.
+        generation_engine: a ``ROLLOUT_ENGINES`` config that writes the responses of the
+            'generated' and 'empty' modes, greedily, instead of the policy's transformers
+            ``generate``: ``dict(type='VLLMRolloutEngine', weights_fixed=True,
+            sleep_level=None)`` for vLLM on a GPU (``coprs test --vllm``). None: the policy's.
     """
 
     #: where the datasets are configured (for errors naming one)
@@ -114,7 +118,8 @@ class ReasonSegTestLoop(BaseLoop):
                  reasoning: str = "generated", gold_key: str = "response_coprs",
                  out_dir: str | None = None, show_dir: str | None = None,
                  max_new_tokens: int | None = None, responses: str | None = None,
-                 resume: bool = False, checkpoint: str | None = None) -> None:
+                 resume: bool = False, checkpoint: str | None = None,
+                 generation_engine: dict | None = None) -> None:
         self._runner = runner
         _check_reasoning(reasoning)
         if not datasets:
@@ -126,6 +131,8 @@ class ReasonSegTestLoop(BaseLoop):
         self.max_new_tokens = max_new_tokens
         self.responses = responses
         self.resume, self.checkpoint = resume, checkpoint
+        self.generation_engine = generation_engine
+        self._engine = None  # built from generation_engine at the first generated batch
         self._done: dict[str, dict] = {}
 
     def run(self) -> dict:
@@ -151,6 +158,8 @@ class ReasonSegTestLoop(BaseLoop):
                 raise ValueError("reasoning='given' needs responses= (a JSON-lines file or a "
                                  "per-sample folder); coprs test --responses PATH")
             given = load_given_responses(self.responses)
+        if self.reasoning in ("generated", "empty"):  # on every rank at once, before any batch
+            self._built_engine(model)
         self.failed_datasets = {}
         for i, ds_cfg in enumerate(self.datasets):
             try:
@@ -225,6 +234,8 @@ class ReasonSegTestLoop(BaseLoop):
             reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
             gold_key=self.gold_key if self.reasoning == "gold" else None,
             responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
+            engine=config_digest(self.generation_engine) if self.reasoning in (
+                "generated", "empty") else None,
             model=config_digest(self.runner.cfg.get("model")),
             # --limit (the dataset's indices) changes which samples, not how each is scored
             dataset=config_digest(ds_cfg, drop=("indices",)),
@@ -271,13 +282,38 @@ class ReasonSegTestLoop(BaseLoop):
             responses = [samples[i][self.gold_key] for i in ok]
         elif given is not None:
             responses = [given[str(samples[i]["sample_id"])] for i in ok]
+        engine = None if responses is not None else self._built_engine(model)
         preds = model.predict_images([images[i] for i in ok], instructions, responses,
-                                     max_new_tokens=self.max_new_tokens)
+                                     max_new_tokens=self.max_new_tokens, engine=engine)
         for i, pred in zip(ok, preds):
             samples[i]["pred"] = pred
             if self.show_dir is not None:
                 self._show(images[i], samples[i], instructions[ok.index(i)], name, split)
         return len(ok) + resumed
+
+    def _built_engine(self, model):
+        """The greedy generation engine of ``generation_engine`` (built and set up once, at the
+        start of the first generated or empty mode), or None for the policy's own
+        ``generate``."""
+        if self.generation_engine is None:
+            return None
+        if self._engine is None:
+            from ..registry import ROLLOUT_ENGINES
+
+            cfg = dict(copy.deepcopy(dict(self.generation_engine)), greedy=True)
+            if self.max_new_tokens is not None:
+                cfg["max_new_tokens"] = self.max_new_tokens
+            engine = ROLLOUT_ENGINES.build(cfg)
+            if getattr(engine, "tensor_parallel_size", 1) > 1:
+                # the ranks of a tensor-parallel group must generate together, and an evaluation
+                # rank skips the batches it has nothing to predict in (unreadable, resumed)
+                raise ValueError(
+                    f"test_cfg.generation_engine.tensor_parallel_size="
+                    f"{engine.tensor_parallel_size}: evaluation generates with one GPU per "
+                    "process; use 1 (a 7B policy fits one GPU) and more processes")
+            engine.setup(model.policy)
+            self._engine = engine
+        return self._engine
 
     def _show(self, image, sample: dict, instruction: str, name: str, split: str) -> None:
         from ..evaluation.functional import results_subdir

@@ -246,7 +246,7 @@ class ReasoningSegmentor(BaseModel):
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], instructions: list[str],
                        responses: list[str] | None = None, max_new_tokens: int | None = None,
-                       response_prefixes: list[str] | None = None
+                       response_prefixes: list[str] | None = None, engine=None
                        ) -> list[SegmentationResult]:
         """Segment B (image, instruction) pairs.
 
@@ -259,6 +259,8 @@ class ReasoningSegmentor(BaseModel):
             response_prefixes: optional B texts each generated response must begin with (the
                 policy writes the rest; e.g. part of a gold reasoning, to see where the policy's
                 own reasoning goes wrong).
+            engine: a greedy :class:`~coprs.rollout.BaseRolloutEngine` that writes the
+                responses instead of ``policy.generate`` (``coprs test --vllm``).
 
         Returns:
             B :class:`SegmentationResult` at the original image sizes.
@@ -267,7 +269,12 @@ class ReasoningSegmentor(BaseModel):
         if responses is not None and response_prefixes is not None:
             raise ValueError("predict_images: pass responses (teacher-forced) or "
                              "response_prefixes (generated after a forced start), not both")
-        if responses is None:
+        if responses is None and engine is not None:
+            if response_prefixes is not None:
+                raise ValueError("predict_images: response_prefixes need the policy's own "
+                                 "generate, not a generation engine")
+            rollouts = [g[0] for g in engine.generate(self.policy, pil, instructions, 1)]
+        elif responses is None:
             extra = {} if response_prefixes is None else {"prefixes": response_prefixes}
             rollouts = [g[0] for g in self.policy.generate(pil, instructions,
                                                            max_new_tokens=max_new_tokens,

@@ -19,14 +19,19 @@ class BaseRolloutEngine(metaclass=ABCMeta):
         max_new_tokens: response budget (None: the policy's default).
         min_new_tokens: forbid the end tokens before this many new tokens (None: no minimum;
             benchmarks use it to force a fixed response length).
+        greedy: take the most likely token at every step, as evaluation does
+            (``test_cfg.generation_engine``); temperature, top-p and top-k are then unused, and
+            the rollouts carry no log-probs.
     """
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                 max_new_tokens: int | None = None, min_new_tokens: int | None = None) -> None:
+                 max_new_tokens: int | None = None, min_new_tokens: int | None = None,
+                 greedy: bool = False) -> None:
         check_sampling(temperature=temperature, max_new_tokens=max_new_tokens,
-                       min_new_tokens=min_new_tokens)
+                       min_new_tokens=min_new_tokens, greedy=greedy)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
+        self.greedy = greedy
 
     def setup(self, policy) -> None:  # noqa: B027 (an optional hook: the default does nothing)
         """Prepare the engine for ``policy`` (default: nothing to prepare).
@@ -45,7 +50,7 @@ class BaseRolloutEngine(metaclass=ABCMeta):
 
 
 def check_sampling(temperature: float = 1.0, max_new_tokens: int | None = None,
-                   min_new_tokens: int | None = None, **_) -> None:
+                   min_new_tokens: int | None = None, greedy: bool = False, **_) -> None:
     """Raise a ValueError naming the ``train_cfg.rollout_engine`` key when a sampling setting
     cannot work: a token budget below 1 (0 is not "the default": that is None), a minimum above
     the maximum, or a temperature <= 0 (GRPO samples). Other keys are ignored, so a whole
@@ -59,6 +64,6 @@ def check_sampling(temperature: float = 1.0, max_new_tokens: int | None = None,
             min_new_tokens > max_new_tokens):
         raise ValueError(f"train_cfg.rollout_engine.min_new_tokens={min_new_tokens} exceeds "
                          f"max_new_tokens={max_new_tokens}")
-    if not temperature > 0:
+    if not greedy and not temperature > 0:
         raise ValueError(f"train_cfg.rollout_engine.temperature={temperature!r}: GRPO samples, "
                          "so it must be > 0")

@@ -38,8 +38,8 @@ class HFRolloutEngine(BaseRolloutEngine):
     Args:
         share_prefill: share the prompt prefill across the group (False: naive generation).
         capture_hidden: keep the special token's hidden state on each rollout.
-        temperature, top_p, top_k, max_new_tokens, min_new_tokens: see
-            :class:`BaseRolloutEngine`.
+        temperature, top_p, top_k, max_new_tokens, min_new_tokens, greedy: see
+            :class:`BaseRolloutEngine` (``greedy``: ``policy.generate``'s greedy decoding).
     """
 
     def __init__(self, share_prefill: bool = True, capture_hidden: bool = True, **kwargs) -> None:
@@ -50,6 +50,9 @@ class HFRolloutEngine(BaseRolloutEngine):
     @torch.no_grad()
     def generate(self, policy, images: list[Image.Image], instructions: list[str],
                  num_samples: int) -> list[list[Rollout]]:
+        if self.greedy:  # evaluation: the policy's own greedy decoding
+            return policy.generate(images, instructions, num_samples=num_samples,
+                                   max_new_tokens=self.max_new_tokens)
         model = policy.model
         was_training = model.training
         model.eval()

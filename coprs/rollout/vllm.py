@@ -166,15 +166,18 @@ class VLLMRolloutEngine(BaseRolloutEngine):
             engine awake (no sleep mode).
         llm_kwargs: further ``vllm.LLM`` keyword arguments (e.g. ``max_model_len``,
             ``enforce_eager``); they override the engine's own.
-        temperature, top_p, top_k, max_new_tokens, min_new_tokens: see
-            :class:`BaseRolloutEngine`.
+        weights_fixed: the policy's weights do not change between calls (evaluation, ``coprs
+            test --vllm``): they are pushed into the engine at the first call only (and again
+            after a sleep), not before every call as in training.
+        temperature, top_p, top_k, max_new_tokens, min_new_tokens, greedy: see
+            :class:`BaseRolloutEngine` (``greedy``: vLLM's greedy sampling, temperature 0).
     """
 
     def __init__(self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.4,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 17408,
                  enable_chunked_prefill: bool = True, dtype: str = "bfloat16",
                  seed_requests: bool = False, sleep_level: int | None = 2,
-                 llm_kwargs: dict | None = None, **kwargs) -> None:
+                 llm_kwargs: dict | None = None, weights_fixed: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) \
                 or tensor_parallel_size < 1:
@@ -193,6 +196,8 @@ class VLLMRolloutEngine(BaseRolloutEngine):
                                  max_num_batched_tokens=max_num_batched_tokens,
                                  enable_chunked_prefill=enable_chunked_prefill, dtype=dtype)
         self.llm_kwargs = dict(llm_kwargs or {})
+        self.weights_fixed = weights_fixed
+        self._synced = False  # the policy's weights were pushed (and not dropped by a sleep)
         self._llm = None
         self._asleep = False
         self._tokenizer_dir: tempfile.TemporaryDirectory | None = None
@@ -315,22 +320,26 @@ class VLLMRolloutEngine(BaseRolloutEngine):
         does not need the KV cache's memory; vllm/v1/engine/core.py:1031 resumes scheduling once
         all is awake), then reset the caches."""
         if not self._asleep:
-            self.sync_weights(policy)
+            if not (self.weights_fixed and self._synced):
+                self.sync_weights(policy)
+                self._synced = True
             return
         self._llm.wake_up(tags=["weights"])
         self.load_policy_weights(policy)
         if not self._llm.wake_up(tags=["kv_cache"]):
             raise RuntimeError("the vLLM engine did not wake up fully")
         self._asleep = False
+        self._synced = True
         self.reset_caches()
 
     # ------------------------------------------------------------------ requests
     def sampling_params(self, num_samples: int, policy, seed: int | None = None):
         """vLLM ``SamplingParams`` equal to the HF engine's sampling (``seed``: the request's)."""
         vllm = import_vllm()
+        sampling = dict(temperature=0.0, top_p=1.0, top_k=0) if self.greedy else dict(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0)
         return vllm.SamplingParams(
-            n=num_samples, temperature=self.temperature, top_p=self.top_p,
-            top_k=self.top_k or 0, max_tokens=self.max_new_tokens or policy.max_new_tokens,
+            n=num_samples, **sampling, max_tokens=self.max_new_tokens or policy.max_new_tokens,
             min_tokens=self.min_new_tokens or 0,
             # the vision tokens the HF path suppresses; logit_bias, as allowed_token_ids takes
             # at most 1,024 ids (vllm/v1/worker/gpu/sample/logit_bias.py:20)

@@ -80,3 +80,35 @@ def test_a_dataset_that_cannot_be_built_loses_no_other_split(tmp_path, capsys):
     assert res["mine/val"]["n"] == 3 and res["mine/val"]["n_dropped_at_load"] == 3
     assert any("does not exist" in d for d in res["mine/val"]["dropped_at_load"])
     assert list(res["not_evaluated"]) == ["test_cfg.datasets.1"]
+
+
+def test_a_greedy_generation_engine_gives_the_policys_own_responses(tmp_path):
+    """``test_cfg.generation_engine`` (here the transformers engine, greedy) writes the same
+    responses and masks as the policy's own ``generate``; the fingerprint of a resumable run
+    tells the two apart."""
+    import json
+
+    from mmengine.config import Config
+
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(cfg.test_cfg.datasets[0], num_samples=4)]
+    cfg.test_dataloader.batch_size = 2
+    cfg.dump(str(tmp_path / "cfg.py"))
+    runs = {}
+    for name, extra in (("own", []), ("engine", ["--cfg-options",
+                                                 "test_cfg.generation_engine.type=HFRolloutEngine"])):
+        assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "generated", "empty",
+                     "--max-new-tokens", "6", "--work-dir", str(tmp_path / name), *extra]) == 0
+        runs[name] = {mode: [json.loads(x) for x in (
+            tmp_path / name / f"per_sample_{mode}" / "shapes_test" / "per_sample.jsonl"
+        ).read_text().splitlines()] for mode in ("generated", "empty")}
+    for mode in ("generated", "empty"):
+        assert [(r["response"], r["iou"]) for r in runs["own"][mode]] == \
+               [(r["response"], r["iou"]) for r in runs["engine"][mode]]
+    fingerprints = [json.loads((tmp_path / n / "per_sample_generated" / "shapes_test" /
+                                "run.json").read_text())["fingerprint"] for n in runs]
+    assert fingerprints[0]["engine"] is None and fingerprints[1]["engine"] is not None

@@ -437,3 +437,73 @@ def test_vllm_weights_under_fsdp_use_the_gathered_plain_names(tiny_qwen_dir, tmp
     assert got.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_greedy_evaluation_pushes_fixed_weights_once(tiny_policy, fake_vllm):
+    """For evaluation (``coprs test --vllm``) the engine decodes greedily (temperature 0,
+    whatever the sampling settings) and, with ``weights_fixed``, pushes the weights at the
+    first call only; training's engine pushes them before every rollout."""
+    vllm, calls = fake_vllm
+    engine = VLLMRolloutEngine(greedy=True, weights_fixed=True, sleep_level=None,
+                               temperature=0.7, top_p=0.5, top_k=3, max_new_tokens=5)
+    params = engine.sampling_params(1, tiny_policy)
+    assert (params.temperature, params.top_p, params.top_k, params.max_tokens) == (0.0, 1.0, 0, 5)
+    for _ in range(3):
+        engine.generate(tiny_policy, _images(), ["a", "b"], 1)
+    assert [c for c in calls if c[0] == "load_weights"] == [("load_weights",)]
+    assert [c for c in calls if c[0] == "generate"] == [("generate", 2)] * 3
+    del calls[:]
+    training = VLLMRolloutEngine(sleep_level=None)
+    for _ in range(2):
+        training.generate(tiny_policy, _images(), ["a", "b"], 1)
+    assert [c for c in calls if c[0] == "load_weights"] == [("load_weights",)] * 2
+    with pytest.raises(ValueError, match="temperature"):
+        VLLMRolloutEngine(temperature=0)  # sampling at temperature 0 is no GRPO
+    VLLMRolloutEngine(greedy=True, temperature=0)  # greedy: the temperature is unused
+
+
+def test_coprs_test_vllm_writes_the_generated_responses_with_vllm(tmp_path, fake_vllm,
+                                                                  monkeypatch, capsys):
+    """``coprs test --vllm`` builds one greedy vLLM engine for the run, pushes the checkpoint's
+    weights into it once, and scores the responses it writes; gold reasoning is teacher-forced
+    without it. A --cfg-options key of the engine is kept."""
+    import json
+
+    from mmengine.config import Config
+
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    # what the engine sets for a run without torchrun, undone after the test
+    for key, value in dict(MASTER_PORT="29561", MASTER_ADDR="127.0.0.1", RANK="0",
+                           LOCAL_RANK="0", WORLD_SIZE="1").items():
+        monkeypatch.setenv(key, value)
+    vllm, calls = fake_vllm
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(cfg.test_cfg.datasets[0], num_samples=4)]
+    cfg.test_dataloader.batch_size = 2
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["test", str(tmp_path / "cfg.py"), "--vllm", "--reasoning", "generated", "gold",
+                 "--max-new-tokens", "6", "--work-dir", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "r.json"), "--cfg-options",
+                 "test_cfg.generation_engine.gpu_memory_utilization=0.7"]) == 0
+    (llm,) = vllm.LLM.instances
+    assert llm.kwargs["gpu_memory_utilization"] == 0.7 and llm.kwargs["enable_sleep_mode"] is False
+    assert [c for c in calls if c[0] == "load_weights"] == [("load_weights",)]
+    assert [c for c in calls if c[0] == "generate"] == [("generate", 2)] * 2  # generated only
+    assert llm.params.temperature == 0.0 and llm.params.max_tokens == 6 and llm.params.n == 1
+    records = [json.loads(x) for x in (tmp_path / "w" / "per_sample_generated" / "shapes_test"
+                                       / "per_sample.jsonl").read_text().splitlines()]
+    # the fake answers every request with token 7: each response is that token's text
+    assert len(records) == 4 and len({r["response"] for r in records}) == 1
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["gold"]["shapes/test"]["format_rate"] == 1.0
+    assert main(["test", str(tmp_path / "cfg.py"), "--vllm", "--cfg-options",
+                 "test_cfg.generation_engine.type=HFRolloutEngine"]) == 2
+    assert "--vllm, but the config's test_cfg.generation_engine is a HFRolloutEngine" in \
+        capsys.readouterr().err
+    assert main(["test", str(tmp_path / "cfg.py"), "--vllm", "--work-dir", str(tmp_path / "tp"),
+                 "--cfg-options", "test_cfg.generation_engine.tensor_parallel_size=2"]) == 2
+    assert "tensor_parallel_size=2: evaluation generates with one GPU per process" in \
+        capsys.readouterr().err
