@@ -132,7 +132,7 @@ class ReasonSegTestLoop(BaseLoop):
         self.responses = responses
         self.resume, self.checkpoint = resume, checkpoint
         self.generation_engine = generation_engine
-        self._engine = None  # built from generation_engine at the first generated batch
+        self._engine = None  # built from generation_engine when a generated mode starts
         self._done: dict[str, dict] = {}
 
     def run(self) -> dict:

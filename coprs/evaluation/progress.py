@@ -108,13 +108,8 @@ class EvalProgress:
         if earlier is not None:
             self._check_same(earlier["fingerprint"])
             done = self._read_done(complete=bool(earlier.get("complete")))
-        elif is_main_process() and self.progress_dir.is_dir():
-            left = sum(1 for p in self.progress_dir.glob("rank*.jsonl")
-                       for line in p.open(encoding="utf-8") if line.strip())
-            if left:
-                print_log(f"{self.split}: {left} records of an interrupted evaluation in "
-                          f"{self.progress_dir} are discarded; coprs test --resume would have "
-                          "kept them", logger="current", level=logging.WARNING)
+        elif is_main_process() and not resume:
+            self._warn_discarded()
         if is_main_process():
             if earlier is None:
                 shutil.rmtree(self.progress_dir, ignore_errors=True)
@@ -122,6 +117,19 @@ class EvalProgress:
             self.progress_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         return done
+
+    def _warn_discarded(self) -> None:
+        """Say so when starting over discards records --resume would have kept."""
+        try:
+            same = not fingerprint_changes(self._read_run()["fingerprint"], self.fingerprint)
+        except (TypeError, ValueError):  # no earlier run, or an unreadable one
+            return
+        left = sum(len([x for x in p.read_text(encoding="utf-8").splitlines() if x.strip()])
+                   for p in self.progress_dir.glob("rank*.jsonl"))
+        if same and left:
+            print_log(f"{self.split}: {left} records of an interrupted evaluation with the same "
+                      f"checkpoint and options in {self.progress_dir} are discarded; coprs test "
+                      "--resume would have kept them", logger="current", level=logging.WARNING)
 
     def _read_run(self) -> dict | None:
         if not self.run_file.is_file():

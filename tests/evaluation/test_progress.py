@@ -82,3 +82,18 @@ def test_fingerprint_parts(tmp_path):
                                                                 drop=("indices",))
     assert config_digest(a) != config_digest(dict(a, split="val"))
     assert config_digest(None) is None
+
+
+def test_starting_over_says_what_resume_would_have_kept(tmp_path, monkeypatch):
+    import coprs.evaluation.progress as progress
+
+    said = []
+    monkeypatch.setattr(progress, "print_log", lambda msg, **kw: said.append(msg))
+    run = EvalProgress(tmp_path, {"reasoning": "gold"}, "s/t")
+    run.start(resume=False)
+    run.append([_record("a"), _record("b")])
+    EvalProgress(tmp_path, {"reasoning": "gold"}, "s/t").start(resume=False)
+    assert len(said) == 1 and "2 records of an interrupted evaluation" in said[0]
+    run.append([_record("a")])
+    EvalProgress(tmp_path, {"reasoning": "generated"}, "s/t").start(resume=False)
+    assert len(said) == 1  # another evaluation's records: --resume would not have kept them
