@@ -14,7 +14,7 @@ from coprs.cli import as_script, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = sorted(p.name for p in (ROOT / "tools").glob("*.py"))
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COPRS_DISABLE_PLUGINS": "1"}
+ENV = {**os.environ, "COPRS_DISABLE_PLUGINS": "1"}
 
 
 def _run(*args, cwd=ROOT):
