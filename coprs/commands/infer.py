@@ -76,10 +76,11 @@ def _check_out(out: Path) -> None:
             raise UsageError(f"--out '{out}' {where}; give a folder (created if missing)")
 
 
-def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> set[int]:
+def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> tuple[set[int], str]:
     """Write the batch's fingerprint to ``<out>/run.json``; with ``--resume``, first check it
-    against the earlier run's and return the line numbers whose folder already holds a complete
-    result for the same image, instruction and response (they are not segmented again)."""
+    against the earlier run's. Returns the line numbers whose folder already holds a complete
+    result of this run's fingerprint for the same image, instruction and given response (they
+    are not segmented again), and the fingerprint's digest, which every result records."""
     import json
 
     from coprs import __version__
@@ -89,6 +90,7 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> set[int
     fingerprint = dict(coprs_version=__version__, checkpoint=file_stamp(args.checkpoint),
                        model=config_digest(cfg.get("model")), response=args.response,
                        max_new_tokens=args.max_new_tokens, allow_empty=args.allow_empty)
+    digest = config_digest(fingerprint)
     run_file, kept = out / "run.json", set()
     if args.resume and run_file.is_file():
         try:
@@ -106,16 +108,18 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> set[int
                 done = json.loads((out / f"{n:06d}" / "result.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # not segmented, or cut short by the kill: segmented again
-            response = item.get("response", args.response)
-            if (isinstance(done, dict) and done.get("image") == str(item["image"])
+            # a folder an earlier run with another fingerprint wrote (a run started over into
+            # this folder and stopped before it got here) is not this run's
+            if (isinstance(done, dict) and done.get("run") == digest
+                    and done.get("image") == str(item["image"])
                     and done.get("instruction") == item["instruction"]
-                    and (response is None or done.get("response") == response)):
+                    and done.get("given_response") == item.get("response", args.response)):
                 kept.add(n)
     elif args.resume:
         print(f"--resume: no earlier run in {out}; segmenting every line", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(run_file, json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
-    return kept
+    return kept, digest
 
 
 def run(args) -> int:
@@ -147,6 +151,10 @@ def run(args) -> int:
         check_checkpoint_arg(args.checkpoint)
     if args.input_jsonl is None:
         image = load_image(args.image)
+    else:  # read, and checked against an earlier run, before the model is built
+        items = read_jsonl(args.input_jsonl)
+        good = [(n, item) for n, item, error in items if error is None]
+        kept, digest = _start_batch(out, args, cfg, good)
     model = init_segmentor(cfg, args.checkpoint, device=check_device(args.device))
 
     if args.input_jsonl is None:
@@ -162,10 +170,7 @@ def run(args) -> int:
         print(f"wrote {out}/response.txt heatmap.png mask.png panel.png result.json")
         return 0
 
-    items = read_jsonl(args.input_jsonl)
     failures = [(n, error) for n, _, error in items if error is not None]
-    good = [(n, item) for n, item, error in items if error is None]
-    kept = _start_batch(out, args, cfg, good)
     good = [(n, item) for n, item in good if n not in kept]
     done = len(kept)
     with tqdm(total=len(items), desc="infer", unit="sample") as bar:
@@ -188,7 +193,8 @@ def run(args) -> int:
                     failures.append((n, f"{args.input_jsonl}:{n}: {result}"))
                     continue
                 write_result(out / f"{n:06d}", image, item["instruction"], result,
-                             extra={"image": str(item["image"]), "line": n})
+                             extra={"image": str(item["image"]), "line": n, "run": digest,
+                                    "given_response": item.get("response", args.response)})
                 done += 1
             bar.update(len(chunk))
     print(f"{done} of {len(items)} lines segmented into {out}/<line number>/"

@@ -198,6 +198,12 @@ def run(args) -> int:
             raise UsageError(f"--vllm, but the config's test_cfg.generation_engine is a "
                              f"{configured['type']}; drop one of the two")
         cfg.test_cfg.generation_engine = {**VLLM_TEST_ENGINE, **configured}
+        from coprs.rollout.vllm import import_vllm
+
+        try:  # now, not after the model is built
+            import_vllm()
+        except ImportError as exc:
+            raise UsageError(f"--vllm: {exc}") from exc
     if args.limit is not None:
         if args.limit < 1:
             raise UsageError(f"--limit {args.limit} must be at least 1")

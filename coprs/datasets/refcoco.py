@@ -262,6 +262,9 @@ class RefCOCODataset(BaseDataset):
         """Read the refs and instances files and expand every ref into one sample per sentence."""
         refs_path = self.ann_file
         inst_path = os.path.join(self.data_root, self.dataset_name, "instances.json")
+        #: the files the samples' instructions and masks come from (``coprs test --resume``
+        #: stamps them, so that records scored against an older version are not reused)
+        self.annotation_files = [refs_path, inst_path]
         if not os.path.isfile(inst_path):
             raise FileNotFoundError(f"instances file not found: {inst_path}; {_LAYOUT}")
         if not os.path.isdir(self.img_dir):

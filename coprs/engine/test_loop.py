@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -178,6 +179,11 @@ class ReasonSegTestLoop(BaseLoop):
             self.dataloader = loader  # the runner's test/val_dataloader: the split being run
             meta = loader.dataset.metainfo
             name, split = str(meta.get("dataset_name", "dataset")), str(meta.get("split", "test"))
+            if f"{name}/{split}" in results:  # its metrics and records would replace the other's
+                raise ValueError(
+                    f"{self._cfg_key}.{i} is {name}/{split} again (an earlier dataset of "
+                    f"{self._cfg_key} is too): give it another split or "
+                    "metainfo=dict(dataset_name=...)")
             ev_cfg = copy.deepcopy(self.evaluator_cfg)
             ev_cfg.update(dataset_name=name, split=split, out_dir=self.out_dir)
             evaluator = self.runner.build_evaluator(ev_cfg)
@@ -191,7 +197,7 @@ class ReasonSegTestLoop(BaseLoop):
                 if table is None:
                     raise ValueError(f"responses '{self.responses}' has no folder {subdir}/ "
                                      f"(it has: {', '.join(k for k in given if k)})")
-            progress = self._start_progress(evaluator, ds_cfg, name, split)
+            progress = self._start_progress(evaluator, ds_cfg, name, split, loader.dataset)
             found = 0
             for batch in tqdm(loader, desc=f"{name}/{split} ({self.reasoning})",
                               disable=not is_main_process()):
@@ -217,7 +223,7 @@ class ReasonSegTestLoop(BaseLoop):
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return results
 
-    def _start_progress(self, evaluator, ds_cfg, name: str, split: str):
+    def _start_progress(self, evaluator, ds_cfg, name: str, split: str, dataset):
         """The split's :class:`~coprs.evaluation.progress.EvalProgress` (None when records are
         not written), after reading what an earlier run scored into ``self._done``."""
         from .. import __version__
@@ -239,6 +245,12 @@ class ReasonSegTestLoop(BaseLoop):
             model=config_digest(self.runner.cfg.get("model")),
             # --limit (the dataset's indices) changes which samples, not how each is scored
             dataset=config_digest(ds_cfg, drop=("indices",)),
+            # records scored against an annotation file edited since are not reused: the
+            # dataset's annotation files by content (a RefCOCO refs pickle and instances file,
+            # a JSON-lines file; not the images, nor ReasonSeg's per-image files)
+            annotations={os.path.basename(p): file_stamp(p) for p in getattr(
+                dataset, "annotation_files", [getattr(dataset, "ann_file", None)])
+                if p and os.path.isfile(p)},
             metric=config_digest(self.evaluator_cfg, drop=("out_dir",)))
         progress = EvalProgress(Path(self.out_dir) / results_subdir(name, split), fingerprint,
                                 f"{name}/{split}")

@@ -428,12 +428,17 @@ def _write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]
             for k, v in record.items()
         }
         lines.append(json.dumps(clean, default=_json_default, ensure_ascii=False))
+    text = "".join(line + "\n" for line in lines)
+    if mode == "w":  # a kill mid-write leaves the old file or the new one
+        from ..utils import atomic_write
+
+        atomic_write(path, text)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open(mode, encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        if mode == "a":
-            f.flush()
-            os.fsync(f.fileno())
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

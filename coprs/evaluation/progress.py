@@ -49,17 +49,30 @@ def config_digest(cfg: Any, drop: Iterable[str] = ()) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+#: how much of each end of a file :func:`file_stamp` hashes
+_STAMP_BYTES = 1 << 20
+
+
 def file_stamp(path: str | os.PathLike | None) -> dict | None:
-    """What identifies a checkpoint (or a responses file) without reading it: its absolute
-    path, size and modification time; for a folder (an ``export-hf`` directory) the total size
-    and latest modification time of the files in it. None for None."""
+    """What identifies a checkpoint (an annotation file, a responses file) by its content,
+    without reading all of it: its size and a sha256 of its first and last MiB (a ``torch.save``
+    zip ends with its directory, which holds a CRC of every tensor, so two checkpoints of one
+    run differ there). A copy or a move keeps the stamp; a file rewritten in place changes it.
+    For a folder (an ``export-hf`` directory), every file's. None for None."""
     if path is None:
         return None
-    path = Path(path).expanduser().resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [f.stat() for f in files]
-    return {"path": str(path), "size": sum(s.st_size for s in stats),
-            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return {"files": {p.relative_to(path).as_posix(): file_stamp(p)
+                          for p in sorted(path.rglob("*")) if p.is_file()}}
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_STAMP_BYTES))
+        if size > _STAMP_BYTES:
+            f.seek(max(_STAMP_BYTES, size - _STAMP_BYTES))
+            digest.update(f.read())
+    return {"size": size, "sha256_ends": digest.hexdigest()[:16]}
 
 
 def _json_round_trip(obj: Any) -> Any:
@@ -106,8 +119,19 @@ class EvalProgress:
         done: dict[str, dict] = {}
         earlier = self._read_run() if resume else None
         if earlier is not None:
-            self._check_same(earlier["fingerprint"])
-            done = self._read_done(complete=bool(earlier.get("complete")))
+            changed = fingerprint_changes(earlier["fingerprint"], self.fingerprint)
+            if changed and earlier.get("complete"):
+                # another evaluation's finished records (e.g. another checkpoint evaluated into
+                # the same work dir before this one was interrupted): this evaluation never
+                # reached the split, so it starts it, as it would have without the interruption
+                print_log(f"{self.split}: its records in {self.split_dir} are those of another, "
+                          f"finished evaluation ({changed}); they are replaced",
+                          logger="current", level=logging.WARNING)
+                earlier = None
+            elif changed:
+                self._refuse(changed)
+            else:
+                done = self._read_done(complete=bool(earlier.get("complete")))
         elif is_main_process() and not resume:
             self._warn_discarded()
         if is_main_process():
@@ -119,10 +143,14 @@ class EvalProgress:
         return done
 
     def _warn_discarded(self) -> None:
-        """Say so when starting over discards records --resume would have kept."""
+        """Say so when starting over discards records --resume would have kept (those of an
+        interrupted run with the same fingerprint)."""
         try:
-            same = not fingerprint_changes(self._read_run()["fingerprint"], self.fingerprint)
+            run = self._read_run()
+            same = not fingerprint_changes(run["fingerprint"], self.fingerprint)
         except (TypeError, ValueError):  # no earlier run, or an unreadable one
+            return
+        if run.get("complete"):
             return
         left = sum(len([x for x in p.read_text(encoding="utf-8").splitlines() if x.strip()])
                    for p in self.progress_dir.glob("rank*.jsonl"))
@@ -145,14 +173,12 @@ class EvalProgress:
                              f"{self.split} from the start")
         return run
 
-    def _check_same(self, earlier: dict) -> None:
-        what = fingerprint_changes(earlier, self.fingerprint)
-        if what:
-            raise ValueError(
-                f"--resume: the records of {self.split} in {self.split_dir} were written by "
-                f"another evaluation ({what}). Evaluate with the same checkpoint and options "
-                "to continue it, leave out --resume to evaluate this split from the start "
-                "(its records are then replaced), or give another --work-dir")
+    def _refuse(self, changed: str) -> None:
+        raise ValueError(
+            f"--resume: the records of {self.split} in {self.split_dir} were written by another, "
+            f"interrupted evaluation ({changed}). Evaluate with the same checkpoint and options "
+            f"to continue it, delete {self.split_dir} to evaluate this split from the start "
+            "(the other splits' records are kept), or give another --work-dir")
 
     def _read_done(self, complete: bool) -> dict[str, dict]:
         from .functional import PER_SAMPLE_FILENAME
@@ -167,13 +193,17 @@ class EvalProgress:
 
     @staticmethod
     def _read_progress(path: Path) -> dict[str, dict]:
-        """One rank's records; a line cut short by a killed process is left out (that sample
-        is predicted again)."""
+        """One rank's records; a line cut short by a killed process, or any line that is not a
+        whole record, is left out (that sample is predicted again)."""
+        from .functional import PER_SAMPLE_KEYS
+
         out, broken = {}, 0
         with path.open(encoding="utf-8") as f:
             for line in f:
                 try:
                     record = json.loads(line)
+                    if not all(k in record for k in PER_SAMPLE_KEYS):
+                        raise KeyError
                     out[str(record["sample_id"])] = record
                 except (ValueError, TypeError, KeyError):
                     broken += 1
@@ -197,8 +227,9 @@ class EvalProgress:
 
     def finish(self) -> None:
         """The split's ``per_sample.jsonl`` is written (rank 0, by the metric): mark the run
-        complete and remove the progress folder. Every rank calls it."""
+        complete. The progress files stay: they hold every record of this evaluation, also
+        those a ``--limit`` run left out of ``per_sample.jsonl``, for a later ``--resume``.
+        Every rank calls it."""
         barrier()
         if is_main_process():
             self._write_run(complete=True)
-            shutil.rmtree(self.progress_dir, ignore_errors=True)

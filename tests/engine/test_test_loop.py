@@ -112,3 +112,20 @@ def test_a_greedy_generation_engine_gives_the_policys_own_responses(tmp_path):
     fingerprints = [json.loads((tmp_path / n / "per_sample_generated" / "shapes_test" /
                                 "run.json").read_text())["fingerprint"] for n in runs]
     assert fingerprints[0]["engine"] is None and fingerprints[1]["engine"] is not None
+
+
+def test_two_datasets_with_one_name_and_split_are_an_error(tmp_path, capsys):
+    """Their metrics and per-sample records would replace each other's."""
+    from mmengine.config import Config
+
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    first = dict(cfg.test_cfg.datasets[0], num_samples=2)
+    cfg.test_cfg.datasets = [first, dict(first, seed=5)]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "gold", "--work-dir",
+                 str(tmp_path / "w")]) == 2
+    assert "test_cfg.datasets.1 is shapes/test again" in capsys.readouterr().err

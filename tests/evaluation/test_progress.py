@@ -24,9 +24,9 @@ def test_records_written_as_it_goes_come_back_on_resume(tmp_path):
     assert json.loads(first.run_file.read_text()) == {"fingerprint": fp, "complete": False}
     first.append([_record("a"), _record("b", 0.75)])
     first.append([])  # a batch of unreadable samples only
-    # killed while writing the next line: the cut-short line is left out
     with (first.progress_dir / "rank0.jsonl").open("a") as f:
-        f.write('{"sample_id": "c", "inter_ex')
+        f.write('{"sample_id": "d"}\n')  # not a whole record: predicted again
+        f.write('{"sample_id": "c", "inter_ex')  # killed while writing the line: left out
     again = EvalProgress(tmp_path / "shapes_test", dict(fp), "shapes/test")
     done = again.start(resume=True)
     assert sorted(done) == ["a", "b"] and done["b"]["iou"] == 0.75
@@ -35,11 +35,25 @@ def test_records_written_as_it_goes_come_back_on_resume(tmp_path):
     assert not list(first.progress_dir.glob("*.jsonl"))
 
 
-def test_a_different_fingerprint_is_an_error_naming_what_changed(tmp_path):
-    EvalProgress(tmp_path, dict(reasoning="generated", max_new_tokens=None), "s/t").start(False)
+def test_a_different_fingerprint_is_an_error_naming_what_changed(tmp_path, monkeypatch):
+    import coprs.evaluation.progress as progress
+
+    said = []
+    monkeypatch.setattr(progress, "print_log", lambda msg, **kw: said.append(msg))
+    run = EvalProgress(tmp_path, dict(reasoning="generated", max_new_tokens=None), "s/t")
+    run.start(False)
     later = EvalProgress(tmp_path, dict(reasoning="generated", max_new_tokens=64), "s/t")
-    with pytest.raises(ValueError, match=r"max_new_tokens: None then, 64 now.*leave out --resume"):
+    with pytest.raises(ValueError, match=r"max_new_tokens: None then, 64 now.*delete "
+                                         r".* to evaluate this split from the start"):
         later.start(resume=True)
+    # another evaluation that had finished the split (another checkpoint into the same work
+    # dir): this one never reached it, so it starts it, saying so
+    run.append([_record("a")])
+    run.finish()
+    assert later.start(resume=True) == {}
+    assert "those of another, finished evaluation (max_new_tokens: None then, 64 now)" in said[-1]
+    assert not json.loads(later.run_file.read_text())["complete"]
+    assert not list(later.progress_dir.glob("*.jsonl"))
     # nothing earlier: --resume evaluates everything
     assert EvalProgress(tmp_path / "other", {}, "s/t").start(resume=True) == {}
     (tmp_path / "bad").mkdir()
@@ -55,9 +69,13 @@ def test_a_finished_split_is_reused_only_while_it_is_marked_complete(tmp_path):
     run.append([_record("a")])
     write_per_sample(tmp_path / PER_SAMPLE_FILENAME, [_record("a"), _record("b")])
     run.finish()
-    assert not run.progress_dir.exists()
     assert json.loads(run.run_file.read_text())["complete"] is True
     assert sorted(EvalProgress(tmp_path, fp, "s/t").start(resume=True)) == ["a", "b"]
+    # a --limit run rewrites per_sample.jsonl with fewer records; the progress files keep the
+    # others for the next --resume
+    write_per_sample(tmp_path / PER_SAMPLE_FILENAME, [_record("b")])
+    run.append([_record("c")])
+    assert sorted(EvalProgress(tmp_path, fp, "s/t").start(resume=True)) == ["a", "b", "c"]
     # a fresh start leaves the old per_sample.jsonl in place until it is replaced, but a
     # later --resume must not take it for this run's records
     EvalProgress(tmp_path, fp, "s/t").start(resume=False)
@@ -66,17 +84,24 @@ def test_a_finished_split_is_reused_only_while_it_is_marked_complete(tmp_path):
 
 
 def test_fingerprint_parts(tmp_path):
+    import os
+    import shutil
+
     ckpt = tmp_path / "iter_10.pth"
-    ckpt.write_bytes(b"123")
+    body = os.urandom(3 << 20)
+    ckpt.write_bytes(body)
     stamp = file_stamp(ckpt)
-    assert stamp["size"] == 3 and stamp["path"] == str(ckpt.resolve())
-    ckpt.write_bytes(b"1234")  # a new checkpoint under the same name
+    assert stamp["size"] == 3 << 20
+    shutil.copy(ckpt, tmp_path / "moved.pth")  # a copy elsewhere (node-local disk): the same
+    assert file_stamp(tmp_path / "moved.pth") == stamp
+    ckpt.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # another checkpoint under that name
     assert file_stamp(ckpt) != stamp
     folder = tmp_path / "export"
     (folder / "policy").mkdir(parents=True)
     (folder / "policy" / "a.bin").write_bytes(b"12")
     (folder / "seg_head.pth").write_bytes(b"345")
-    assert file_stamp(folder)["size"] == 5 and file_stamp(None) is None
+    assert sorted(file_stamp(folder)["files"]) == ["policy/a.bin", "seg_head.pth"]
+    assert file_stamp(None) is None
     a = dict(type="ShapesReasonDataset", split="test", indices=4)
     assert config_digest(a, drop=("indices",)) == config_digest(dict(a, indices=8),
                                                                 drop=("indices",))

@@ -507,3 +507,17 @@ def test_coprs_test_vllm_writes_the_generated_responses_with_vllm(tmp_path, fake
                  "--cfg-options", "test_cfg.generation_engine.tensor_parallel_size=2"]) == 2
     assert "tensor_parallel_size=2: evaluation generates with one GPU per process" in \
         capsys.readouterr().err
+
+
+def test_coprs_test_vllm_without_vllm_is_a_one_line_error_before_the_build(tmp_path, monkeypatch,
+                                                                           capsys):
+    from coprs.cli import main
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    assert main(["test", str(TINY_CONFIG), "--vllm", "--work-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--vllm: VLLMRolloutEngine needs vLLM, an optional GPU extra: pip install -e '.[vllm]'" \
+        in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing built, nothing written

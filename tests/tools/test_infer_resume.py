@@ -59,8 +59,34 @@ def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, cap
     assert len(calls) == 1
     assert json.loads((tmp_path / "run" / "000004" / "result.json").read_text())[
         "instruction"] == "another"
+    # a line whose given response is removed is generated again, not kept teacher-forced
+    lines[0]["response"] = "<think>x</think><REF_POS>"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    calls.clear()
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert len(calls) == 1
+    del lines[0]["response"]
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    calls.clear()
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert len(calls) == 1
+    assert ((tmp_path / "run" / "000001" / "response.txt").read_bytes()
+            == (tmp_path / "ref" / "000001" / "response.txt").read_bytes())
+    # a run of another budget started over into the folder and stopped after one line: its
+    # resume keeps that line only, not the older run's results
+    calls.clear()
+    fail_at.append(1)
+    try:
+        main([*base[:-1], "5", "--out", str(tmp_path / "run")])
+    except KeyboardInterrupt:
+        pass
+    calls.clear()
+    fail_at.clear()
+    assert main([*base[:-1], "5", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert len(calls) == 3
     # another response budget is another run: refused, naming it; --resume needs a batch
-    assert main([*base[:-1], "5", "--out", str(tmp_path / "run"), "--resume"]) == 2
-    assert "max_new_tokens: 4 then, 5 now" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "max_new_tokens: 5 then, 4 now" in capsys.readouterr().err
     assert main(["infer", "--config", str(TINY_CONFIG), str(tmp_path / "0.png"), "a",
                  "--resume"]) == 2
