@@ -102,6 +102,7 @@ class EvalProgress:
         self.split = split
         self.progress_dir = self.split_dir / PROGRESS_DIRNAME
         self.run_file = self.split_dir / RUN_FILENAME
+        self._unwritable: str | None = None  # why this rank's progress could not be written
 
     # ------------------------------------------------------------------ start
     def start(self, resume: bool) -> dict[str, dict]:
@@ -222,8 +223,16 @@ class EvalProgress:
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         """This rank's newly scored records, on disk before returning."""
         records = list(records)
-        if records:
-            append_per_sample(self.progress_dir / f"rank{get_rank()}.jsonl", records)
+        if not records or self._unwritable is not None:
+            return
+        path = self.progress_dir / f"rank{get_rank()}.jsonl"
+        try:
+            append_per_sample(path, records)
+        except OSError as exc:  # a full disk, a read-only file: the evaluation itself goes on
+            self._unwritable = str(exc)
+            print_log(f"{self.split}: cannot write {path} ({exc}); the evaluation goes on, but "
+                      "what it scores from here on cannot be resumed", logger="current",
+                      level=logging.WARNING)
 
     def finish(self) -> None:
         """The split's ``per_sample.jsonl`` is written (rank 0, by the metric): mark the run

@@ -122,3 +122,17 @@ def test_starting_over_says_what_resume_would_have_kept(tmp_path, monkeypatch):
     run.append([_record("a")])
     EvalProgress(tmp_path, {"reasoning": "generated"}, "s/t").start(resume=False)
     assert len(said) == 1  # another evaluation's records: --resume would not have kept them
+
+
+def test_progress_that_cannot_be_written_warns_once_and_the_evaluation_goes_on(tmp_path,
+                                                                                monkeypatch):
+    import coprs.evaluation.progress as progress
+
+    said = []
+    monkeypatch.setattr(progress, "print_log", lambda msg, **kw: said.append(msg))
+    run = EvalProgress(tmp_path, {}, "s/t")
+    run.start(resume=False)
+    (run.progress_dir / "rank0.jsonl").mkdir()  # cannot be opened as a file
+    run.append([_record("a")])
+    run.append([_record("b")])
+    assert len(said) == 1 and "cannot write" in said[0] and "cannot be resumed" in said[0]
