@@ -84,11 +84,16 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> tuple[s
     import json
 
     from coprs import __version__
-    from coprs.evaluation.progress import config_digest, file_stamp, fingerprint_changes
+    from coprs.evaluation.progress import (
+        config_digest,
+        file_stamp,
+        fingerprint_changes,
+        plain_config,
+    )
     from coprs.utils import atomic_write
 
     fingerprint = dict(coprs_version=__version__, checkpoint=file_stamp(args.checkpoint),
-                       model=config_digest(cfg.get("model")), response=args.response,
+                       model=plain_config(cfg.get("model")), response=args.response,
                        max_new_tokens=args.max_new_tokens, allow_empty=args.allow_empty)
     digest = config_digest(fingerprint)
     run_file, kept = out / "run.json", set()

@@ -229,7 +229,7 @@ class ReasonSegTestLoop(BaseLoop):
         from .. import __version__
         from ..evaluation import ReasonSegMetric
         from ..evaluation.functional import results_subdir
-        from ..evaluation.progress import EvalProgress, config_digest, file_stamp
+        from ..evaluation.progress import EvalProgress, file_stamp, plain_config
 
         self._done = {}
         if (not self._keeps_progress or self.out_dir is None
@@ -240,18 +240,18 @@ class ReasonSegTestLoop(BaseLoop):
             reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
             gold_key=self.gold_key if self.reasoning == "gold" else None,
             responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
-            engine=config_digest(self.generation_engine) if self.reasoning in (
+            engine=plain_config(self.generation_engine) if self.reasoning in (
                 "generated", "empty") else None,
-            model=config_digest(self.runner.cfg.get("model")),
+            model=plain_config(self.runner.cfg.get("model")),
             # --limit (the dataset's indices) changes which samples, not how each is scored
-            dataset=config_digest(ds_cfg, drop=("indices",)),
+            dataset=plain_config(ds_cfg, drop=("indices",)),
             # records scored against an annotation file edited since are not reused: the
             # dataset's annotation files by content (a RefCOCO refs pickle and instances file,
             # a JSON-lines file; not the images, nor ReasonSeg's per-image files)
             annotations={os.path.basename(p): file_stamp(p) for p in getattr(
                 dataset, "annotation_files", [getattr(dataset, "ann_file", None)])
                 if p and os.path.isfile(p)},
-            metric=config_digest(self.evaluator_cfg, drop=("out_dir",)))
+            metric=plain_config(self.evaluator_cfg, drop=("out_dir",)))
         progress = EvalProgress(Path(self.out_dir) / results_subdir(name, split), fingerprint,
                                 f"{name}/{split}")
         self._done = progress.start(self.resume)

@@ -27,8 +27,8 @@ from mmengine.logging import print_log
 
 from .functional import append_per_sample, read_per_sample
 
-__all__ = ["EvalProgress", "config_digest", "file_stamp", "fingerprint_changes", "PROGRESS_DIRNAME",
-           "RUN_FILENAME"]
+__all__ = ["EvalProgress", "config_digest", "plain_config", "file_stamp", "fingerprint_changes",
+           "PROGRESS_DIRNAME", "RUN_FILENAME"]
 
 #: the folder (inside a split's results folder) of the records written as the split goes
 PROGRESS_DIRNAME = "progress"
@@ -36,16 +36,24 @@ PROGRESS_DIRNAME = "progress"
 RUN_FILENAME = "run.json"
 
 
-def config_digest(cfg: Any, drop: Iterable[str] = ()) -> str | None:
-    """A short sha256 of a config (a dict or mmengine ``ConfigDict``) in canonical JSON, without
-    the top-level keys ``drop``; None for None."""
+def plain_config(cfg: Any, drop: Iterable[str] = ()) -> Any:
+    """A config (a dict or mmengine ``ConfigDict``) as plain JSON values, without the top-level
+    keys ``drop`` (what is not JSON is written as its ``repr``); None for None. A fingerprint
+    keeps configs so, and :func:`fingerprint_changes` names the keys that changed."""
     if cfg is None:
         return None
     if hasattr(cfg, "to_dict"):
         cfg = cfg.to_dict()
     if isinstance(cfg, Mapping):
         cfg = {k: v for k, v in cfg.items() if k not in set(drop)}
-    text = json.dumps(cfg, sort_keys=True, default=repr)
+    return _json_round_trip(cfg)
+
+
+def config_digest(cfg: Any, drop: Iterable[str] = ()) -> str | None:
+    """A short sha256 of :func:`plain_config` in canonical JSON; None for None."""
+    if cfg is None:
+        return None
+    text = json.dumps(plain_config(cfg, drop), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -79,12 +87,20 @@ def _json_round_trip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=repr))
 
 
-def fingerprint_changes(earlier: Mapping, now: Mapping) -> str:
-    """What differs between two fingerprints, one ``key: <then> then, <now> now`` per key,
-    joined by ``; ``; empty when they are the same (compared as JSON)."""
-    earlier, now = _json_round_trip(dict(earlier)), _json_round_trip(dict(now))
-    return "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now"
-                     for k in sorted(set(earlier) | set(now)) if earlier.get(k) != now.get(k))
+def fingerprint_changes(earlier: Mapping, now: Mapping, limit: int = 5) -> str:
+    """What differs between two fingerprints (compared as JSON), one ``key: <then> then, <now>
+    now`` per differing value, nested keys dotted (``model.policy.max_pixels: 705600 then, 12544
+    now``), the first ``limit`` of them joined by ``; ``; empty when they are the same."""
+    from ..utils import first_few
+
+    def diff(a, b, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b), key=str)
+                    for d in diff(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))]
+        return [] if a == b else [f"{key}: {a!r} then, {b!r} now"]
+
+    return first_few(diff(_json_round_trip(dict(earlier)), _json_round_trip(dict(now)), ""),
+                     limit, sep="; ")
 
 
 class EvalProgress:

@@ -135,4 +135,4 @@ def test_records_scored_against_an_edited_annotation_file_are_not_reused(tmp_pat
     capsys.readouterr()
     assert main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "another, interrupted evaluation (annotations: " in err and "val.jsonl" in err
+    assert "another, interrupted evaluation (annotations.val.jsonl.sha256_ends: " in err

@@ -6,7 +6,12 @@ import json
 import pytest
 
 from coprs.evaluation.functional import PER_SAMPLE_FILENAME, write_per_sample
-from coprs.evaluation.progress import EvalProgress, config_digest, file_stamp
+from coprs.evaluation.progress import (
+    EvalProgress,
+    config_digest,
+    file_stamp,
+    fingerprint_changes,
+)
 
 COUNTS = dict(inter_exclude=1, union_exclude=2, inter_background=1, union_background=2,
               inter_foreground=1, union_foreground=2, pred_area=1, gt_area=2, ignore_area=0)
@@ -136,3 +141,13 @@ def test_progress_that_cannot_be_written_warns_once_and_the_evaluation_goes_on(t
     run.append([_record("a")])
     run.append([_record("b")])
     assert len(said) == 1 and "cannot write" in said[0] and "cannot be resumed" in said[0]
+
+
+def test_fingerprint_changes_name_the_nested_keys_that_differ():
+    then = {"model": {"policy": {"max_pixels": 705600, "tiny": None}}, "reasoning": "generated"}
+    now = {"model": {"policy": {"max_pixels": 12544, "tiny": None}}, "reasoning": "gold"}
+    assert fingerprint_changes(then, now) == ("model.policy.max_pixels: 705600 then, 12544 now; "
+                                              "reasoning: 'generated' then, 'gold' now")
+    assert fingerprint_changes(then, then) == ""
+    many = ({f"k{i}": i for i in range(7)}, {f"k{i}": -i - 1 for i in range(7)})
+    assert fingerprint_changes(*many, limit=2).endswith("k1: 1 then, -2 now (+5 more)")
