@@ -12,9 +12,9 @@ import torch
 from mmengine.config import Config
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
+from ._torchrun import rank_params, train_on_two_ranks
 
 ROOT = Path(__file__).parents[2]
-WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.parametrize("micro", [[], ["train_cfg.actor_micro_batch=1"]],
@@ -22,26 +22,12 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
     """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU; with micro-batches
     the gradients are all-reduced once, at the last part (DDP's ``no_sync`` before it)."""
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.custom_imports = dict(imports=["ddp_worker"], allow_failed_imports=False)
-    cfg.custom_hooks.append(dict(type="DumpParamsHook"))
-    cfg.env_cfg.dist_cfg = dict(backend="gloo")
-    cfg.dump(str(tmp_path / "cfg.py"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent), PORT="29531",
-               PYTHON=sys.executable)
-    cmd = ["bash", str(ROOT / "tools" / "dist_train.sh"), str(tmp_path / "cfg.py"), "2",
-           "--work-dir", str(tmp_path / "w"), "--debug", "--cfg-options",
-           "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
-           "train_dataloader.batch_size=2", "train_cfg.group_size=2",
-           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
-           "val_cfg.datasets.0.num_samples=2", f"model.feature_cache.root={tmp_path / 'cache'}",
-           *micro]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = train_on_two_ranks(tmp_path, 29531, ["train_cfg.stages.1.iters=2", *micro],
+                              extra_args=["--debug"])
     (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)
     errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
     assert proc.returncode == 0, "\n".join(errors[-20:])
-    a = torch.load(tmp_path / "w" / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "w" / "rank1.pt", weights_only=True)
+    a, b = rank_params(tmp_path / "w")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -2,18 +2,12 @@
 (``model.policy.max_prompt_tokens``; DDP with micro-batches, whose forwards are collectives)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 from mmengine.config import Config
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
-
-ROOT = Path(__file__).parents[2]
-WORKER = Path(__file__).with_name("ddp_worker.py")
+from ._torchrun import rank_params, train_on_two_ranks
 
 
 def _rank_batches(policy, steps: int) -> list[list[list[int]]]:
@@ -42,27 +36,13 @@ def test_ranks_keep_equal_batches_and_skip_together(tmp_path, tiny_segmentor):
                 if any(min(k) == 0 < max(k) for k in kept(c))
                 and any(0 < min(k) < max(k) for k in kept(c))), None)
     assert cap is not None, f"the first scenes' prompt lengths {batches} offer no such cap"
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.custom_imports = dict(imports=["ddp_worker"], allow_failed_imports=False)
-    cfg.custom_hooks.append(dict(type="DumpParamsHook"))
-    cfg.env_cfg.dist_cfg = dict(backend="gloo")
-    cfg.dump(str(tmp_path / "cfg.py"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent), PORT="29543",
-               PYTHON=sys.executable)
-    cmd = ["bash", str(ROOT / "tools" / "dist_train.sh"), str(tmp_path / "cfg.py"), "2",
-           "--work-dir", str(tmp_path / "w"), "--cfg-options",
-           "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=1",
-           "train_dataloader.batch_size=2", "train_dataloader.sampler.shuffle=False",
-           "train_cfg.group_size=2", "train_cfg.actor_micro_batch=1",
-           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=100",
-           "default_hooks.logger.interval=1", "val_cfg.datasets.0.num_samples=2",
-           f"model.policy.max_prompt_tokens={cap}",
-           f"model.feature_cache.root={tmp_path / 'cache'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = train_on_two_ranks(tmp_path, 29543, [
+        "train_cfg.stages.1.iters=1", "train_dataloader.sampler.shuffle=False",
+        "train_cfg.actor_micro_batch=1", "default_hooks.logger.interval=1",
+        f"model.policy.max_prompt_tokens={cap}"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    a = torch.load(tmp_path / "w" / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "w" / "rank1.pt", weights_only=True)
+    a, b = rank_params(tmp_path / "w")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     # rank 0's log and scalars: every step's warnings, the count over both ranks
