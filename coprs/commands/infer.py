@@ -76,11 +76,26 @@ def _check_out(out: Path) -> None:
             raise UsageError(f"--out '{out}' {where}; give a folder (created if missing)")
 
 
-def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> tuple[set[int], str]:
+def _image_stamp(image) -> dict | None:
+    """The image file's :func:`~coprs.evaluation.progress.file_stamp` (None when it cannot be
+    read): a result is kept on ``--resume`` only for the same image content, so an image
+    overwritten in place is segmented again."""
+    from coprs.evaluation.progress import file_stamp
+
+    try:
+        return file_stamp(image)
+    except (OSError, TypeError):
+        return None
+
+
+def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]],
+                 numbers: list[int]) -> tuple[set[int], str]:
     """Write the batch's fingerprint to ``<out>/run.json``; with ``--resume``, first check it
     against the earlier run's. Returns the line numbers whose folder already holds a complete
-    result of this run's fingerprint for the same image, instruction and given response (they
-    are not segmented again), and the fingerprint's digest, which every result records."""
+    result of this run's fingerprint for the same image (path and content), instruction and
+    given response (they are not segmented again), and the fingerprint's digest, which every
+    result records. Every other line's old ``result.json`` is removed first, so a line that
+    fails this time never leaves an earlier result behind as if it were this run's."""
     import json
 
     from coprs import __version__
@@ -117,14 +132,32 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]]) -> tuple[s
             # this folder and stopped before it got here) is not this run's
             if (isinstance(done, dict) and done.get("run") == digest
                     and done.get("image") == str(item["image"])
+                    and done.get("image_stamp") == _image_stamp(item["image"])
                     and done.get("instruction") == item["instruction"]
                     and done.get("given_response") == item.get("response", args.response)):
                 kept.add(n)
     elif args.resume:
         print(f"--resume: no earlier run in {out}; segmenting every line", file=sys.stderr)
+    for n in numbers:
+        if n not in kept:
+            (out / f"{n:06d}" / "result.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(run_file, json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
     return kept, digest
+
+
+def _warn_leftovers(out: Path, numbers: set[int]) -> None:
+    """Name the result folders in ``out`` that are no line of this input (an earlier, longer
+    input's): they are left alone, but they are not this batch's results."""
+    from coprs.utils import first_few
+
+    left = sorted(p.name for p in out.iterdir() if p.is_dir() and len(p.name) == 6
+                  and p.name.isdigit() and int(p.name) not in numbers
+                  and (p / "result.json").is_file())
+    if left:
+        print(f"note: {len(left)} folder(s) in {out} hold results of lines this input does not "
+              f"have ({first_few(left, 5)}), from an earlier input; they are left as they are "
+              "(delete them, or use another --out, to keep only this batch's)", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -159,7 +192,7 @@ def run(args) -> int:
     else:  # read, and checked against an earlier run, before the model is built
         items = read_jsonl(args.input_jsonl)
         good = [(n, item) for n, item, error in items if error is None]
-        kept, digest = _start_batch(out, args, cfg, good)
+        kept, digest = _start_batch(out, args, cfg, good, [n for n, _, _ in items])
     model = init_segmentor(cfg, args.checkpoint, device=check_device(args.device))
 
     if args.input_jsonl is None:
@@ -184,26 +217,29 @@ def run(args) -> int:
             chunk = good[start:start + args.batch_size]
             loaded = []  # decoded once: segmented and drawn from the same array
             for n, item in chunk:
-                try:
-                    loaded.append((n, item, load_image(item["image"])))
+                try:  # the stamp first: a file replaced while it is read is not kept later
+                    loaded.append((n, item, _image_stamp(item["image"]),
+                                   load_image(item["image"])))
                 except (FileNotFoundError, ValueError, TypeError) as exc:
                     failures.append((n, f"{args.input_jsonl}:{n}: {exc}"))
             results = segment_batch(
-                model, [image for _, _, image in loaded],
-                [item["instruction"] for _, item, _ in loaded],
-                [item.get("response", args.response) for _, item, _ in loaded],
+                model, [image for *_, image in loaded],
+                [item["instruction"] for _, item, *_ in loaded],
+                [item.get("response", args.response) for _, item, *_ in loaded],
                 allow_empty=args.allow_empty, max_new_tokens=args.max_new_tokens)
-            for (n, item, image), result in zip(loaded, results):
+            for (n, item, stamp, image), result in zip(loaded, results):
                 if isinstance(result, Exception):
                     failures.append((n, f"{args.input_jsonl}:{n}: {result}"))
                     continue
                 write_result(out / f"{n:06d}", image, item["instruction"], result,
                              extra={"image": str(item["image"]), "line": n, "run": digest,
+                                    "image_stamp": stamp,
                                     "given_response": item.get("response", args.response)})
                 done += 1
             bar.update(len(chunk))
     print(f"{done} of {len(items)} lines segmented into {out}/<line number>/"
           + (f" ({len(kept)} of them by the earlier run, kept)" if kept else ""))
+    _warn_leftovers(out, {n for n, _, _ in items})
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)
         for _, f in sorted(failures):

@@ -90,3 +90,41 @@ def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, cap
     assert "max_new_tokens: 5 then, 4 now" in capsys.readouterr().err
     assert main(["infer", "--config", str(TINY_CONFIG), str(tmp_path / "0.png"), "a",
                  "--resume"]) == 2
+
+
+def test_resume_redoes_changed_images_and_never_keeps_a_stale_result(tmp_path, monkeypatch,
+                                                                     capsys):
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    lines = [{"image": str(tmp_path / f"{i % 2}.png"), "instruction": f"the shape {i}"}
+             for i in range(4)]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    real, calls = ReasoningSegmentor.predict_images, []
+
+    def counting(self, images, *args, **kwargs):
+        calls.extend(images)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ReasoningSegmentor, "predict_images", counting)
+    cmd = ["infer", "--config", str(TINY_CONFIG), "--input-jsonl", str(jsonl),
+           "--max-new-tokens", "4", "--out", str(tmp_path / "run"), "--resume"]
+    assert main(cmd) == 0 and len(calls) == 4
+    # 1.png (lines 2 and 4) overwritten in place, same path: those two are segmented again
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "1.png")
+    calls.clear()
+    assert main(cmd) == 0 and len(calls) == 2
+    assert main(cmd) == 0 and len(calls) == 2  # and then kept
+    # a line whose image is gone fails, and its earlier result is not left as this run's
+    lines[2]["image"] = str(tmp_path / "gone.png")
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines[:3]))
+    capsys.readouterr()
+    assert main(cmd) == 0
+    captured = capsys.readouterr()
+    assert not (tmp_path / "run" / "000003" / "result.json").exists()
+    assert (tmp_path / "run" / "000001" / "result.json").exists()
+    assert "gone.png" in captured.err and "2 of 3 lines segmented" in captured.out
+    # line 4 is no line of this shorter input: named, left as it is
+    assert "000004" in captured.err and "1 folder(s)" in captured.err
+    assert (tmp_path / "run" / "000004" / "result.json").exists()
