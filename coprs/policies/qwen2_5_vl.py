@@ -427,10 +427,13 @@ class Qwen25VLPolicy(BasePolicy):
 
     def view_size(self, height: int, width: int) -> tuple[int, int]:
         """The policy view of a ``height`` x ``width`` image (Qwen's ``smart_resize`` within
-        ``min_pixels``/``max_pixels``, :func:`coprs.image.policy_view_size`)."""
+        ``min_pixels``/``max_pixels`` to multiples of the processor's patch size times its merge
+        size, :func:`coprs.image.policy_view_size`)."""
         from ..image import policy_view_size
 
-        return policy_view_size(height, width, self.min_pixels, self.max_pixels)
+        image = self.processor.image_processor
+        return policy_view_size(height, width, self.min_pixels, self.max_pixels,
+                                factor=image.patch_size * image.merge_size)
 
     # ----------------------------------------------------------------- prompts
     def prompt_length(self, height: int, width: int, instruction: str) -> int:

@@ -429,6 +429,20 @@ def test_prompt_length_counts_the_prompt_encode_prompts_builds(tiny_policy, heig
     assert tiny_policy.prompt_length(height, width, instruction) == batch["input_ids"].shape[1]
 
 
+@pytest.mark.parametrize("patch_size", [14, 16])
+def test_the_view_size_is_the_processors_grid_for_its_patch_size(tiny_policy, monkeypatch,
+                                                                  patch_size):
+    """The view follows the processor's patch and merge sizes (28 px for Qwen2.5-VL; 32 for a
+    16 px patch), so prompt lengths stay right for a processor of another patch size."""
+    processor = tiny_policy.processor.image_processor
+    monkeypatch.setattr(processor, "patch_size", patch_size)
+    for height, width in [(100, 150), (500, 90), (40, 41)]:
+        image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+        grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
+        assert tiny_policy.view_size(height, width) == (int(grid[1]) * patch_size,
+                                                        int(grid[2]) * patch_size)
+
+
 def test_overlong_prompts_are_those_above_the_cap(tiny_qwen_dir, tiny_policy):
     small = np.zeros((28, 28, 3), dtype=np.uint8)  # a PIL image or an array, as the loop has
     big = Image.fromarray(np.zeros((112, 112, 3), dtype=np.uint8))
