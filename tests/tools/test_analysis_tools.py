@@ -311,6 +311,9 @@ def test_picked_objects_classifies_the_final_answer():
     assert kind("the target is the blue star in the lower left.") == "other_present"
     assert kind("the target is the blue circle in the lower left.") == "absent"
     assert kind("it is somewhere.") == "unparsed"
+    assert tool.absent_class(("blue", "circle", None), target) == "target_shape"
+    assert tool.absent_class(("red", "star", "centre"), target) == "target_colour"
+    assert tool.absent_class(("green", "square", None), target) == "neither"
 
 
 def test_picked_objects_reports_json(capsys):
@@ -324,6 +327,8 @@ def test_picked_objects_reports_json(capsys):
         assert ("answers" in out) == (mode == "generated")
     answers, by_answer = out["answers"], out["by_answer"]
     assert set(by_answer) == set(tool.ANSWER_CLASSES)
+    assert set(out["absent_by_match"]) == set(tool.ABSENT_CLASSES)
+    assert sum(v["n"] for v in out["absent_by_match"].values()) == by_answer["absent"]["n"]
     assert sum(v["n"] for v in by_answer.values()) == 3
     assert answers["right"] == by_answer["in_place"]["n"] + by_answer["elsewhere"]["n"]
     assert answers["right"] <= answers["right_colour"] <= 3 - answers["unparsed"]
@@ -359,6 +364,9 @@ def test_picked_objects_answer_counts_overlap_as_documented(capsys, monkeypatch)
     assert sum(out["answers"].values()) == 5 > out["n"] == 3
     assert {k: v["n"] for k, v in out["by_answer"].items()} == dict(
         in_place=1, elsewhere=0, other_present=0, absent=1, unparsed=1)
+    assert {k: v["n"] for k, v in out["absent_by_match"].items()} == dict(
+        target_shape=0, target_colour=1, neither=0)
+    assert out["absent_by_match"]["target_colour"]["giou"] == out["by_answer"]["absent"]["giou"]
     with pytest.raises(SystemExit):
         tool.main(["--help"])
     assert "overlapping counts" in capsys.readouterr().out  # --help says so too

@@ -14,7 +14,8 @@ readable answer. The counts overlap (``right_colour`` holds every ``right`` answ
 so they need not add up to ``n``. ``by_answer`` (:data:`ANSWER_CLASSES`) sorts the samples into
 exclusive kinds of answer, with each kind's number and gIoU: the target in its place, the target
 in another place, another object of the image, an object that is not there, or no parsable
-answer.
+answer. ``absent_by_match`` (:data:`ABSENT_CLASSES`) splits the ``absent`` answers by what they
+share with the target: its shape in another colour, its colour with another shape, or neither.
 
 This tells "the decoder cannot separate shapes" (many ``same_colour``) from "the policy names
 the wrong object" (generated answers wrong while the gold reasoning works) — docs/benchmarks.md.
@@ -47,6 +48,8 @@ CLASSES = ("target", "same_colour", "same_shape", "other", "none")
 #: what a generated final answer names: the target and its region ("in the lower left"), the
 #: target with another region, another object of the image, an object not in it, or nothing
 ANSWER_CLASSES = ("in_place", "elsewhere", "other_present", "absent", "unparsed")
+#: what an ``absent`` answer (an object the image lacks) shares with the target
+ABSENT_CLASSES = ("target_shape", "target_colour", "neither")
 #: how much of the gold response ``--gold-prefix`` forces: its first sentence ("<think>I see a
 #: red square and a blue star."), or everything up to the answer's object ("… So the target is
 #: the")
@@ -123,6 +126,14 @@ def answer_class(response: str | tuple | None, target: tuple[str, str], region: 
     return "other_present" if present else "absent"
 
 
+def absent_class(parsed: tuple, target: tuple[str, str]) -> str:
+    """What an ``absent`` answer's (colour, shape, place) shares with the target (one of
+    :data:`ABSENT_CLASSES`): the policy asked for "the star" often copies the shape and guesses
+    the colour."""
+    return ("target_shape" if parsed[1] == target[1] else
+            "target_colour" if parsed[0] == target[0] else "neither")
+
+
 def gold_prefix(response: str, cut: str) -> str:
     """The start of a gold CoPRS response that ``--gold-prefix cut`` forces (:data:`PREFIX_CUTS`)."""
     mark = "." if cut == "inventory" else _ANSWER_LEAD
@@ -152,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = dict.fromkeys(CLASSES, 0)
     right_colour = 0
     by_answer: dict[str, list[float]] = {c: [] for c in ANSWER_CLASSES}
+    by_absent: dict[str, list[float]] = {c: [] for c in ABSENT_CLASSES}
     ious = []
     for start in range(0, len(data), args.batch_size):
         items = [data.get_data_info(i)
@@ -169,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.reasoning == "generated":
                 region = d["gold_answer_region"].partition(" in the ")[2]
                 parsed = parse_final_answer(r.response)
-                by_answer[answer_class(parsed, target, region, d["objects"])].append(ious[-1])
+                kind = answer_class(parsed, target, region, d["objects"])
+                by_answer[kind].append(ious[-1])
+                if kind == "absent":
+                    by_absent[absent_class(parsed, target)].append(ious[-1])
                 right_colour += parsed is not None and parsed[0] == target[0]
         print(f"{len(ious)}/{len(data)} samples", file=sys.stderr, flush=True)
     out = dict(config=args.config, checkpoint=args.checkpoint, reasoning=args.reasoning,
@@ -179,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         n = {c: len(v) for c, v in by_answer.items()}
         out["answers"] = dict(right=n["in_place"] + n["elsewhere"], right_colour=right_colour,
                               absent=n["absent"], unparsed=n["unparsed"])
-        out["by_answer"] = {c: dict(n=len(v), giou=round(float(np.mean(v)), 4) if v else None)
-                            for c, v in by_answer.items()}
+        out["by_answer"], out["absent_by_match"] = (
+            {c: dict(n=len(v), giou=round(float(np.mean(v)), 4) if v else None)
+             for c, v in groups.items()} for groups in (by_answer, by_absent))
     print(json.dumps(out))
     return 0
 
