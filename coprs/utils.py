@@ -152,7 +152,8 @@ def on_any_rank(flag: bool) -> bool:
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file in the same folder
     and ``os.replace``: a crash at any moment leaves the old file or the new one, never a
-    truncated one. The parent folder is created."""
+    truncated one. The parent folder is created; the file gets the mode of the file it replaces,
+    or of a newly created one (0666 less the umask), not ``mkstemp``'s 0600."""
     import tempfile
 
     path = Path(path)
@@ -161,6 +162,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666
+        # less the umask) or the mode of the file it replaces, so results in a shared work dir
+        # stay readable by the others
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -198,7 +198,13 @@ def run(args) -> int:
             raise UsageError(f"--vllm, but the config's test_cfg.generation_engine is a "
                              f"{configured['type']}; drop one of the two")
         cfg.test_cfg.generation_engine = {**VLLM_TEST_ENGINE, **configured}
+        from coprs.engine.test_loop import check_generation_engine
         from coprs.rollout.vllm import import_vllm
+
+        try:  # before the model is built and any mode is evaluated
+            check_generation_engine(cfg.test_cfg.generation_engine)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
         try:  # now, not after the model is built
             import_vllm()
@@ -247,6 +253,11 @@ def run(args) -> int:
     if args.checkpoint is not None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         load_checkpoint(model, args.checkpoint)
+    if args.resume:  # every mode's splits are checked before any is evaluated or replaced
+        for mode in modes:
+            for attr, value in dirs(mode).items():
+                setattr(runner.test_loop, attr, value)
+            runner.test_loop.check_resumable()
     by_mode = {}
     for mode in modes:
         for attr, value in dirs(mode).items():

@@ -17,7 +17,7 @@ from ..utils import fork_rng
 from .fsdp import full_params
 
 __all__ = ["ReasonSegTestLoop", "ReasonSegValLoop", "REASONING_MODES", "GIVEN",
-           "flat_metrics", "drop_validation", "load_given_responses"]
+           "check_generation_engine", "flat_metrics", "drop_validation", "load_given_responses"]
 
 #: what the policy reasons with at test time ('all' on the command line)
 REASONING_MODES = ("generated", "gold", "empty")
@@ -62,6 +62,73 @@ def load_given_responses(path: str | Path) -> dict[str | None, dict[str, str]]:
                 raise ValueError(f"{file}:{n}: 'response' must be a string")
             responses[sid] = response
     return table
+
+
+#: generation-engine settings of memory and throughput, not of what is generated: left out of
+#: a split's fingerprint, so that a run resumed with more GPU memory (after running out) goes on
+_ENGINE_RUNTIME_KEYS = ("gpu_memory_utilization", "sleep_level", "max_num_seqs",
+                        "max_num_batched_tokens", "enable_chunked_prefill")
+
+
+def _annotation_files(dataset) -> list[str]:
+    """The annotation files of a dataset and of the datasets it wraps (``ConcatDataset``'s
+    ``datasets``, ``RepeatDataset``'s ``dataset``)."""
+    files = list(getattr(dataset, "annotation_files", None)
+                 or [getattr(dataset, "ann_file", None)])
+    for inner in [*(getattr(dataset, "datasets", None) or []), getattr(dataset, "dataset", None)]:
+        if inner is not None:
+            files += _annotation_files(inner)
+    return [f for f in files if f and os.path.isfile(f)]
+
+
+def _annotation_stamps(dataset) -> dict[str, dict]:
+    """``{file name: file_stamp}`` of :func:`_annotation_files` (``name#2`` for a second file of
+    the same name, e.g. two parts' ``val.jsonl``)."""
+    from ..evaluation.progress import file_stamp
+
+    stamps: dict[str, dict] = {}
+    for path in _annotation_files(dataset):
+        key, n = os.path.basename(path), 1
+        while key in stamps:
+            n += 1
+            key = f"{os.path.basename(path)}#{n}"
+        stamps[key] = file_stamp(path)
+    return stamps
+
+
+def _check_unique_ids(dataset, split: str) -> None:
+    """Records are matched to samples by ``sample_id``: a split whose samples share one cannot be
+    resumed (one sample would take another's record)."""
+    from collections import Counter
+
+    from ..utils import first_few
+
+    counts = Counter(str(dataset.get_data_info(i).get("sample_id")) for i in range(len(dataset)))
+    shared = [k for k, n in counts.items() if n > 1]
+    if shared:
+        raise ValueError(
+            f"--resume: {len(shared)} sample_id(s) of {split} belong to several samples each "
+            f"({first_few(shared, 3)}); a resumed evaluation matches records to samples by "
+            "sample_id, so it cannot continue this split. Evaluate it without --resume, or give "
+            "each sample its own id (a JSON-lines dataset takes it from each line's \"id\")")
+
+
+def _check_one_gpu(tensor_parallel_size) -> None:
+    if isinstance(tensor_parallel_size, int) and tensor_parallel_size > 1:
+        # the ranks of a tensor-parallel group must generate together, and an evaluation rank
+        # skips the batches it has nothing to predict in (unreadable, resumed)
+        raise ValueError(
+            f"test_cfg.generation_engine.tensor_parallel_size={tensor_parallel_size}: "
+            "evaluation generates with one GPU per process; use 1 (a 7B policy fits one GPU) "
+            "and more processes")
+
+
+def check_generation_engine(cfg: dict | None) -> None:
+    """Refuse, from the config alone (before a model is built or a mode evaluated), a
+    generation engine that would split the policy over several GPUs."""
+    if cfg is not None:
+        _check_one_gpu(cfg.get("tensor_parallel_size"))
+        _check_one_gpu((cfg.get("llm_kwargs") or {}).get("tensor_parallel_size"))
 
 
 def _sum_over_ranks(count: int) -> int:
@@ -133,6 +200,7 @@ class ReasonSegTestLoop(BaseLoop):
         self.responses = responses
         self.resume, self.checkpoint = resume, checkpoint
         self.generation_engine = generation_engine
+        check_generation_engine(generation_engine)
         self._engine = None  # built from generation_engine when a generated mode starts
         self._done: dict[str, dict] = {}
 
@@ -159,6 +227,7 @@ class ReasonSegTestLoop(BaseLoop):
                 raise ValueError("reasoning='given' needs responses= (a JSON-lines file or a "
                                  "per-sample folder); coprs test --responses PATH")
             given = load_given_responses(self.responses)
+        self.check_resumable()
         if self.reasoning in ("generated", "empty"):  # on every rank at once, before any batch
             self._built_engine(model)
         self.failed_datasets = {}
@@ -223,37 +292,62 @@ class ReasonSegTestLoop(BaseLoop):
                 f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return results
 
+    def _fingerprint(self, ds_cfg=None, dataset=None) -> dict:
+        """What produced a split's records (:mod:`coprs.evaluation.progress`): the checkpoint
+        and annotation files by content, the mode and its options, the model, dataset, metric
+        and engine configs. Settings that change no result are left out: the dataset's
+        ``indices`` (``--limit`` changes which samples, not how each is scored), the metric's
+        ``out_dir``, the generation engine's memory and throughput settings, and the policy's
+        ``model_path`` when the checkpoint is an export folder (its files are stamped, so a
+        copy on another disk resumes)."""
+        from .. import __version__
+        from ..apis.inference import export_dir
+        from ..evaluation.progress import file_stamp, plain_config
+
+        model = plain_config(self.runner.cfg.get("model"))
+        if export_dir(self.checkpoint) is not None and isinstance(model, dict):
+            (model.get("policy") or {}).pop("model_path", None)
+        generates = self.reasoning in ("generated", "empty")
+        return dict(
+            coprs_version=__version__, checkpoint=file_stamp(self.checkpoint),
+            reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
+            gold_key=self.gold_key if self.reasoning == "gold" else None,
+            responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
+            engine=plain_config(self.generation_engine, drop=_ENGINE_RUNTIME_KEYS)
+            if generates else None,
+            model=model,
+            dataset=plain_config(ds_cfg, drop=("indices",)),
+            # records scored against an annotation file edited since are not reused: the
+            # dataset's annotation files by content (a RefCOCO refs pickle and instances file,
+            # a JSON-lines file, those of a ConcatDataset's parts; not the images, nor
+            # ReasonSeg's per-image files)
+            annotations=_annotation_stamps(dataset) if dataset is not None else None,
+            metric=plain_config(self.evaluator_cfg, drop=("out_dir",)))
+
+    def check_resumable(self) -> None:
+        """With ``resume``, before any split is evaluated or replaced: a split of ``out_dir``
+        interrupted by an evaluation with another checkpoint or options is an error (a typo in a
+        resume command must not cost the finished splits)."""
+        from ..evaluation.progress import check_interrupted
+
+        if self.resume and self._keeps_progress and self.out_dir is not None:
+            check_interrupted(self.out_dir, self._fingerprint())
+
     def _start_progress(self, evaluator, ds_cfg, name: str, split: str, dataset):
         """The split's :class:`~coprs.evaluation.progress.EvalProgress` (None when records are
         not written), after reading what an earlier run scored into ``self._done``."""
-        from .. import __version__
         from ..evaluation import ReasonSegMetric
         from ..evaluation.functional import results_subdir
-        from ..evaluation.progress import EvalProgress, file_stamp, plain_config
+        from ..evaluation.progress import EvalProgress
 
         self._done = {}
         if (not self._keeps_progress or self.out_dir is None
                 or not isinstance(evaluator.metrics[0], ReasonSegMetric)):
             return None
-        fingerprint = dict(
-            coprs_version=__version__, checkpoint=file_stamp(self.checkpoint),
-            reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
-            gold_key=self.gold_key if self.reasoning == "gold" else None,
-            responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
-            engine=plain_config(self.generation_engine) if self.reasoning in (
-                "generated", "empty") else None,
-            model=plain_config(self.runner.cfg.get("model")),
-            # --limit (the dataset's indices) changes which samples, not how each is scored
-            dataset=plain_config(ds_cfg, drop=("indices",)),
-            # records scored against an annotation file edited since are not reused: the
-            # dataset's annotation files by content (a RefCOCO refs pickle and instances file,
-            # a JSON-lines file; not the images, nor ReasonSeg's per-image files)
-            annotations={os.path.basename(p): file_stamp(p) for p in getattr(
-                dataset, "annotation_files", [getattr(dataset, "ann_file", None)])
-                if p and os.path.isfile(p)},
-            metric=plain_config(self.evaluator_cfg, drop=("out_dir",)))
-        progress = EvalProgress(Path(self.out_dir) / results_subdir(name, split), fingerprint,
-                                f"{name}/{split}")
+        if self.resume:
+            _check_unique_ids(dataset, f"{name}/{split}")
+        progress = EvalProgress(Path(self.out_dir) / results_subdir(name, split),
+                                self._fingerprint(ds_cfg, dataset), f"{name}/{split}")
         self._done = progress.start(self.resume)
         if self.resume:
             self.runner.logger.info(
@@ -316,13 +410,7 @@ class ReasonSegTestLoop(BaseLoop):
             if self.max_new_tokens is not None:
                 cfg["max_new_tokens"] = self.max_new_tokens
             engine = ROLLOUT_ENGINES.build(cfg)
-            if getattr(engine, "tensor_parallel_size", 1) > 1:
-                # the ranks of a tensor-parallel group must generate together, and an evaluation
-                # rank skips the batches it has nothing to predict in (unreadable, resumed)
-                raise ValueError(
-                    f"test_cfg.generation_engine.tensor_parallel_size="
-                    f"{engine.tensor_parallel_size}: evaluation generates with one GPU per "
-                    "process; use 1 (a 7B policy fits one GPU) and more processes")
+            _check_one_gpu(getattr(engine, "tensor_parallel_size", 1))
             engine.setup(model.policy)
             self._engine = engine
         return self._engine

@@ -412,6 +412,19 @@ def append_per_sample(path: str | os.PathLike, records: Iterable[Mapping[str, An
     return _write_records(path, records, "a")
 
 
+def _ends_cut_short(path: Path) -> bool:
+    """Whether ``path`` exists and its last byte is not a newline (a write cut short)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def _write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]], mode: str
                    ) -> Path:
     path = Path(path)
@@ -435,6 +448,8 @@ def _write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]
         atomic_write(path, text)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "a" and _ends_cut_short(path):
+        text = "\n" + text  # the cut line stays alone (left out on reading), the new ones whole
     with path.open(mode, encoding="utf-8") as f:
         f.write(text)
         f.flush()

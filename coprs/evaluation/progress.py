@@ -28,7 +28,7 @@ from mmengine.logging import print_log
 from .functional import append_per_sample, read_per_sample
 
 __all__ = ["EvalProgress", "config_digest", "plain_config", "file_stamp", "fingerprint_changes",
-           "PROGRESS_DIRNAME", "RUN_FILENAME"]
+           "check_interrupted", "PROGRESS_DIRNAME", "RUN_FILENAME", "PER_SPLIT_KEYS"]
 
 #: the folder (inside a split's results folder) of the records written as the split goes
 PROGRESS_DIRNAME = "progress"
@@ -57,16 +57,20 @@ def config_digest(cfg: Any, drop: Iterable[str] = ()) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-#: how much of each end of a file :func:`file_stamp` hashes
-_STAMP_BYTES = 1 << 20
+#: files up to this size are hashed whole by :func:`file_stamp`
+_STAMP_WHOLE = 64 << 20
+#: a larger file: this many evenly spaced pieces of this size, and its last piece
+_STAMP_PIECES, _STAMP_PIECE = 64, 1 << 20
 
 
 def file_stamp(path: str | os.PathLike | None) -> dict | None:
-    """What identifies a checkpoint (an annotation file, a responses file) by its content,
-    without reading all of it: its size and a sha256 of its first and last MiB (a ``torch.save``
-    zip ends with its directory, which holds a CRC of every tensor, so two checkpoints of one
-    run differ there). A copy or a move keeps the stamp; a file rewritten in place changes it.
-    For a folder (an ``export-hf`` directory), every file's. None for None."""
+    """What identifies a checkpoint (an annotation file, a responses file, an image) by its
+    content: its size and a sha256 of all of it up to 64 MiB; of a larger file (a checkpoint of
+    GBs), of 64 evenly spaced MiB and the last MiB, so that a 15 GB file costs a fraction of a
+    second. Any training step changes every tensor of a checkpoint, and so every piece; a
+    ``torch.save`` zip also ends with a CRC of every tensor. A copy or a move keeps the stamp; a
+    file rewritten in place changes it. For a folder (an ``export-hf`` directory), every file's.
+    None for None."""
     if path is None:
         return None
     path = Path(path).expanduser()
@@ -76,11 +80,15 @@ def file_stamp(path: str | os.PathLike | None) -> dict | None:
     size = path.stat().st_size
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        digest.update(f.read(_STAMP_BYTES))
-        if size > _STAMP_BYTES:
-            f.seek(max(_STAMP_BYTES, size - _STAMP_BYTES))
-            digest.update(f.read())
-    return {"size": size, "sha256_ends": digest.hexdigest()[:16]}
+        if size <= _STAMP_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            step = (size - _STAMP_PIECE) // _STAMP_PIECES
+            for offset in [i * step for i in range(_STAMP_PIECES)] + [size - _STAMP_PIECE]:
+                f.seek(offset)
+                digest.update(f.read(_STAMP_PIECE))
+    return {"size": size, "sha256": digest.hexdigest()[:16]}
 
 
 def _json_round_trip(obj: Any) -> Any:
@@ -101,6 +109,37 @@ def fingerprint_changes(earlier: Mapping, now: Mapping, limit: int = 5) -> str:
 
     return first_few(diff(_json_round_trip(dict(earlier)), _json_round_trip(dict(now)), ""),
                      limit, sep="; ")
+
+
+#: fingerprint keys that differ between the splits of one evaluation
+PER_SPLIT_KEYS = ("dataset", "annotations")
+
+
+def check_interrupted(out_dir: str | os.PathLike, fingerprint: Mapping) -> None:
+    """Before a resumed evaluation touches any split: raise when a split in ``out_dir`` was
+    interrupted by an evaluation whose checkpoint or options (the keys every split shares, all
+    but :data:`PER_SPLIT_KEYS`) differ from ``fingerprint``'s. Without this check the splits
+    before it, finished by that evaluation, would be replaced as another evaluation's before the
+    interrupted one refused: a typo in a resume command would cost them. An unreadable
+    ``run.json`` is left for its split to report."""
+    def shared(fp: Mapping) -> dict:
+        return {k: v for k, v in fp.items() if k not in PER_SPLIT_KEYS}
+
+    for run_file in sorted(Path(out_dir).glob(f"*/{RUN_FILENAME}")):
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (not isinstance(run, dict) or run.get("complete")
+                or not isinstance(run.get("fingerprint"), dict)):
+            continue
+        changed = fingerprint_changes(shared(run["fingerprint"]), shared(fingerprint))
+        if changed:
+            raise ValueError(
+                f"--resume: {run_file.parent} holds the records of an interrupted evaluation "
+                f"with another checkpoint or options ({changed}); nothing was evaluated or "
+                "replaced. Give the same checkpoint and options to continue it, delete "
+                f"{run_file.parent} to drop that split's records, or give another --work-dir")
 
 
 class EvalProgress:
@@ -169,7 +208,7 @@ class EvalProgress:
             return
         if run.get("complete"):
             return
-        left = sum(len([x for x in p.read_text(encoding="utf-8").splitlines() if x.strip()])
+        left = sum(len([x for x in p.read_bytes().splitlines() if x.strip()])
                    for p in self.progress_dir.glob("rank*.jsonl"))
         if same and left:
             print_log(f"{self.split}: {left} records of an interrupted evaluation with the same "
@@ -215,10 +254,10 @@ class EvalProgress:
         from .functional import PER_SAMPLE_KEYS
 
         out, broken = {}, 0
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:  # a line cut inside a character is one broken line
             for line in f:
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.decode("utf-8"))
                     if not all(k in record for k in PER_SAMPLE_KEYS):
                         raise KeyError
                     out[str(record["sample_id"])] = record

@@ -237,7 +237,16 @@ def test_two_gloo_ranks_evaluate_every_sample_once_in_each_mode(tmp_path):
     resumed = json.loads((tmp_path / "resumed.json").read_text())["shapes/test"]
     for key in ("gIoU", "cIoU", "heatmap_IoU", "n"):
         assert abs(resumed[key] - one["gold"]["shapes/test"][key]) < 1e-5, key
-    assert sorted((split / "per_sample.jsonl").read_text().splitlines()) == sorted(lines)
+    # the same records, up to a mask pixel whose logit is almost 0: the samples are batched
+    # (and so padded) differently from the uninterrupted run's
+    got = {r["sample_id"]: r for r in map(json.loads, (split / "per_sample.jsonl").read_text()
+                                          .splitlines())}
+    want = {r["sample_id"]: r for r in map(json.loads, lines)}
+    assert sorted(got) == sorted(want)
+    for sid, record in want.items():
+        assert got[sid]["response"] == record["response"]
+        assert abs(got[sid]["iou"] - record["iou"]) < 1e-3, sid
+        assert abs(got[sid]["pred_area"] - record["pred_area"]) <= 2, sid
 
 
 def test_a_finished_command_leaves_the_process_group(tmp_path):

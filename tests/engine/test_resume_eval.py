@@ -135,4 +135,91 @@ def test_records_scored_against_an_edited_annotation_file_are_not_reused(tmp_pat
     capsys.readouterr()
     assert main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "another, interrupted evaluation (annotations.val.jsonl.sha256_ends: " in err
+    assert "another, interrupted evaluation (annotations.val.jsonl.sha256: " in err
+
+
+def test_a_resume_with_another_option_refuses_before_any_split_is_replaced(tmp_path, monkeypatch,
+                                                                           capsys):
+    """A finished split is not replaced as "another evaluation's" when a later split, which the
+    same command interrupted, refuses: the refusal comes first."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.test_cfg.datasets = [dict(type="ShapesReasonDataset", split=split, num_samples=2,
+                                  pipeline=[dict(type="LoadImage"),
+                                            dict(type="PackReasonSegInputs")])
+                             for split in ("val", "test")]
+    cfg.dump(str(tmp_path / "cfg.py"))
+    real, predicted = ReasoningSegmentor.predict_images, []
+
+    def counting(self, images, *args, **kwargs):
+        predicted.extend(images)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ReasoningSegmentor, "predict_images", counting)
+    args = ["test", str(tmp_path / "cfg.py"), "--reasoning", "gold", "--work-dir",
+            str(tmp_path / "w")]
+    assert main([*args, "--max-new-tokens", "4"]) == 0
+    root = tmp_path / "w" / "per_sample_gold"
+    run = json.loads((root / "shapes_test" / "run.json").read_text())
+    (root / "shapes_test" / "run.json").write_text(json.dumps(dict(run, complete=False)))
+    val_before = {p.name: p.read_bytes() for p in (root / "shapes_val").glob("*.json*")}
+    predicted.clear()
+    capsys.readouterr()
+    assert main([*args, "--max-new-tokens", "5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "shapes_test holds the records of an interrupted evaluation" in err
+    assert "max_new_tokens: 4 then, 5 now" in err
+    assert predicted == []
+    assert {p.name: p.read_bytes() for p in (root / "shapes_val").glob("*.json*")} == val_before
+    assert main([*args, "--max-new-tokens", "4", "--resume"]) == 0 and predicted == []
+
+
+def test_fingerprint_leaves_out_what_changes_no_result(tmp_path):
+    """The engine's memory settings and an export folder's location are not part of it; the
+    annotation files of a ConcatDataset's parts are, each; shared sample ids refuse resume."""
+    from types import SimpleNamespace
+
+    from coprs.apis.inference import EXPORT_MANIFEST
+    from coprs.engine.test_loop import ReasonSegTestLoop, _annotation_stamps, _check_unique_ids
+
+    export = tmp_path / "export"
+    (export / "policy").mkdir(parents=True)
+    (export / "policy" / "config.json").write_text("{}")
+    (export / "seg_head.pth").write_bytes(b"x")
+    (export / EXPORT_MANIFEST).write_text("{}")
+
+    def fingerprint(model_path, memory, checkpoint=export):
+        runner = SimpleNamespace(cfg=Config(dict(model=dict(policy=dict(model_path=model_path)))))
+        loop = ReasonSegTestLoop(runner, {}, {}, [{}], checkpoint=str(checkpoint),
+                                 generation_engine=dict(type="VLLMRolloutEngine",
+                                                        gpu_memory_utilization=memory,
+                                                        dtype="bfloat16"))
+        return loop._fingerprint()
+
+    assert fingerprint("/a/policy", 0.5) == fingerprint("/b/policy", 0.7)
+    assert fingerprint("/a/policy", 0.5)["engine"] == dict(type="VLLMRolloutEngine",
+                                                           dtype="bfloat16")
+    pth = tmp_path / "iter_1.pth"
+    pth.write_bytes(b"y")
+    assert fingerprint("/a/policy", 0.5, pth) != fingerprint("/b/policy", 0.5, pth)
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "val.jsonl").write_text(name)
+    parts = [SimpleNamespace(ann_file=str(tmp_path / n / "val.jsonl")) for n in ("a", "b")]
+    stamps = _annotation_stamps(SimpleNamespace(datasets=parts))
+    assert sorted(stamps) == ["val.jsonl", "val.jsonl#2"]
+    assert stamps["val.jsonl"] != stamps["val.jsonl#2"]
+
+    class Ids:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def __len__(self):
+            return len(self.ids)
+
+        def get_data_info(self, i):
+            return dict(sample_id=self.ids[i])
+
+    _check_unique_ids(Ids(["1", "2"]), "d/s")
+    with pytest.raises(ValueError, match=r"1 sample_id\(s\) of d/s belong to several samples"):
+        _check_unique_ids(Ids(["1", "2", "1"]), "d/s")

@@ -129,3 +129,23 @@ def test_two_datasets_with_one_name_and_split_are_an_error(tmp_path, capsys):
     assert main(["test", str(tmp_path / "cfg.py"), "--reasoning", "gold", "--work-dir",
                  str(tmp_path / "w")]) == 2
     assert "test_cfg.datasets.1 is shapes/test again" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["test_cfg.generation_engine.tensor_parallel_size=2",
+                                    "test_cfg.generation_engine.llm_kwargs.tensor_parallel_size=2"])
+def test_a_tensor_parallel_engine_is_refused_before_any_mode_is_evaluated(tmp_path, capsys,
+                                                                          option):
+    from coprs.cli import main
+    from coprs.engine.test_loop import ReasonSegTestLoop, check_generation_engine
+
+    from ..conftest import TINY_CONFIG  # noqa: TID252
+
+    assert main(["test", str(TINY_CONFIG), "--vllm", "--reasoning", "gold", "empty",
+                 "--work-dir", str(tmp_path / "w"), "--cfg-options", option]) == 2
+    assert "tensor_parallel_size=2: evaluation generates with one GPU per process" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "w" / "per_sample_gold").exists()  # the gold mode never ran
+    check_generation_engine(dict(type="VLLMRolloutEngine", tensor_parallel_size=1))
+    with pytest.raises(ValueError, match="tensor_parallel_size=4"):
+        ReasonSegTestLoop(None, {}, {}, [{}], generation_engine=dict(
+            type="VLLMRolloutEngine", llm_kwargs=dict(tensor_parallel_size=4)))

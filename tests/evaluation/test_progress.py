@@ -101,6 +101,10 @@ def test_fingerprint_parts(tmp_path):
     assert file_stamp(tmp_path / "moved.pth") == stamp
     ckpt.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # another checkpoint under that name
     assert file_stamp(ckpt) != stamp
+    middle = bytearray(body)
+    middle[len(body) // 2 + 7] ^= 1  # an annotation edited in place, in the middle
+    ckpt.write_bytes(bytes(middle))
+    assert file_stamp(ckpt) not in (stamp, None)
     folder = tmp_path / "export"
     (folder / "policy").mkdir(parents=True)
     (folder / "policy" / "a.bin").write_bytes(b"12")
@@ -151,3 +155,86 @@ def test_fingerprint_changes_name_the_nested_keys_that_differ():
     assert fingerprint_changes(then, then) == ""
     many = ({f"k{i}": i for i in range(7)}, {f"k{i}": -i - 1 for i in range(7)})
     assert fingerprint_changes(*many, limit=2).endswith("k1: 1 then, -2 now (+5 more)")
+
+
+def test_a_large_file_is_stamped_by_pieces_across_all_of_it(tmp_path, monkeypatch):
+    """Above the whole-file size, pieces spread over the file: a change anywhere in a
+    piece changes the stamp (a safetensors shard whose middle tensors changed)."""
+    import coprs.evaluation.progress as progress
+
+    monkeypatch.setattr(progress, "_STAMP_WHOLE", 1 << 16)
+    monkeypatch.setattr(progress, "_STAMP_PIECES", 8)
+    monkeypatch.setattr(progress, "_STAMP_PIECE", 1 << 10)
+    path = tmp_path / "model.safetensors"
+    body = bytearray(1 << 20)
+    path.write_bytes(bytes(body))
+    stamp = file_stamp(path)
+    step = ((1 << 20) - (1 << 10)) // 8
+    for offset in (5 * step + 3, (1 << 20) - 1, 0):
+        changed = bytearray(body)
+        changed[offset] = 1
+        path.write_bytes(bytes(changed))
+        assert file_stamp(path) != stamp, offset
+
+
+def test_a_line_cut_inside_a_character_is_left_out_and_later_records_stay_whole(tmp_path,
+                                                                                monkeypatch):
+    import coprs.evaluation.progress as progress
+
+    said = []
+    monkeypatch.setattr(progress, "print_log", lambda msg, **kw: said.append(msg))
+    fp = dict(reasoning="generated")
+    run = EvalProgress(tmp_path, fp, "s/t")
+    run.start(False)
+    run.append([dict(_record("a"), response="I see … a star")])
+    path = run.progress_dir / "rank0.jsonl"
+    whole = json.dumps(dict(_record("b"), response="…"), ensure_ascii=False).encode()
+    with path.open("ab") as f:  # killed in the middle of the three bytes of '…'
+        f.write(whole[:whole.index("…".encode()) + 1])
+    # starting over and resuming both read it: the cut line is left out with a warning
+    EvalProgress(tmp_path, fp, "s/t")._warn_discarded()
+    again = EvalProgress(tmp_path, fp, "s/t")
+    assert sorted(again.start(resume=True)) == ["a"]
+    assert "1 unreadable line(s) left out" in said[-1]
+    # the resumed run appends after the cut line, not onto it: its records stay readable
+    again.append([_record("c")])
+    assert sorted(EvalProgress(tmp_path, fp, "s/t").start(resume=True)) == ["a", "c"]
+
+
+def test_a_resume_with_other_options_refuses_before_touching_any_split(tmp_path):
+    from coprs.evaluation.progress import check_interrupted
+
+    fp = dict(checkpoint={"size": 1}, max_new_tokens=4, dataset={"split": "val"},
+              annotations={})
+    val = EvalProgress(tmp_path / "shapes_val", fp, "shapes/val")
+    val.start(False)
+    val.finish()
+    test = EvalProgress(tmp_path / "shapes_test", dict(fp, dataset={"split": "test"}), "s/t")
+    test.start(False)  # interrupted
+    same = dict(fp, dataset={"split": "other"}, annotations={"x.jsonl": {"size": 2}})
+    check_interrupted(tmp_path, same)  # per-split parts differ between splits: fine
+    with pytest.raises(ValueError, match=r"shapes_test holds the records of an interrupted "
+                                         r"evaluation .*max_new_tokens: 4 then, 5 now.*nothing "
+                                         r"was evaluated or replaced"):
+        check_interrupted(tmp_path, dict(fp, max_new_tokens=5))
+    test.finish()  # nothing interrupted: another evaluation may replace them
+    check_interrupted(tmp_path, dict(fp, max_new_tokens=5))
+    (tmp_path / "shapes_test" / "run.json").write_text("{")  # its split reports it
+    check_interrupted(tmp_path, dict(fp, max_new_tokens=5))
+
+
+def test_results_written_atomically_keep_the_usual_file_mode(tmp_path):
+    import os
+
+    from coprs.utils import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.json").chmod(0o640)
+        atomic_write(tmp_path / "new.json", "[]")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "new.json").read_text() == "[]"
+    finally:
+        os.umask(old)
