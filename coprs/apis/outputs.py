@@ -9,7 +9,10 @@ import numpy as np
 
 from ..structures import SegmentationResult
 
-__all__ = ["write_result", "result_summary"]
+__all__ = ["write_result", "result_summary", "RESULT_FILES"]
+
+#: the files :func:`write_result` writes into its folder (``result.json`` last)
+RESULT_FILES = ("response.txt", "heatmap.png", "mask.png", "panel.png", "result.json")
 
 
 def result_summary(result: SegmentationResult, instruction: str) -> dict:

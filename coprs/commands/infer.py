@@ -82,8 +82,8 @@ def _image_stamp(image) -> dict | None:
     overwritten in place is segmented again."""
     from coprs.evaluation.progress import file_stamp
 
-    try:
-        return file_stamp(image)
+    try:  # a folder (or "" for the working dir) is no image: not walked, load_image says so
+        return file_stamp(image) if Path(image).is_file() else None
     except (OSError, TypeError):
         return None
 
@@ -94,8 +94,8 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]],
     against the earlier run's. Returns the line numbers whose folder already holds a complete
     result of this run's fingerprint for the same image (path and content), instruction and
     given response (they are not segmented again), and the fingerprint's digest, which every
-    result records. Every other line's old ``result.json`` is removed first, so a line that
-    fails this time never leaves an earlier result behind as if it were this run's."""
+    result records. Every other line's old outputs are removed first, so a line that fails this
+    time never leaves an earlier result behind as if it were this run's."""
     import json
 
     from coprs import __version__
@@ -138,9 +138,12 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]],
                 kept.add(n)
     elif args.resume:
         print(f"--resume: no earlier run in {out}; segmenting every line", file=sys.stderr)
+    from coprs.apis.outputs import RESULT_FILES
+
     for n in numbers:
-        if n not in kept:
-            (out / f"{n:06d}" / "result.json").unlink(missing_ok=True)
+        if n not in kept:  # result.json first: a folder without it is never taken as done
+            for name in ("result.json", *RESULT_FILES):
+                (out / f"{n:06d}" / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(run_file, json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
     return kept, digest

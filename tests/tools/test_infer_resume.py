@@ -122,9 +122,14 @@ def test_resume_redoes_changed_images_and_never_keeps_a_stale_result(tmp_path, m
     capsys.readouterr()
     assert main(cmd) == 0
     captured = capsys.readouterr()
-    assert not (tmp_path / "run" / "000003" / "result.json").exists()
+    assert not any((tmp_path / "run" / "000003").iterdir())  # none of its earlier outputs
     assert (tmp_path / "run" / "000001" / "result.json").exists()
     assert "gone.png" in captured.err and "2 of 3 lines segmented" in captured.out
     # line 4 is no line of this shorter input: named, left as it is
     assert "000004" in captured.err and "1 folder(s)" in captured.err
     assert (tmp_path / "run" / "000004" / "result.json").exists()
+    # a folder, or an empty path, given as an image is not walked for a stamp
+    from coprs.commands.infer import _image_stamp
+
+    assert _image_stamp(str(tmp_path)) is None and _image_stamp("") is None
+    assert _image_stamp(str(tmp_path / "0.png"))["size"] > 0
