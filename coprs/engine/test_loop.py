@@ -70,6 +70,11 @@ _ENGINE_RUNTIME_KEYS = ("gpu_memory_utilization", "sleep_level", "max_num_seqs",
                         "max_num_batched_tokens", "enable_chunked_prefill")
 
 
+#: dataset config keys that change which samples a split has (or how they are kept in memory),
+#: not any sample: left out of the fingerprint (by dataset type; others: ``indices`` only)
+_SAME_SAMPLES_KEYS = {"ShapesReasonDataset": ("indices", "num_samples", "cache_samples")}
+
+
 def _annotation_files(dataset) -> list[str]:
     """The annotation files of a dataset and of the datasets it wraps (``ConcatDataset``'s
     ``datasets``, ``RepeatDataset``'s ``dataset``)."""
@@ -296,7 +301,8 @@ class ReasonSegTestLoop(BaseLoop):
         """What produced a split's records (:mod:`coprs.evaluation.progress`): the checkpoint
         and annotation files by content, the mode and its options, the model, dataset, metric
         and engine configs. Settings that change no result are left out: the dataset's
-        ``indices`` (``--limit`` changes which samples, not how each is scored), the metric's
+        ``indices`` (``--limit`` changes which samples, not how each is scored; so does the
+        synthetic world's ``num_samples``, whose sample i is the same at any count), the metric's
         ``out_dir``, the generation engine's memory and throughput settings, and the policy's
         ``model_path`` when the checkpoint is an export folder (its files are stamped, so a
         copy on another disk resumes)."""
@@ -316,7 +322,8 @@ class ReasonSegTestLoop(BaseLoop):
             engine=plain_config(self.generation_engine, drop=_ENGINE_RUNTIME_KEYS)
             if generates else None,
             model=model,
-            dataset=plain_config(ds_cfg, drop=("indices",)),
+            dataset=plain_config(ds_cfg, drop=_SAME_SAMPLES_KEYS.get(
+                (ds_cfg or {}).get("type"), ("indices",))),
             # records scored against an annotation file edited since are not reused: the
             # dataset's annotation files by content (a RefCOCO refs pickle and instances file,
             # a JSON-lines file, those of a ConcatDataset's parts; not the images, nor

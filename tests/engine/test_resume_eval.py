@@ -196,6 +196,14 @@ def test_fingerprint_leaves_out_what_changes_no_result(tmp_path):
         return loop._fingerprint()
 
     assert fingerprint("/a/policy", 0.5) == fingerprint("/b/policy", 0.7)
+    runner = SimpleNamespace(cfg=Config(dict(model=dict())))
+    loop = ReasonSegTestLoop(runner, {}, {}, [{}], checkpoint=None)
+    shapes = dict(type="ShapesReasonDataset", split="test", num_samples=4)
+    assert loop._fingerprint(shapes) == loop._fingerprint(dict(shapes, num_samples=6,
+                                                               indices=2))
+    assert loop._fingerprint(shapes) != loop._fingerprint(dict(shapes, split="val"))
+    other = dict(type="JSONLReasonSegDataset", num_samples=4)  # a key of its own: kept
+    assert loop._fingerprint(other) != loop._fingerprint(dict(other, num_samples=6))
     assert fingerprint("/a/policy", 0.5)["engine"] == dict(type="VLLMRolloutEngine",
                                                            dtype="bfloat16")
     pth = tmp_path / "iter_1.pth"
