@@ -19,17 +19,28 @@ class FreshLogProcessor(LogProcessor):
     warm-up's ``loss_lm`` in every GRPO line (and in ``scalars.json``, and so in the curves), or
     a step's losses in the lines of the non-finite steps skipped after it. Keys updated in the
     window are reported as mmengine reports them. Validation and test lines are left as they are.
+
+    Each key's number of updates at the last line is kept in the message hub (runtime info
+    :data:`UPDATES_KEY`), so it is saved in checkpoints: the first line of a resumed run shows
+    only the keys updated since the last line before the checkpoint, as the uninterrupted run
+    would, not every value the checkpoint's hub holds.
     """
+
+    #: the message hub's runtime info with each key's number of updates at the last line
+    UPDATES_KEY = "fresh_log_processor/updates"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._updates: dict[str, int] = {}  # 'train/<key>' -> its number of updates so far
+        self._updates: dict[str, int] | None = None  # 'train/<key>' -> its updates so far
 
     def _collect_scalars(self, custom_cfg, runner, mode, reserve_prefix=False) -> dict:
         tag = super()._collect_scalars(custom_cfg, runner, mode, reserve_prefix)
         if mode != "train":
             return tag
-        for full, buffer in runner.message_hub.log_scalars.items():
+        hub = runner.message_hub
+        if self._updates is None:  # the first line: a resumed run's hub has the counts saved
+            self._updates = {k: int(v) for k, v in (hub.get_info(self.UPDATES_KEY) or {}).items()}
+        for full, buffer in hub.log_scalars.items():
             if not full.startswith("train/"):
                 continue
             count = len(buffer.data[0])
@@ -37,4 +48,5 @@ class FreshLogProcessor(LogProcessor):
             if self._updates.get(full) == count and not full_history:
                 tag.pop(full if reserve_prefix else full[len("train/"):], None)
             self._updates[full] = count
+        hub.update_info(self.UPDATES_KEY, dict(self._updates))
         return tag

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank, get_world_size, is_main_process
+from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from PIL import Image
@@ -175,7 +175,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     Before any compute of a step, in both kinds of stage, the samples whose prompt is longer than
     the policy's cap (``model.policy.max_prompt_tokens``; paper: 1300 tokens) are dropped from
     the batch, with a warning naming them; ``data/overlong_dropped`` logs how many so far. A
-    step left without samples is skipped (``overlong_step`` logged) and the run goes on.
+    step left without samples is skipped (``overlong_step`` logged) and the run goes on. In a
+    distributed run the ranks keep equal batches (``data/equalised_dropped``: the samples within
+    the cap dropped for it), and rank 0 names the samples of every rank.
 
     Args:
         runner: the Runner.
@@ -219,6 +221,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     _engine_ready: bool = False
     #: samples dropped so far for a prompt over the policy's cap (None: not counted yet)
     _overlong_dropped: int | None = None
+    #: samples within the cap dropped so far to keep as many on every rank
+    _equalised_dropped: int = 0
 
     def __init__(self, runner, dataloader, stages: list[dict], group_size: int = 8,
                  rollout_engine: dict | None = None, reward: dict | None = None,
@@ -314,6 +318,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             extra.update(self._prepare_grpo(data_batch, timings))
         else:  # the reference is the policy at the start of GRPO, skipped step or not
             self._snapshot_reference(self.unwrapped)
+        count = self.runner.optim_wrapper._inner_count
         if empty:  # nothing to learn from: the update is skipped, as for non-finite rewards
             outputs = {"overlong_step": 1.0}
         elif self._skip_reason is None:
@@ -325,6 +330,8 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             timings["actor"] = time.perf_counter() - t0
         else:  # non-finite rewards: no advantages to learn from, the update is skipped
             outputs = {"nonfinite_step": 1.0}
+        if self.runner.optim_wrapper._inner_count == count:  # no backward counted this step
+            self._count_skipped_step()
         outputs = dict(outputs)
         outputs.update(extra)
         outputs.update({f"time/{k}": v for k, v in timings.items()})
@@ -336,16 +343,34 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                               outputs=outputs)
         self._iter += 1
 
+    def _count_skipped_step(self) -> None:
+        """Count a step whose update was skipped (over-long prompts, non-finite rewards or
+        loss) in the optimiser wrapper's gradient accumulation, as a backward would.
+
+        mmengine's ``OptimWrapper`` counts backwards, and a resumed run sets the count to the
+        iteration: uncounted skipped steps would shift the accumulation windows of an
+        uninterrupted run against a resumed one's, and leave the last window's gradients
+        unapplied. A skipped step that ends a window (``optim_wrapper.accumulative_counts``)
+        applies the gradients accumulated in it so far (:func:`_apply_pending_grads`)."""
+        wrapper = self.runner.optim_wrapper
+        wrapper._inner_count += 1
+        if wrapper.should_update():
+            _apply_pending_grads(wrapper, self.runner.model, self.runner.logger,
+                                 f"iteration {self._iter + 1}")
+
     def _drop_overlong(self, data_batch: dict) -> tuple[dict, dict]:
         """The batch without the samples whose prompt is longer than the policy's cap
         (``model.policy.max_prompt_tokens``, :meth:`~coprs.policies.BasePolicy.overlong_prompts`),
-        and the running count of dropped samples to log (``data/overlong_dropped``, over all
-        ranks). Nothing changes for a policy without a cap.
+        and the running counts of dropped samples to log (over all ranks). Nothing changes for
+        a policy without a cap.
 
-        Every dropped sample is named in a warning. In a distributed run every rank keeps as
-        many samples as the rank that keeps fewest: the actor's forwards are collectives
-        (FSDP, DDP buffers) and with micro-batches their number follows the batch size. So a
-        rank that keeps none empties the batch everywhere, and every rank skips the step.
+        ``data/overlong_dropped`` counts the samples over the cap; every one is named in a
+        warning. In a distributed run every rank keeps as many samples as the rank that keeps
+        fewest: the actor's forwards are collectives (FSDP, DDP buffers) and with micro-batches
+        their number follows the batch size. So a rank that keeps none empties the batch
+        everywhere, and every rank skips the step; ``data/equalised_dropped`` counts the samples
+        within the cap dropped so. The names are gathered and warned about from rank 0 (the
+        only rank whose warnings mmengine prints), with their ranks.
         """
         policy = self.unwrapped.policy
         cap = policy.max_prompt_tokens
@@ -355,33 +380,64 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         instructions = [s["instruction"] for s in samples]
         over = policy.overlong_prompts(images, instructions)
         keep = sorted(set(range(len(samples))) - set(over))
-        counts = _per_rank(len(keep), len(over))  # world size x 2
+        counts = _per_rank(len(keep), len(over), len(samples))  # world size x 3
         fewest, dropped = int(counts[:, 0].min()), int(counts[:, 1].sum())
+        evened = int((counts[:, 0] - fewest).sum())  # within the cap, dropped to equalise
         if self._overlong_dropped is None:  # a resumed run counts on from its checkpoint
-            logged = self.runner.message_hub.log_scalars.get("train/data/overlong_dropped")
-            self._overlong_dropped = int(logged.current()) if logged is not None else 0
+            self._overlong_dropped = self._logged_total("data/overlong_dropped")
+            self._equalised_dropped = self._logged_total("data/equalised_dropped")
         self._overlong_dropped += dropped
-        where = f"iteration {self._iter + 1}"  # mmengine logs iterations from 1
-        if over:
-            named = ", ".join(f"{samples[i].get('sample_id', f'#{i}')} ({n} tokens)"
-                              for i, n in over.items())
-            self.runner.logger.warning(
-                f"{where}: dropped {len(over)} of {len(samples)} samples whose prompt is longer "
-                f"than model.policy.max_prompt_tokens={cap}: {named}. To train on them, raise "
-                "model.policy.max_prompt_tokens or lower model.policy.max_pixels (fewer image "
-                "tokens)")
-        if not fewest:
-            whose = "another rank's batch has no" if keep else "the batch has no"
-            self.runner.logger.warning(f"{where}: {whose} sample with a prompt within model."
-                                       f"policy.max_prompt_tokens={cap}; step skipped")
-        elif len(keep) > fewest:
-            self.runner.logger.warning(
-                f"{where}: dropped {len(keep) - fewest} more samples (prompts within the cap) to "
-                f"keep as many as the rank with the fewest ({fewest}): the ranks step together")
+        self._equalised_dropped += evened
+        if dropped or evened:  # the same on every rank: they gather the names together
+            self._warn_dropped(samples, over, keep[fewest:], counts, cap)
         if over or len(keep) > fewest:
             keep = keep[:fewest]
             data_batch = {k: [v[i] for i in keep] for k, v in data_batch.items()}
-        return data_batch, {"data/overlong_dropped": float(self._overlong_dropped)}
+        extra = {"data/overlong_dropped": float(self._overlong_dropped)}
+        if len(counts) > 1:
+            extra["data/equalised_dropped"] = float(self._equalised_dropped)
+        return data_batch, extra
+
+    def _logged_total(self, key: str) -> int:
+        """The last value of the running count ``key`` in the message hub (0 if none)."""
+        logged = self.runner.message_hub.log_scalars.get(f"train/{key}")
+        return int(logged.current()) if logged is not None else 0
+
+    def _warn_dropped(self, samples: list, over: dict, cut: list[int], counts: torch.Tensor,
+                      cap: int) -> None:
+        """Warn, from rank 0, about the samples of every rank dropped by :meth:`_drop_overlong`:
+        ``over`` (index: prompt length) over the cap, ``cut`` (indices) to equalise the ranks;
+        ``counts``: each rank's kept, over-long and given samples."""
+        def name(i):
+            return str(samples[i].get("sample_id", f"#{i}"))
+
+        ranks = all_gather_object(([(name(i), n) for i, n in over.items()],
+                                   [name(i) for i in cut]))
+        if not is_main_process():
+            return
+        many = len(ranks) > 1
+        where = f"iteration {self._iter + 1}"  # mmengine logs iterations from 1
+        dropped, fewest = int(counts[:, 1].sum()), int(counts[:, 0].min())
+        if dropped:
+            named = ", ".join(f"{sid} ({n} tokens{f', rank {r}' if many else ''})"
+                              for r, (long, _) in enumerate(ranks) for sid, n in long)
+            self.runner.logger.warning(
+                f"{where}: dropped {dropped} of {int(counts[:, 2].sum())} samples whose prompt is "
+                f"longer than model.policy.max_prompt_tokens={cap}: {named}. To train on them, "
+                "raise model.policy.max_prompt_tokens or lower model.policy.max_pixels (fewer "
+                "image tokens)")
+        if not fewest:
+            empty = ", ".join(str(r) for r in range(len(ranks)) if not counts[r, 0])
+            whose = f"the batch of rank {empty} has no" if many else "the batch has no"
+            self.runner.logger.warning(f"{where}: {whose} sample with a prompt within model."
+                                       f"policy.max_prompt_tokens={cap}; step skipped")
+        elif many and int((counts[:, 0] - fewest).sum()):
+            named = ", ".join(f"{sid} (rank {r})" for r, (_, evened) in enumerate(ranks)
+                              for sid in evened)
+            self.runner.logger.warning(
+                f"{where}: dropped {int((counts[:, 0] - fewest).sum())} more samples (prompts "
+                f"within the cap) to keep as many on every rank as the rank with the fewest "
+                f"({fewest}): the ranks step together: {named}")
 
     def _check_nonfinite(self, outputs: dict) -> None:
         """Count skipped steps (``nonfinite_step``), warn with what was not finite, and drop
@@ -613,6 +669,52 @@ def _per_rank(*counts: int) -> torch.Tensor:
     from mmengine.dist.utils import get_comm_device
 
     return torch.stack(all_gather(mine.to(get_comm_device()))).cpu()
+
+
+def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
+    """Step ``wrapper`` with the gradients accumulated since its last step, at the end of an
+    accumulation window whose last step had no backward, then zero them.
+
+    Nothing happens without such gradients (an optimiser step on none would still move
+    AdamW's weights). The earlier steps of the window ran their backward without the gradient
+    all-reduce (mmengine's ``optim_context``: ``no_sync``), so under DDP they are averaged over
+    the ranks here, as DDP would have. Under FSDP they are unsharded and unreduced (FSDP's
+    ``no_sync``), which only a backward reduces: they are dropped, with a warning, as are
+    gradients that are not finite (a loss scaler, fp16, keeps its own handling of those).
+    """
+    from mmengine.dist import all_reduce
+
+    from ..models.segmentor import _grads_finite
+    from .fsdp import is_fsdp
+
+    params = [p for group in wrapper.optimizer.param_groups for p in group["params"]]
+    if not on_any_rank(any(p.grad is not None for p in params)):
+        return
+    why = None
+    if is_fsdp(model):
+        why = ("under FSDP they were kept unsharded and unreduced (no_sync) for a backward "
+               "that did not come")
+    else:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # every rank all-reduces the gradients that any rank holds, in one order
+            held = torch.tensor([float(p.grad is not None) for p in params])
+            all_reduce(held)
+            for p, n in zip(params, held.tolist()):
+                if n:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    all_reduce(p.grad, op="mean")
+        scaler = getattr(wrapper, "loss_scaler", None)
+        if not (scaler is not None and scaler.is_enabled()) and \
+                on_any_rank(not _grads_finite(wrapper)):
+            why = "they are not finite"
+    if why is None:
+        wrapper.step()
+    else:
+        logger.warning(f"{where}: the step ends a gradient accumulation window (optim_wrapper."
+                       f"accumulative_counts) without a backward; the gradients accumulated "
+                       f"in it are dropped: {why}")
+    wrapper.zero_grad()
 
 
 def _is_number(value) -> bool:

@@ -20,8 +20,10 @@ class BaseRolloutEngine(metaclass=ABCMeta):
         min_new_tokens: forbid the end tokens before this many new tokens (None: no minimum;
             benchmarks use it to force a fixed response length).
         greedy: take the most likely token at every step, as evaluation does
-            (``test_cfg.generation_engine``); temperature, top-p and top-k are then unused, and
-            the rollouts carry no log-probs.
+            (``test_cfg.generation_engine``); temperature, top-p and top-k are then unused.
+            Greedy rollouts are for evaluation: their log-probs, where an engine returns them
+            (vLLM's: those of the chosen tokens; the HF engine's rollouts carry none), are not
+            those of a sampled distribution, and nothing should rely on them.
     """
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,

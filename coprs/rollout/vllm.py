@@ -19,11 +19,29 @@ from ..registry import ROLLOUT_ENGINES
 from ..structures import Rollout
 from .base import BaseRolloutEngine
 
-__all__ = ["VLLMRolloutEngine", "import_vllm", "tp_group_ranks", "vllm_weights"]
+__all__ = ["ENGINE_SET_KWARGS", "VLLMRolloutEngine", "import_vllm", "tp_group_ranks", "vllm_weights"]
 
 #: the sleep levels of ``vllm.LLM.sleep``: 1 offloads the weights to CPU memory and drops the
 #: KV cache, 2 drops both (vllm/entrypoints/llm.py:839)
 _SLEEP_LEVELS = (1, 2)
+
+#: the ``vllm.LLM`` arguments the engine sets itself (:meth:`VLLMRolloutEngine.engine_kwargs`),
+#: which ``llm_kwargs`` may not override, and what sets each instead
+ENGINE_SET_KWARGS = {
+    **{k: f"the engine argument {k}" for k in (
+        "tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs",
+        "max_num_batched_tokens", "enable_chunked_prefill", "dtype")},
+    "enable_sleep_mode": "the engine argument sleep_level (None: no sleep mode)",
+    "model": "model.policy.model_path",
+    "tokenizer": "the policy's tokenizer (model.policy), which the engine hands to vLLM",
+    "load_format": "nothing: the policy's weights are pushed into the engine",
+    "distributed_executor_backend": "nothing: one in-process engine per rank (external_launcher)",
+    "logprobs_mode": "nothing: rollout log-probs are those of the sampled distribution",
+    "generation_config": "the engine arguments temperature, top_p, top_k and max_new_tokens",
+    "mm_processor_kwargs": "model.policy.min_pixels and model.policy.max_pixels",
+    "limit_mm_per_prompt": "nothing: one image per prompt",
+    "seed": "the run's seed (randomness.seed) with the engine argument seed_requests=True",
+}
 
 
 def import_vllm():
@@ -165,7 +183,9 @@ class VLLMRolloutEngine(BaseRolloutEngine):
             drop them; the next sync rewrites all of them either way), or None to keep the
             engine awake (no sleep mode).
         llm_kwargs: further ``vllm.LLM`` keyword arguments (e.g. ``max_model_len``,
-            ``enforce_eager``); they override the engine's own.
+            ``enforce_eager``). The arguments the engine sets itself
+            (:data:`ENGINE_SET_KWARGS`: ``tensor_parallel_size``, ``model``, ``seed``, …) are a
+            ``ValueError`` naming what to set instead.
         weights_fixed: the policy's weights do not change between calls (evaluation, ``coprs
             test --vllm``): they are pushed into the engine at the first call only (and again
             after a sleep), not before every call as in training.
@@ -196,6 +216,11 @@ class VLLMRolloutEngine(BaseRolloutEngine):
                                  max_num_batched_tokens=max_num_batched_tokens,
                                  enable_chunked_prefill=enable_chunked_prefill, dtype=dtype)
         self.llm_kwargs = dict(llm_kwargs or {})
+        for key in self.llm_kwargs:
+            if key in ENGINE_SET_KWARGS:
+                raise ValueError(
+                    f"rollout_engine.llm_kwargs.{key}: the engine sets {key} itself (and relies "
+                    f"on it); remove it from llm_kwargs and use {ENGINE_SET_KWARGS[key]}")
         self.weights_fixed = weights_fixed
         self._synced = False  # the policy's weights were pushed (and not dropped by a sleep)
         self._llm = None
@@ -232,7 +257,7 @@ class VLLMRolloutEngine(BaseRolloutEngine):
             mm_processor_kwargs={"size": {"shortest_edge": policy.min_pixels,
                                           "longest_edge": policy.max_pixels}},
             limit_mm_per_prompt={"image": 1, "video": 0},
-        ) | self.llm_kwargs
+        ) | self.llm_kwargs  # none of the keys above (ENGINE_SET_KWARGS)
 
     def setup(self, policy) -> None:
         """Create the vLLM engine (once; on every rank together) and put it to sleep until

@@ -107,6 +107,95 @@ def test_a_nonfinite_loss_or_gradient_skips_the_update():
     assert out["nonfinite_step"] == 1.0 and w.tolist() == pytest.approx([0.0, 0.5])
 
 
+def test_a_skipped_step_counts_in_gradient_accumulation_and_ends_its_window():
+    """``optim_wrapper.accumulative_counts=2``: a step without a backward (over-long prompts,
+    non-finite rewards or loss) counts as one, as a resumed run counts it (its iteration);
+    when it ends a window, the gradients accumulated before it are applied, unless there are
+    none or they are not finite."""
+    from mmengine.optim import OptimWrapper
+
+    from coprs.engine.loops import ReasoningSegTrainLoop
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    wrapper = OptimWrapper(torch.optim.SGD([w], lr=0.5), accumulative_counts=2)
+    wrapper.initialize_count_status(torch.nn.Linear(1, 1), 0, 4)
+    warnings = []
+    loop = ReasoningSegTrainLoop.__new__(ReasoningSegTrainLoop)
+    loop._iter = 0
+    loop._runner = types.SimpleNamespace(optim_wrapper=wrapper, model=torch.nn.Linear(1, 1),
+                                         logger=types.SimpleNamespace(warning=warnings.append))
+    loop._count_skipped_step()  # window 1 of 2, no gradient yet: counted, nothing stepped
+    assert wrapper._inner_count == 1 and w.grad is None
+    loop._count_skipped_step()  # ends window 1 with nothing accumulated: no step
+    assert wrapper._inner_count == 2 and w.tolist() == [1.0, 1.0]
+    apply_update((w * 2).sum(), {}, wrapper)  # window 2: half the gradient (2, 2), no step yet
+    assert w.tolist() == [1.0, 1.0] and w.grad.tolist() == [1.0, 1.0]
+    loop._iter = 3
+    loop._count_skipped_step()  # the skipped last step applies it
+    assert wrapper._inner_count == 4 and w.tolist() == [0.5, 0.5] and w.grad is None
+    assert not warnings
+    wrapper.initialize_count_status(torch.nn.Linear(1, 1), 0, 4)
+    apply_update(torch.sqrt(w - 0.5).sum(), {}, wrapper)  # an infinite gradient, pending
+    loop._count_skipped_step()
+    assert w.tolist() == [0.5, 0.5] and w.grad is None  # dropped, not stepped on
+    assert "gradients accumulated in it are dropped: they are not finite" in warnings[-1]
+    assert warnings[-1].startswith("iteration 4: ")
+
+
+def test_samples_dropped_on_every_rank_are_named_from_rank_0_and_counted(monkeypatch):
+    """Two ranks (``mmengine.dist`` stood in for): rank 0 names the over-long samples of both
+    ranks, and those cut to keep the ranks' batches equal, which ``data/equalised_dropped``
+    counts; the other ranks gather but do not warn (mmengine would not print it)."""
+    from mmengine.logging import MessageHub
+
+    from coprs.engine import loops
+
+    lengths = {"a": 90, "b": 10, "c": 95, "d": 99}
+    policy = types.SimpleNamespace(max_prompt_tokens=50, overlong_prompts=lambda images, ins: {
+        i: lengths[x] for i, x in enumerate(ins) if lengths[x] > 50})
+    logged = _Logged()
+    loop = loops.ReasoningSegTrainLoop.__new__(loops.ReasoningSegTrainLoop)
+    loop._iter = 6
+    loop._runner = types.SimpleNamespace(model=types.SimpleNamespace(policy=policy),
+                                         message_hub=MessageHub("equalised_test"), logger=logged)
+    batch = {"data_samples": [dict(sample_id="a", instruction="a"),
+                              dict(sample_id="b", instruction="b")], "inputs": [None, None]}
+    # rank 1 keeps none of c, d: every rank skips, rank 0's b is cut to equalise
+    gathered = []
+    monkeypatch.setattr(loops, "_per_rank", lambda *c: torch.tensor([c, (0, 2, 2)]))
+    monkeypatch.setattr(loops, "all_gather_object",
+                        lambda mine: gathered.append(mine) or [mine, ([("c", 95), ("d", 99)], [])])
+    kept, extra = loop._drop_overlong(batch)
+    assert kept == {"data_samples": [], "inputs": []}
+    assert extra == {"data/overlong_dropped": 3.0, "data/equalised_dropped": 1.0}
+    assert gathered == [([("a", 90)], ["b"])]
+    assert logged.lines == [
+        ("WARNING", "iteration 7: dropped 3 of 4 samples whose prompt is longer than model.policy."
+                    "max_prompt_tokens=50: a (90 tokens, rank 0), c (95 tokens, rank 1), d (99 "
+                    "tokens, rank 1). To train on them, raise model.policy.max_prompt_tokens or "
+                    "lower model.policy.max_pixels (fewer image tokens)"),
+        ("WARNING", "iteration 7: the batch of rank 1 has no sample with a prompt within model."
+                    "policy.max_prompt_tokens=50; step skipped")]
+    # rank 1 keeps d only: rank 0 keeps a of a, b
+    lengths["a"], logged.lines[:] = 20, []
+    monkeypatch.setattr(loops, "_per_rank", lambda *c: torch.tensor([c, (1, 1, 2)]))
+    monkeypatch.setattr(loops, "all_gather_object", lambda mine: [mine, ([("c", 95)], [])])
+    kept, extra = loop._drop_overlong(batch)
+    assert [s["sample_id"] for s in kept["data_samples"]] == ["a"]
+    assert extra == {"data/overlong_dropped": 4.0, "data/equalised_dropped": 2.0}
+    assert [m for _, m in logged.lines] == [
+        "iteration 7: dropped 1 of 4 samples whose prompt is longer than model.policy."
+        "max_prompt_tokens=50: c (95 tokens, rank 1). To train on them, raise model.policy."
+        "max_prompt_tokens or lower model.policy.max_pixels (fewer image tokens)",
+        "iteration 7: dropped 1 more samples (prompts within the cap) to keep as many on every "
+        "rank as the rank with the fewest (1): the ranks step together: b (rank 0)"]
+    # another rank gathers (a collective) but leaves the warning to rank 0
+    logged.lines[:] = []
+    monkeypatch.setattr(loops, "is_main_process", lambda: False)
+    loop._drop_overlong(batch)
+    assert logged.lines == [] and loop._equalised_dropped == 3
+
+
 def test_loop_names_what_was_not_finite_and_fails_after_too_many():
     from coprs.engine.loops import ReasoningSegTrainLoop
 

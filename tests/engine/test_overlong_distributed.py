@@ -45,18 +45,30 @@ def test_ranks_keep_equal_batches_and_skip_together(tmp_path, tiny_segmentor):
     a, b = rank_params(tmp_path / "w")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    # rank 0's log and scalars: every step's warnings, the count over both ranks
+    # rank 0's log and scalars: every step's warnings, naming the samples of both ranks (mmengine
+    # prints no warning of rank 1), and the counts over both ranks
     log = out + "".join(p.read_text() for p in (tmp_path / "w").rglob("*.log"))
-    dropped = 0
+    dropped = evened = 0
     for it, (step, k) in enumerate(zip(batches, kept(cap)), 1):
-        dropped += sum(n > cap for rank in step for n in rank)
+        over = [(n, r) for r, rank in enumerate(step) for n in rank if n > cap]
+        dropped += len(over)
+        evened += sum(k) - 2 * min(k)
+        if over:
+            line = next(x for x in log.splitlines() if f"iteration {it}: dropped {len(over)} of "
+                        "4 samples whose prompt is longer" in x)
+            assert all(f"({n} tokens, rank {r})" in line for n, r in over), line
         if min(k) == 0:
-            whose = "another rank's batch has no" if k[0] else "the batch has no"
-            assert f"iteration {it}: {whose} sample with a prompt within" in log
-        elif k[0] > min(k):
-            assert (f"iteration {it}: dropped {k[0] - min(k)} more samples (prompts within the "
-                    f"cap) to keep as many as the rank with the fewest ({min(k)})") in log
+            empty = ", ".join(str(r) for r, n in enumerate(k) if not n)
+            assert f"iteration {it}: the batch of rank {empty} has no sample with a prompt " \
+                "within" in log
+        elif max(k) > min(k):
+            assert (f"iteration {it}: dropped {sum(k) - 2 * min(k)} more samples (prompts within "
+                    f"the cap) to keep as many on every rank as the rank with the fewest "
+                    f"({min(k)})") in log
+    assert any(n > cap for step in batches for n in step[1])  # rank 1's, named by rank 0
     scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
     counts = [x["data/overlong_dropped"] for x in scalars if "data/overlong_dropped" in x]
     assert counts[-1] == dropped
+    equalised = [x["data/equalised_dropped"] for x in scalars if "data/equalised_dropped" in x]
+    assert equalised[-1] == evened > 0
     assert sum("overlong_step" in x for x in scalars) == sum(min(k) == 0 for k in kept(cap))

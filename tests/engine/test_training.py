@@ -1,6 +1,7 @@
 """End-to-end training on the tiny assembly: warm-up + GRPO, checkpoints, exact resume."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,12 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, sft, grpo, crash_
                  "--cfg-options", *stages, *small_run]) == 0
     resumed_log = sorted((tmp_path / "b").glob("*/*.log"))[-1].read_text()
     assert "every trainable tensor of the model is in it" in resumed_log
+    # the resumed run's first line shows the keys the uninterrupted run's did, not every
+    # value of the checkpoint's message hub (FreshLogProcessor)
+    first = f"Iter(train) [{crash_at + 1}/{sft + grpo}]"
+    keys = [set(re.findall(r"(\S+): ", next(x for x in log.splitlines() if first in x)))
+            for log in (next((tmp_path / "a").glob("*/*.log")).read_text(), resumed_log)]
+    assert keys[0] == keys[1]
     a, b = _state(tmp_path / "a" / last), _state(tmp_path / "b" / last)
     assert a.keys() == b.keys()
     for k in a:
@@ -643,3 +650,40 @@ def test_a_batch_with_every_prompt_over_the_cap_is_skipped_and_evaluation_keeps_
     # validation at the end is not filtered: it scores every sample
     scalars = [json.loads(x) for x in next((tmp_path / "w").rglob("scalars.json")).open()]
     assert [x["shapes/val/n"] for x in scalars if "shapes/val/n" in x] == [2]
+
+
+def test_accumulation_windows_follow_the_iterations_across_skipped_steps_and_a_resume(
+        tmp_path, small_run, tiny_segmentor):
+    """``optim_wrapper.accumulative_counts=2`` with a step skipped for over-long prompts: the
+    skipped step counts in its window, so a run killed at a window's end and resumed ends
+    with the uninterrupted run's parameters, and the last window's gradients are applied."""
+    lengths = _first_prompt_lengths(tiny_segmentor.policy, 12)
+    ids = list(lengths)
+    steps = [ids[i:i + 2] for i in range(0, 12, 2)]  # 6 warm-up steps of 2 samples
+    # a cap under which the third step (and only it) has no sample left
+    cap = next((c for c in sorted(set(lengths.values()))
+                if [all(lengths[i] > c for i in s) for s in steps] == [k == 2 for k in range(6)]),
+               None)
+    assert cap is not None, f"the first training scenes' prompt lengths {lengths} offer no such cap"
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.train_cfg.stages = [dict(kind="sft", iters=6)]
+    drop_validation(cfg)
+    cfg.train_cfg.pop("val_interval", None)
+    cfg.dump(str(tmp_path / "cfg.py"))
+    cfg.custom_hooks.append(dict(type="_StopAt", at=4))
+    cfg.dump(str(tmp_path / "crashing.py"))
+    opts = ["--cfg-options", "train_dataloader.sampler.shuffle=False",
+            "optim_wrapper.accumulative_counts=2", f"model.policy.max_prompt_tokens={cap}",
+            *[o for o in small_run if not o.startswith("val_cfg")]]
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "a"),
+                 *opts]) == 0
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(tmp_path / "crashing.py"), "--work-dir", str(tmp_path / "b"), *opts])
+    assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "b"),
+                 "--resume", *opts]) == 0
+    a = {i: _state(tmp_path / "a" / f"iter_{i}.pth") for i in (3, 4, 5, 6)}
+    b = _state(tmp_path / "b" / "iter_6.pth")
+    for k in b:
+        torch.testing.assert_close(a[6][k], b[k], rtol=0, atol=0, msg=k)
+    changed = {i: sum(not torch.equal(a[i - 1][k], a[i][k]) for k in b) for i in (4, 5, 6)}
+    assert changed[4] > 10 and changed[5] == 0 and changed[6] > 10, changed  # steps at 4 and 6

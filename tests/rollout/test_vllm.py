@@ -110,12 +110,12 @@ def test_engine_builds_vllm_in_process_with_the_policys_tokenizer_and_pixels(tin
     """The LLM runs in this process per rank (external_launcher), sleeps between rollouts,
     reads the policy's saved tokenizer and pixel budget, takes one image and no video per
     prompt, reports the sampled distribution's log-probs, and keeps the config's settings;
-    ``llm_kwargs`` add to and override them."""
+    ``llm_kwargs`` add to them."""
     vllm, _ = fake_vllm
     engine = VLLMRolloutEngine(tensor_parallel_size=1, gpu_memory_utilization=0.3,
                                max_num_seqs=32, max_num_batched_tokens=8192,
                                enable_chunked_prefill=False, dtype="float16",
-                               llm_kwargs=dict(max_model_len=4096, load_format="auto"))
+                               llm_kwargs=dict(max_model_len=4096))
     engine.setup(tiny_policy)
     (llm,) = vllm.LLM.instances
     kw = llm.kwargs
@@ -131,7 +131,7 @@ def test_engine_builds_vllm_in_process_with_the_policys_tokenizer_and_pixels(tin
                                "max_num_batched_tokens", "enable_chunked_prefill", "dtype")} == {
         "tensor_parallel_size": 1, "gpu_memory_utilization": 0.3, "max_num_seqs": 32,
         "max_num_batched_tokens": 8192, "enable_chunked_prefill": False, "dtype": "float16"}
-    assert kw["max_model_len"] == 4096 and kw["load_format"] == "auto"  # llm_kwargs win
+    assert kw["max_model_len"] == 4096 and kw["load_format"] == "dummy"
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(kw["tokenizer"])
@@ -140,6 +140,29 @@ def test_engine_builds_vllm_in_process_with_the_policys_tokenizer_and_pixels(tin
     off.setup(tiny_policy)
     assert vllm.LLM.instances[-1].kwargs["enable_sleep_mode"] is False
     assert VLLMRolloutEngine().engine_kwargs(tiny_policy, "t")["load_format"] == "dummy"
+
+
+@pytest.mark.parametrize("key, instead", [
+    ("tensor_parallel_size", "the engine argument tensor_parallel_size"),
+    ("enable_sleep_mode", "the engine argument sleep_level"),
+    ("model", "model.policy.model_path"),
+    ("seed", "seed_requests=True"),
+    ("load_format", "the policy's weights are pushed into the engine")])
+def test_llm_kwargs_cannot_override_what_the_engine_sets(key, instead):
+    """``llm_kwargs=dict(tensor_parallel_size=2)`` would give vLLM 2-way tensor parallelism
+    behind the engine's back (its request pooling, evaluation's one-GPU check): refused, with
+    the argument to use instead."""
+    with pytest.raises(ValueError, match=f"^rollout_engine.llm_kwargs.{key}: the engine sets "
+                       f"{key} itself") as err:
+        VLLMRolloutEngine(llm_kwargs={key: 2, "max_model_len": 4096})
+    assert instead in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_argument_the_engine_sets_is_kept_from_llm_kwargs(tiny_policy):
+    from coprs.rollout.vllm import ENGINE_SET_KWARGS
+
+    kw = VLLMRolloutEngine(llm_kwargs=dict(max_model_len=4096)).engine_kwargs(tiny_policy, "t")
+    assert set(kw) - {"max_model_len"} == set(ENGINE_SET_KWARGS) - {"seed"}
 
 
 def test_vllm_prompts_tokenize_as_the_policy_encodes_them(tiny_qwen_dir, fake_vllm):
