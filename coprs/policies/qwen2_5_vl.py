@@ -516,6 +516,7 @@ class Qwen25VLPolicy(BasePolicy):
         top_k: int | None = None,
         max_new_tokens: int | None = None,
         prefixes: list[str] | None = None,
+        min_new_tokens: int | None = None,
     ) -> list[list[Rollout]]:
         """Write responses; greedy by default (inference), sampled for rollouts.
 
@@ -526,6 +527,7 @@ class Qwen25VLPolicy(BasePolicy):
         a gold reasoning (``tools/analysis/picked_objects.py --gold-prefix``); the policy writes
         the rest. They are tokenised as teacher-forced responses are, and the returned rollouts
         hold prefix and continuation (``max_new_tokens`` counts the continuation only).
+        ``min_new_tokens``: forbid the end tokens before this many new tokens (None: none).
         """
         batch = self.encode_prompts(images, instructions)
         if prefixes is not None:
@@ -540,11 +542,10 @@ class Qwen25VLPolicy(BasePolicy):
             input_ids, attention, _ = self._left_pad(rows)
             batch.update(input_ids=input_ids, attention_mask=attention,
                          mm_token_type_ids=(input_ids == self.image_token_id).long())
-        out = self.model.generate(
-            **batch,
-            **self.generation_kwargs(do_sample, temperature, top_p, top_k, max_new_tokens),
-            num_return_sequences=num_samples,
-        )
+        kwargs = self.generation_kwargs(do_sample, temperature, top_p, top_k, max_new_tokens)
+        if min_new_tokens:
+            kwargs["min_new_tokens"] = min_new_tokens
+        out = self.model.generate(**batch, **kwargs, num_return_sequences=num_samples)
         groups = self.rollouts_from_generate(out, batch["input_ids"].shape[1], num_samples,
                                              with_logprobs=do_sample)
         if prefixes is None:

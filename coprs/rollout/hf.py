@@ -51,8 +51,9 @@ class HFRolloutEngine(BaseRolloutEngine):
     def generate(self, policy, images: list[Image.Image], instructions: list[str],
                  num_samples: int) -> list[list[Rollout]]:
         if self.greedy:  # evaluation: the policy's own greedy decoding
+            extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
             return policy.generate(images, instructions, num_samples=num_samples,
-                                   max_new_tokens=self.max_new_tokens)
+                                   max_new_tokens=self.max_new_tokens, **extra)
         model = policy.model
         was_training = model.training
         model.eval()

@@ -49,6 +49,24 @@ def test_shared_prefill_equals_naive_under_other_sampling_settings(tiny_policy, 
         assert all(len(r.token_ids) == 10 for g in a for r in g)
 
 
+def test_greedy_decoding_honours_min_new_tokens(tiny_qwen_dir):
+    """The evaluation path (``greedy=True``) forbids the end tokens before ``min_new_tokens``,
+    as sampling and the vLLM engine do."""
+    from coprs.policies import Qwen25VLPolicy
+
+    policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir), max_pixels=112 * 112,
+                            stop_at_special_token=True)
+    end = torch.tensor([policy.special_token_id])
+    # <REF_POS> the most likely token everywhere: greedy decoding stops at once
+    policy.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, end, 50.0))
+    imgs, ins = _images(), ["find it", "a longer instruction here"]
+    free = HFRolloutEngine(greedy=True, max_new_tokens=12).generate(policy, imgs, ins, 1)
+    held = HFRolloutEngine(greedy=True, max_new_tokens=12, min_new_tokens=6).generate(
+        policy, imgs, ins, 1)
+    assert min(len(g[0].token_ids) for g in free) < 6
+    assert all(len(g[0].token_ids) >= 6 for g in held)
+
+
 def test_hidden_states_kept_while_sampling_equal_the_readout(tiny_qwen_dir):
     from coprs.policies import Qwen25VLPolicy
     from coprs.structures import Rollout
