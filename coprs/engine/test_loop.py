@@ -101,6 +101,18 @@ def _annotation_stamps(dataset) -> dict[str, dict]:
     return stamps
 
 
+def _responses_stamp(path) -> dict | None:
+    """The ``--responses`` file's stamp; for a folder, those of the per-sample files
+    :func:`load_given_responses` reads (not the folder's progress files or ``run.json``)."""
+    from ..evaluation.functional import require_per_sample
+    from ..evaluation.progress import file_stamp
+
+    if path is None or not Path(path).is_dir():
+        return file_stamp(path)
+    return {"files": {key: file_stamp(file)
+                      for key, file in sorted(require_per_sample(path).items())}}
+
+
 def _check_unique_ids(dataset, split: str) -> None:
     """Records are matched to samples by ``sample_id``: a split whose samples share one cannot be
     resumed (one sample would take another's record)."""
@@ -305,20 +317,24 @@ class ReasonSegTestLoop(BaseLoop):
         synthetic world's ``num_samples``, whose sample i is the same at any count), the metric's
         ``out_dir``, the generation engine's memory and throughput settings, and the policy's
         ``model_path`` when the checkpoint is an export folder (its files are stamped, so a
-        copy on another disk resumes)."""
+        copy on another disk resumes) and the feature cache's ``root``. Of a ``--responses``
+        folder, only the per-sample files it gives responses from are stamped."""
         from .. import __version__
         from ..apis.inference import export_dir
         from ..evaluation.progress import file_stamp, plain_config
 
         model = plain_config(self.runner.cfg.get("model"))
-        if export_dir(self.checkpoint) is not None and isinstance(model, dict):
-            (model.get("policy") or {}).pop("model_path", None)
+        if isinstance(model, dict):
+            if export_dir(self.checkpoint) is not None:
+                (model.get("policy") or {}).pop("model_path", None)
+            # where features are cached changes no feature (their dtype is kept)
+            (model.get("feature_cache") or {}).pop("root", None)
         generates = self.reasoning in ("generated", "empty")
         return dict(
             coprs_version=__version__, checkpoint=file_stamp(self.checkpoint),
             reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
             gold_key=self.gold_key if self.reasoning == "gold" else None,
-            responses=file_stamp(self.responses) if self.reasoning == GIVEN else None,
+            responses=_responses_stamp(self.responses) if self.reasoning == GIVEN else None,
             engine=plain_config(self.generation_engine, drop=_ENGINE_RUNTIME_KEYS)
             if generates else None,
             model=model,

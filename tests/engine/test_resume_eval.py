@@ -196,8 +196,22 @@ def test_fingerprint_leaves_out_what_changes_no_result(tmp_path):
         return loop._fingerprint()
 
     assert fingerprint("/a/policy", 0.5) == fingerprint("/b/policy", 0.7)
-    runner = SimpleNamespace(cfg=Config(dict(model=dict())))
+    # a responses folder: its per-sample files only, not its progress files
+    from coprs.engine.test_loop import _responses_stamp
+
+    given = tmp_path / "given" / "shapes_test"
+    (given / "progress").mkdir(parents=True)
+    (given / "per_sample.jsonl").write_text('{"sample_id": "1", "response": "r"}\n')
+    before = _responses_stamp(tmp_path / "given")
+    (given / "progress" / "rank0.jsonl").write_text("more")
+    (given / "run.json").write_text("{}")
+    assert _responses_stamp(tmp_path / "given") == before
+    (given / "per_sample.jsonl").write_text('{"sample_id": "1", "response": "s"}\n')
+    assert _responses_stamp(tmp_path / "given") != before
+    runner = SimpleNamespace(cfg=Config(dict(model=dict(feature_cache=dict(root="/a")))))
     loop = ReasonSegTestLoop(runner, {}, {}, [{}], checkpoint=None)
+    moved = SimpleNamespace(cfg=Config(dict(model=dict(feature_cache=dict(root="/b")))))
+    assert ReasonSegTestLoop(moved, {}, {}, [{}])._fingerprint() == loop._fingerprint()
     shapes = dict(type="ShapesReasonDataset", split="test", num_samples=4)
     assert loop._fingerprint(shapes) == loop._fingerprint(dict(shapes, num_samples=6,
                                                                indices=2))
