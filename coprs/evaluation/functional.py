@@ -372,8 +372,14 @@ def results_subdir(dataset: str, split: str) -> str:
 
 
 def _json_default(obj: Any) -> Any:
+    """Record values JSON does not know: numpy scalars and arrays, tensors (their values),
+    paths (their text); anything else is a TypeError naming its type."""
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, np.ndarray) or type(obj).__name__ == "Tensor":
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 

@@ -206,17 +206,26 @@ def _full_record(sample_id: str, **overrides) -> dict:
 
 def test_per_sample_roundtrip(tmp_path):
     path = tmp_path / "results" / results_subdir("reason_seg", "val") / "per_sample.jsonl"
+    import torch
+
     records = [
-        _full_record("a", pred_area=np.int64(4), iou=np.float32(0.5)),
+        _full_record("a", pred_area=np.int64(4), iou=np.float32(0.5),
+                     bbox=np.array([1, 2, 3, 4]), points=torch.tensor([[1, 2]]),
+                     image=tmp_path / "a.png"),  # a dataset's extra fields, as they come
         _full_record("b", heatmap_iou=None, format_ok=False),
         _full_record("c", heatmap_iou=float("nan")),
     ]
     assert write_per_sample(path, records) == path
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 3 and all(set(json.loads(line)) == set(PER_SAMPLE_KEYS) for line in lines)
+    assert len(lines) == 3
+    assert all(set(json.loads(line)) >= set(PER_SAMPLE_KEYS) for line in lines)
     back = read_per_sample(path)
     assert [r["sample_id"] for r in back] == ["a", "b", "c"]
     assert back[0]["pred_area"] == 4 and back[0]["iou"] == pytest.approx(0.5)
+    assert back[0]["bbox"] == [1, 2, 3, 4] and back[0]["points"] == [[1, 2]]
+    assert back[0]["image"] == str(tmp_path / "a.png")
+    with pytest.raises(TypeError, match="type object is not JSON serializable"):
+        write_per_sample(path, [_full_record("d", extra=object())])
     assert back[1]["heatmap_iou"] is None and back[1]["format_ok"] is False
     assert back[2]["heatmap_iou"] is None  # NaN written as null
     assert reduce_counts(back)["gIoU"] == pytest.approx(1 / 3)
