@@ -19,7 +19,8 @@ from ..utils import register_all_modules, state_dict_mismatch, torch_load_reason
 
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
            "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST", "config_file",
-           "check_checkpoint_file", "CONFIG_SUFFIXES", "load_torch_file"]
+           "check_checkpoint_file", "CONFIG_SUFFIXES", "load_torch_file",
+           "check_lora_provenance"]
 
 #: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
 EXPORT_MANIFEST = "coprs_export.json"
@@ -265,6 +266,45 @@ def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
+def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
+    """Check a LoRA checkpoint's adapters against the model they are loaded into, from what the
+    run recorded (``meta['coprs_lora']``, :class:`~coprs.engine.hooks.PlainCheckpointStateHook`;
+    older checkpoints have none and are not checked). Another ``alpha``, ``dropout`` or
+    ``target_modules`` is a ``ValueError`` (the adapters would load and act at another scale or
+    on other layers); another base (``model.policy.model_path`` or ``tiny``) is a warning (a
+    copy of the base elsewhere has another path)."""
+    import warnings
+
+    recorded = meta.get("coprs_lora")
+    policy = getattr(model, "policy", None)
+    peft_cfg = (getattr(getattr(policy, "model", None), "peft_config", None) or {}).get("default")
+    if not isinstance(recorded, dict) or peft_cfg is None:
+        return  # not a LoRA run, or a model without adapters (state_dict_mismatch says so)
+    lora = recorded.get("lora") or {}
+    now = dict(r=peft_cfg.r, alpha=peft_cfg.lora_alpha, dropout=peft_cfg.lora_dropout,
+               target_modules=sorted(peft_cfg.target_modules or []))
+    then = {k: sorted(v) if k == "target_modules" else v for k, v in lora.items() if k in now}
+    changed = [f"{k}={then[k]!r} in the run, {now[k]!r} here" for k in then
+               if then[k] != now[k]]
+    if changed:
+        raise ValueError(
+            f"checkpoint '{path}' holds LoRA adapters trained with other model.policy.lora "
+            f"settings ({'; '.join(changed)}); load it with the run's settings (coprs "
+            f"print-config {path} shows them)")
+    then_path, now_path = recorded.get("model_path"), getattr(policy, "model_path", None)
+    if then_path is None or now_path is None:
+        return
+    if recorded.get("tiny") is not None:  # a tiny base's folder is named by its config's hash
+        same = Path(then_path).name == Path(now_path).name
+    else:
+        same = Path(then_path).expanduser().resolve() == Path(now_path).expanduser().resolve()
+    if not same:
+        warnings.warn(f"checkpoint '{path}' holds LoRA adapters trained on the base "
+                      f"'{then_path}', and this model's base is '{now_path}': the adapters only "
+                      "fit their own base (a copy of it elsewhere is fine; another model is not)",
+                      UserWarning, stacklevel=3)
+
+
 def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
     """Load a coprs checkpoint (a file or a training work dir, see :func:`checkpoint_file`) into
     ``model`` (``weights_only=True``; strict on trainable parts).
@@ -289,6 +329,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         path = checkpoint_file(checkpoint)
     check_checkpoint_file(path)
     state = load_torch_file(path)
+    if isinstance(state, dict) and isinstance(state.get("meta"), dict):
+        check_lora_provenance(model, state["meta"], path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

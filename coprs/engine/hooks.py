@@ -86,8 +86,10 @@ class PlainCheckpointStateHook(Hook):
     and numbers and adds the random states (torch, numpy, python, and the current CUDA
     device's when CUDA is in use); after loading, it restores both, whatever device the
     strategy loaded the checkpoint onto. Loading therefore stays ``weights_only=True``.
-    ``meta`` also records the coprs version (``coprs_version``) and the plugins loaded
-    (``coprs_plugins``: entry-point name → distribution and version).
+    ``meta`` also records the coprs version (``coprs_version``), the plugins loaded
+    (``coprs_plugins``: entry-point name → distribution and version) and, for LoRA, what the
+    adapters were trained with (``coprs_lora``: ``model.policy.lora``, and the base's
+    ``model_path`` or ``tiny``), which :func:`coprs.apis.inference.load_checkpoint` checks.
     """
 
     priority = "VERY_LOW"
@@ -113,6 +115,12 @@ class PlainCheckpointStateHook(Hook):
         from ..plugins import seen_plugins
 
         checkpoint["meta"]["coprs_version"] = __version__
+        if getattr(policy, "uses_adapters", False):
+            # the adapters only fit the base they were trained on, at their own scale
+            cfg = runner.cfg.get("model", {}).get("policy", {})
+            checkpoint["meta"]["coprs_lora"] = to_plain(dict(
+                lora=dict(cfg.get("lora") or {}), tiny=cfg.get("tiny"),
+                model_path=policy.model_path))
         checkpoint["meta"]["coprs_plugins"] = {
             p.name: f"{p.dist} {p.version}" for p in seen_plugins() if p.status == "loaded"}
         np_state = np.random.get_state()
