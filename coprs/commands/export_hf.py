@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from .common import add_cfg_options, load_config, resolve_checkpoint
+from .common import UsageError, add_cfg_options, load_config, resolve_checkpoint
 
 __all__ = ["add_parser", "run"]
 
@@ -18,7 +19,9 @@ def add_parser(sub) -> None:
                     "OUT/policy/ (save_pretrained: config, weights, tokenizer, processor; loads "
                     "with Qwen2_5_VLForConditionalGeneration.from_pretrained) and "
                     "OUT/seg_head.pth (prior + decoder state dict), OUT/config.py (the merged "
-                    "config) and OUT/coprs_export.json. OUT then serves as a checkpoint: "
+                    "config) and OUT/coprs_export.json. The policy is saved in the dtype of its "
+                    "trained weights. The export is written beside OUT and moved into place "
+                    "when complete. OUT then serves as a checkpoint: "
                     "coprs infer --config OUT/config.py --checkpoint OUT ….",
         epilog="example: coprs export-hf configs/coprs/coprs_tiny_shapes_cpu.py "
                "work_dirs/coprs_tiny_shapes_cpu --out exported/",
@@ -26,7 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint (.pth) or a training work dir (its newest "
                                        "checkpoint)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder: a new or empty one, or an earlier export (replaced as a "
+                        "whole once the new export is complete)")
     add_cfg_options(p)
     p.set_defaults(func=run)
 
@@ -71,36 +76,145 @@ The policy alone needs no coprs: `policy/` is a plain transformers folder, which
 """
 
 
-def run(args) -> int:
+#: what ``coprs export-hf`` writes into OUT; a folder holding the manifest and nothing else
+#: than these is an earlier export, which a new export replaces as a whole
+EXPORT_ENTRIES = ("policy", "seg_head.pth", "config.py", "README.md", "coprs_export.json")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that an export would damage, before any model is built: a file, a
+    link, or a folder that is neither empty nor an earlier export (a training work dir, say,
+    whose checkpoints replacing it would delete)."""
+    from coprs.apis import EXPORT_MANIFEST
+
+    advice = "give a new or empty folder, or an earlier coprs export to replace"
+    if out.is_symlink():
+        raise UsageError(f"--out '{out}' is a link; give the folder it points to or {advice}")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"--out '{out}': '{above}' is a file, not a folder; {advice}")
+    if above is not None and not os.access(out.parent if out.parent.exists() else above,
+                                           os.W_OK | os.X_OK):
+        raise UsageError(f"--out '{out}': cannot write in '{out.parent}'; give a folder where "
+                         "you can write")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out '{out}' is a file; {advice}")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not (out / EXPORT_MANIFEST).is_file():
+        raise UsageError(f"--out '{out}' is a folder that is not empty and not a coprs export "
+                         f"(it holds {', '.join(entries[:4])}{', …' if len(entries) > 4 else ''})"
+                         f"; {advice}")
+    others = [e for e in entries if e not in EXPORT_ENTRIES]
+    if others:
+        raise UsageError(f"--out '{out}' is a coprs export that also holds {', '.join(others[:4])}"
+                         f"{', …' if len(others) > 4 else ''}, which replacing it would delete; "
+                         f"move them out or {advice}")
+
+
+def check_exportable(model, config: str) -> None:
+    """An export holds the policy (``policy/``) and the prior and decoder (``seg_head.pth``);
+    a model that trains other tensors (an unfrozen vision backbone) cannot be exported."""
+    stray = [n for n, p in model.named_parameters()
+             if p.requires_grad and not n.startswith(("policy.", "prior.", "decoder."))]
+    if stray:
+        parts = sorted({n.split(".")[0] for n in stray})
+        raise UsageError(
+            f"config '{config}' trains {len(stray)} tensors outside the policy, prior and "
+            f"decoder ({', '.join(stray[:2])}{', …' if len(stray) > 2 else ''} in "
+            f"{', '.join(parts)}), which an export does not hold, so it would not load; use the "
+            "checkpoint itself (coprs infer/test take it as it is), or train "
+            f"with those parts frozen (e.g. model.{parts[0]}.frozen=True)")
+
+
+def policy_dtype(state: dict):
+    """The dtype most of ``state``'s floating-point weights (by element count) are in."""
+    counts: dict = {}
+    for v in state.values():
+        if v.is_floating_point():
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    return max(counts, key=counts.get)
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Move the finished export ``new`` to ``out``; an earlier export there is moved aside first
+    and deleted only once ``new`` is in place (put back if the move fails)."""
+    import shutil
+    import tempfile
+
+    aside = None
+    if out.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(aside / out.name)
+    try:
+        new.rename(out)
+    except OSError:
+        if aside is not None:
+            (aside / out.name).rename(out)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_export(tmp: Path, args, cfg, model) -> int:
+    """Write the export into the empty folder ``tmp``; the number of seg-head tensors."""
     import torch
 
-    from coprs.apis import init_segmentor
-
-    args.checkpoint = resolve_checkpoint(args.checkpoint)
-    cfg = load_config(args.config, args.cfg_options)
-    model = init_segmentor(cfg, args.checkpoint)
     policy = model.policy
-    out = Path(args.out)
-    (out / "policy").mkdir(parents=True, exist_ok=True)
     merged = policy.merged_state_dict()
-    base = type(policy.model).from_pretrained(policy.model_path)
+    # the dtype of the trained (merged) weights, not the base folder's config dtype (bf16 for a
+    # real Qwen2.5-VL), which would round a float32 fine-tune on save
+    base = type(policy.model).from_pretrained(policy.model_path, dtype=policy_dtype(merged))
     if len(policy.tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(policy.tokenizer))
     missing, unexpected = base.load_state_dict(merged, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise ValueError(f"merged policy does not match {policy.model_path}: missing "
                          f"{missing[:5]} unexpected {unexpected[:5]}")
-    base.save_pretrained(out / "policy")
-    policy.processor.save_pretrained(out / "policy")
+    base.save_pretrained(tmp / "policy")
+    policy.processor.save_pretrained(tmp / "policy")
     head = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
-    torch.save(head, out / "seg_head.pth")
-    cfg.dump(str(out / "config.py"))  # flat: loads without the _base_ files
-    (out / "README.md").write_text(model_card(args.config, args.checkpoint, policy, len(head)),
+    torch.save(head, tmp / "seg_head.pth")
+    cfg.dump(str(tmp / "config.py"))  # flat: loads without the _base_ files
+    (tmp / "README.md").write_text(model_card(args.config, args.checkpoint, policy, len(head)),
                                    encoding="utf-8")
-    (out / "coprs_export.json").write_text(json.dumps({
+    (tmp / "coprs_export.json").write_text(json.dumps({
         "config": str(args.config), "checkpoint": str(args.checkpoint),
         "special_token": policy.special_token, "lora_merged": bool(policy.uses_adapters),
         "seg_head_keys": len(head)}, indent=2) + "\n")
-    print(f"wrote {out}/policy (transformers), {out}/seg_head.pth ({len(head)} tensors), "
+    return len(head)
+
+
+def run(args) -> int:
+    import shutil
+    import tempfile
+
+    from coprs.apis import init_segmentor
+
+    out = Path(os.path.abspath(Path(args.out).expanduser()))
+    check_out(out)
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
+    cfg = load_config(args.config, args.cfg_options)
+    model = init_segmentor(cfg, args.checkpoint)
+    check_exportable(model, args.config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside OUT and moved into place when complete: an export that fails or is
+    # interrupted leaves an earlier export at OUT as it was
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); OUT gets the usual mode
+    try:
+        heads = write_export(tmp, args, cfg, model)
+        check_out(out)  # still nothing else there
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out}/policy (transformers), {out}/seg_head.pth ({heads} tensors), "
           f"{out}/config.py and {out}/README.md")
     return 0
