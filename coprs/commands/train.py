@@ -107,6 +107,8 @@ def check_start_checkpoint(cfg, export=None) -> None:
         raise UsageError(f"{what} '{path}' does not exist; give a local checkpoint file (coprs "
                          "never downloads)")
     state = check_checkpoint_readable(Path(path).expanduser(), what)
+    if not cfg.get("resume"):
+        check_lora_start(cfg, path, state)
     if cfg.get("resume"):
         missing = [k for k in RESUME_KEYS if not (isinstance(state, dict) and k in state)]
         if missing:
@@ -125,6 +127,28 @@ def check_start_checkpoint(cfg, export=None) -> None:
         meta = state.get("meta")
         check_reference_snapshot(cfg, Path(path).expanduser(),
                                  int((meta or {}).get("iter", 0) or 0))
+
+
+def check_lora_start(cfg, path, state) -> None:
+    """A LoRA config (``model.policy.lora``) may not ``load_from`` a checkpoint file that holds
+    policy weights other than adapters (a full fine-tune's): mmengine would load them into the
+    frozen base and train on them, but a LoRA checkpoint keeps only the adapters, so the run's
+    checkpoints could not be loaded back as trained. Its ``coprs export-hf`` folder can be the
+    LoRA base instead (:func:`start_from_export`)."""
+    if not (cfg.model.get("policy") or {}).get("lora") or not isinstance(state, dict):
+        return
+    weights = state.get("state_dict", state)
+    if not isinstance(weights, dict):
+        return
+    base = [k for k in map(str, weights)  # as mmengine loads it: a DDP "module." prefix off
+            if k.removeprefix("module.").startswith("policy.") and ".lora_" not in k]
+    if base:
+        raise UsageError(
+            f"load_from '{path}' holds policy weights besides LoRA adapters (e.g. {base[0]}), "
+            "which a run with model.policy.lora would train on but not save (its checkpoints "
+            f"keep only the adapters): export it first (coprs export-hf CONFIG {path} --out DIR, "
+            "CONFIG being the config it was trained with) and set load_from=DIR, which makes the "
+            "export the LoRA base")
 
 
 def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:

@@ -621,6 +621,7 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             return self._reference
         policy = model.policy
         if getattr(policy, "uses_adapters", False):
+            self._warn_lora_reference(policy)
             self._reference = "adapters-disabled"
             return self._reference
         # under FSDP: rebuilt from the gathered weights
@@ -644,6 +645,27 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             tmp.replace(path)
         self._reference = ref
         return ref
+
+    def _warn_lora_reference(self, policy) -> None:
+        """Under LoRA the reference is the base policy with its adapters disabled, which is the
+        policy at the start of GRPO only while the adapters are untrained: say so, once, when a
+        warm-up stage came first or the adapters start GRPO trained (a nonzero ``lora_B``, e.g.
+        a LoRA checkpoint loaded with ``load_from``)."""
+        start = self.grpo_start()
+        if start:
+            why = f"the adapters trained in the {start}-iteration warm-up before it"
+        elif self._iter <= start and any("lora_B" in n and bool(p.detach().any())
+                                         for n, p in policy.named_parameters()):
+            why = "the adapters it starts from are already trained, with nonzero lora_B"
+        else:
+            return
+        self.runner.logger.warning(
+            "LoRA GRPO: the KL reference is the base model with the adapters off, not the "
+            f"policy at the start of GRPO ({why}), so loss_kl pulls the policy back towards the "
+            "base. To keep the trained policy as reference, export it (coprs export-hf CONFIG "
+            "CKPT --out DIR) and run GRPO from the export with fresh adapters (load_from=DIR, "
+            "stages without the warm-up); otherwise set model.rl.kl_coef for a pull towards "
+            "the base (0: none)")
 
     @torch.no_grad()
     def _reference_logprobs(self, model, pil, instructions, rollouts, g) -> list[list[float]]:

@@ -131,6 +131,33 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * finite).sum(-1)
 
 
+def _tied_embeddings(model: torch.nn.Module) -> dict[torch.nn.Module, str]:
+    """The input and output embedding modules of ``model`` by their names, when the two share
+    one weight (``tie_word_embeddings=True``, e.g. Qwen2.5-VL-3B); empty otherwise."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if inp is None or out is None or inp.weight is not out.weight:
+        return {}
+    return {m: n for n, m in model.named_modules() if m is inp or m is out}
+
+
+def _refuse_lora_on_tied_embeddings(model: torch.nn.Module, tied: dict, targets) -> None:
+    """ValueError when peft put a LoRA adapter on one of the ``tied`` embedding modules
+    (:func:`_tied_embeddings`): the adapter's delta would apply to one use of the shared weight
+    only, and the merged export (one weight, tied again on load) and vLLM would run another
+    model than the one trained."""
+    from peft.tuners.lora import LoraLayer
+
+    for m in model.modules():
+        if isinstance(m, LoraLayer) and m.get_base_layer() in tied:
+            name = tied[m.get_base_layer()]
+            other = next(n for n in tied.values() if n != name)
+            raise ValueError(
+                f"model.policy.lora.target_modules={targets!r} puts LoRA on {name}, whose weight "
+                f"this policy ties to {other} (tie_word_embeddings=True): the merged export and "
+                "vLLM would differ from the trained model; leave lm_head and embed_tokens out "
+                "of target_modules (e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj'])")
+
+
 def merged_lora_weight(layer, weight: torch.Tensor, name: str) -> torch.Tensor:
     """``weight`` plus the deltas of peft LoRA ``layer``'s active adapters (as peft's ``merge``
     computes them) as a new tensor, or ``weight`` itself when the adapters are merged already
@@ -349,11 +376,12 @@ class Qwen25VLPolicy(BasePolicy):
         if unknown:
             raise ValueError(f"unknown policy.lora keys {sorted(unknown)}; use r, alpha, "
                              "dropout, target_modules")
+        targets = lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
         config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
-                            lora_dropout=lora.get("dropout", 0.0),
-                            target_modules=lora.get("target_modules",
-                                                    ["q_proj", "k_proj", "v_proj", "o_proj"]))
+                            lora_dropout=lora.get("dropout", 0.0), target_modules=targets)
+        tied = _tied_embeddings(self.model)
         inject_adapter_in_model(config, self.model)
+        _refuse_lora_on_tied_embeddings(self.model, tied, targets)
         for name, param in self.model.named_parameters():
             param.requires_grad_("lora_" in name)
             if "lora_" in name and param.dtype in (torch.bfloat16, torch.float16):

@@ -135,3 +135,63 @@ def test_merged_state_dict_leaves_the_policys_weights_untouched(tiny_qwen_dir):
     base = before[name.replace("q_proj.weight", "q_proj.base_layer.weight")]
     assert not torch.equal(merged[name], base)  # the adapters are in the merged weight
     assert not any("lora_" in k or ".base_layer." in k for k in merged)
+
+
+def test_lora_refuses_tied_embeddings_as_targets(tiny_qwen_dir, tmp_path):
+    """With tie_word_embeddings (the tiny policy, Qwen2.5-VL-3B) an adapter on lm_head or
+    embed_tokens would change one use of the shared weight only: the merged export and vLLM
+    would differ from the trained model. Untied, lm_head is a target like any other."""
+    import pytest
+
+    from coprs.policies import Qwen25VLPolicy
+    from coprs.testing.tiny_qwen import save_tiny_qwen2_5_vl
+
+    for targets, layer, other in ((["q_proj", "lm_head"], "lm_head", "embed_tokens"),
+                                  (["embed_tokens"], "embed_tokens", "lm_head"),
+                                  (".*lm_head", "lm_head", "embed_tokens")):
+        with pytest.raises(ValueError) as info:
+            Qwen25VLPolicy(model_path=str(tiny_qwen_dir), lora=dict(r=4, target_modules=targets))
+        message = str(info.value)
+        assert message.startswith(f"model.policy.lora.target_modules={targets!r} puts LoRA on ")
+        on, ties = message.split(" puts LoRA on ")[1].split(", whose weight this policy ties to ")
+        assert on.endswith(layer) and ties.split(" ")[0].endswith(other) and "\n" not in message
+        assert "leave lm_head and embed_tokens out of target_modules" in message
+    untied = save_tiny_qwen2_5_vl(tmp_path / "untied", text_config=dict(tie_word_embeddings=False))
+    policy = Qwen25VLPolicy(model_path=str(untied), lora=dict(r=4, target_modules=["lm_head"]))
+    assert [n for n, p in policy.named_parameters() if p.requires_grad] == [
+        "model.lm_head.lora_A.default.weight", "model.lm_head.lora_B.default.weight"]
+
+
+def test_train_refuses_load_from_a_full_fine_tune_into_lora(tmp_path, capsys, monkeypatch):
+    """A LoRA run would train on a full fine-tune's policy weights loaded with load_from but
+    save only its adapters: refused before anything is built, pointing to export-hf. A LoRA
+    checkpoint (adapters only) and an export folder stay fine."""
+    import types
+
+    built = []
+    monkeypatch.setattr("mmengine.runner.Runner.from_cfg", lambda cfg: built.append(cfg) or
+                        types.SimpleNamespace(train=lambda: None))
+    cfg = _lora_config(tmp_path)
+    full, lora = tmp_path / "full.pth", tmp_path / "adapters.pth"
+    torch.save({"meta": {"iter": 4}, "state_dict": {
+        "policy.model.lm_head.weight": torch.zeros(2), "prior.w": torch.zeros(1)}}, full)
+    torch.save({"meta": {"iter": 4}, "state_dict": {
+        "policy.model.q_proj.lora_A.default.weight": torch.zeros(1),
+        "prior.w": torch.zeros(1)}}, lora)
+
+    def train(*options):
+        return main(["train", cfg, "--work-dir", str(tmp_path / "w"), "--cfg-options", *options])
+
+    for load_from in (full, tmp_path / "module.pth"):  # a DDP "module." prefix as well
+        if load_from.name == "module.pth":
+            torch.save({"module.policy.model.lm_head.weight": torch.zeros(2)}, load_from)
+        assert train(f"load_from={load_from}") == 2
+        err = capsys.readouterr().err.strip()
+        assert f"load_from '{load_from}' holds policy weights besides LoRA adapters" in err
+        assert f"coprs export-hf CONFIG {load_from} --out DIR" in err and "load_from=DIR" in err
+        assert len(err.splitlines()) == 1 and not built
+    # the full fine-tune into a config without LoRA, and adapters into a LoRA config: fine
+    assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", f"load_from={full}"]) == 0
+    assert train(f"load_from={lora}") == 0
+    assert built[-1].load_from == str(lora)
