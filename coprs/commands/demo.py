@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
                    help="address to listen on (default: %(default)s, this machine only; "
                         "0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--out", help="keep each request's panel.png, mask.png and result.json here "
+    p.add_argument("--out", help="keep each request's files (response.txt, heatmap.png, "
+                                 "mask.png, panel.png, result.json) in OUT/<request id>/ "
                                  "(default: a temporary folder)")
     p.add_argument("--max-new-tokens", type=int, help="largest response budget offered")
     p.add_argument("--examples", metavar="JSONL",
