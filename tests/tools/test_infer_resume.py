@@ -12,14 +12,20 @@ from coprs.models.segmentor import ReasoningSegmentor
 from ..conftest import TINY_CONFIG  # noqa: TID252
 
 
-def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, capsys):
-    rng = np.random.default_rng(0)
+def _batch(tmp_path, seed):
+    """Two random images and a four-line input naming them in turn: (rng, lines, jsonl)."""
+    rng = np.random.default_rng(seed)
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     lines = [{"image": str(tmp_path / f"{i % 2}.png"), "instruction": f"the shape {i}"}
              for i in range(4)]
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return rng, lines, jsonl
+
+
+def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, capsys):
+    _, lines, jsonl = _batch(tmp_path, seed=0)
     real, calls, fail_at = ReasoningSegmentor.predict_images, [], []
 
     def counting(self, images, *args, **kwargs):
@@ -94,13 +100,7 @@ def test_a_killed_batch_resumes_with_the_same_results(tmp_path, monkeypatch, cap
 
 def test_resume_redoes_changed_images_and_never_keeps_a_stale_result(tmp_path, monkeypatch,
                                                                      capsys):
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    lines = [{"image": str(tmp_path / f"{i % 2}.png"), "instruction": f"the shape {i}"}
-             for i in range(4)]
-    jsonl = tmp_path / "in.jsonl"
-    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rng, lines, jsonl = _batch(tmp_path, seed=1)
     real, calls = ReasoningSegmentor.predict_images, []
 
     def counting(self, images, *args, **kwargs):
