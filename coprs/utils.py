@@ -149,6 +149,14 @@ def on_any_rank(flag: bool) -> bool:
     return t.item() > 0
 
 
+def usual_mode(base: int) -> int:
+    """``base`` less the process's umask: the mode ``open`` (0o666) or ``mkdir`` (0o777) would
+    give, for files and folders that ``tempfile`` creates private (0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file in the same folder
     and ``os.replace``: a crash at any moment leaves the old file or the new one, never a
@@ -168,9 +176,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         try:
             mode = path.stat().st_mode & 0o7777
         except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+            mode = usual_mode(0o666)
         os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -194,6 +194,7 @@ def run(args) -> int:
     import tempfile
 
     from coprs.apis import init_segmentor
+    from coprs.utils import usual_mode
 
     out = Path(os.path.abspath(Path(args.out).expanduser()))
     check_out(out)
@@ -205,9 +206,7 @@ def run(args) -> int:
     # written beside OUT and moved into place when complete: an export that fails or is
     # interrupted leaves an earlier export at OUT as it was
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); OUT gets the usual mode
+    tmp.chmod(usual_mode(0o777))  # mkdtemp's folder is private (0700); OUT gets the usual one
     try:
         heads = write_export(tmp, args, cfg, model)
         check_out(out)  # still nothing else there
