@@ -153,15 +153,15 @@ def check_lora_start(cfg, path, state) -> None:
 
 def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:
     """A run resumed inside a GRPO stage loads the frozen reference policy snapshotted at the
-    stage's start (``<work_dir>/reference_policy.pth``). When it is not in the work dir but next
+    stage's start (``<work_dir>/reference_policy.pth``; under LoRA the adapters then, or nothing
+    for adapters off). When it is not in the work dir but next
     to the checkpoint (a resume into a new work dir), it is copied over; when it is nowhere, or
     cannot be read, that is an error now rather than after the model is built."""
     import shutil
 
     from coprs.engine.loops import grpo_start as first_grpo_iter
 
-    if (cfg.model.get("policy") or {}).get("lora"):
-        return  # the reference is the policy with its adapters disabled: nothing saved
+    lora = bool((cfg.model.get("policy") or {}).get("lora"))
     grpo_start = first_grpo_iter(cfg.train_cfg.get("stages"))
     if grpo_start is None or resumed_iter <= grpo_start:
         return  # the snapshot is taken when the GRPO stage starts
@@ -169,6 +169,8 @@ def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:
     beside = checkpoint.parent / "reference_policy.pth"
     if not snapshot.is_file():
         if not beside.is_file():
+            if lora:  # a LoRA run from before adapter snapshots: adapters off, the loop says so
+                return
             raise UsageError(
                 f"--resume '{checkpoint}' is at iteration {resumed_iter}, inside the GRPO stage "
                 f"that started at {grpo_start}, which needs the reference policy snapshotted then: "

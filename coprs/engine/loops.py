@@ -165,7 +165,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     The reference policy is the policy as it is when the first GRPO stage starts (after the
     warm-up, if any). It is snapshotted to ``<work_dir>/reference_policy.pth`` so a resumed run
-    uses the same one. With LoRA adapters it is the base model (adapters disabled), not a copy.
+    uses the same one. With LoRA adapters it is no copy of the base model: the base with the
+    adapters disabled while they are untrained, else with the adapters as GRPO began swapped in
+    (a warm-up stage came first, or a LoRA checkpoint was loaded); the snapshot holds them.
 
     Rollouts are sampled from a random stream of their own, seeded by (the runner's seed, the
     rank, the iteration) and forked from the global one (:func:`rollout_seed`): a run resumed
@@ -621,59 +623,83 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
             return self._reference
         policy = model.policy
         if getattr(policy, "uses_adapters", False):
-            self._warn_lora_reference(policy)
-            self._reference = "adapters-disabled"
+            self._reference = self._adapter_reference(policy)
             return self._reference
         # under FSDP: rebuilt from the gathered weights
         ref = plain_copy(policy.model, dtype=self.reference_dtype)
-        path = self.reference_path()
-        if self._iter > self.grpo_start():  # resumed mid-GRPO: the snapshot taken at its start
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"resuming a GRPO stage needs its reference policy snapshot {path}; copy the "
-                    "first run's reference_policy.pth into the work dir")
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - truncated or not a checkpoint: name it
-                raise ValueError(f"cannot read the reference policy snapshot {path} "
-                                 f"({type(exc).__name__}: {exc})") from exc
+        state = self._load_reference_snapshot()
+        if state is not None:
             ref.load_state_dict(state)
         elif is_main_process():  # the first GRPO iteration: snapshot the policy as it is now
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(ref.state_dict(), tmp)
-            tmp.replace(path)
+            self._save_reference_snapshot(ref.state_dict())
         self._reference = ref
         return ref
 
-    def _warn_lora_reference(self, policy) -> None:
-        """Under LoRA the reference is the base policy with its adapters disabled, which is the
-        policy at the start of GRPO only while the adapters are untrained: say so, once, when a
-        warm-up stage came first or the adapters start GRPO trained (a nonzero ``lora_B``, e.g.
-        a LoRA checkpoint loaded with ``load_from``)."""
-        start = self.grpo_start()
-        if start:
-            why = f"the adapters trained in the {start}-iteration warm-up before it"
-        elif self._iter <= start and any("lora_B" in n and bool(p.detach().any())
-                                         for n, p in policy.named_parameters()):
-            why = "the adapters it starts from are already trained, with nonzero lora_B"
-        else:
-            return
-        self.runner.logger.warning(
-            "LoRA GRPO: the KL reference is the base model with the adapters off, not the "
-            f"policy at the start of GRPO ({why}), so loss_kl pulls the policy back towards the "
-            "base. To keep the trained policy as reference, export it (coprs export-hf CONFIG "
-            "CKPT --out DIR) and run GRPO from the export with fresh adapters (load_from=DIR, "
-            "stages without the warm-up); otherwise set model.rl.kl_coef for a pull towards "
-            "the base (0: none)")
+    def _load_reference_snapshot(self, required: bool = True) -> dict | None:
+        """The snapshot taken at the start of the GRPO stage when this run resumed inside it,
+        else None (the first GRPO iteration). A missing file is an error when ``required``."""
+        if self._iter <= self.grpo_start():
+            return None
+        path = self.reference_path()
+        if not path.is_file():
+            if not required:
+                return None
+            raise FileNotFoundError(
+                f"resuming a GRPO stage needs its reference policy snapshot {path}; copy the "
+                "first run's reference_policy.pth into the work dir")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated or not a checkpoint: name it
+            raise ValueError(f"cannot read the reference policy snapshot {path} "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+    def _save_reference_snapshot(self, state: dict) -> None:
+        path = self.reference_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def _adapter_reference(self, policy):
+        """Under LoRA the reference is the policy at the start of GRPO without a second copy of
+        the base: the base with the adapters off while they are untrained (all ``lora_B`` zero,
+        fresh adapters), else the base with a snapshot of the adapters as GRPO began (after a
+        warm-up stage, or from a LoRA checkpoint), swapped in for the reference forward.
+
+        ``reference_policy.pth`` holds that snapshot (empty for adapters off), so a resumed run
+        uses the same reference. A run resumed without the file (one from before adapter
+        snapshots) keeps the adapters off and says so."""
+        state = self._load_reference_snapshot(required=False)
+        if state is None and self._iter > self.grpo_start():
+            self.runner.logger.warning(
+                f"LoRA GRPO resumed without {self.reference_path()}: the KL reference is the "
+                "base model with the adapters off, which is the policy at the start of GRPO only "
+                "if its adapters were untrained then")
+            return "adapters-disabled"
+        if state is None:  # the first GRPO iteration
+            trained = any("lora_B" in n and bool(p.detach().any())
+                          for n, p in policy.model.named_parameters())
+            state = policy.adapter_state() if trained else {}
+            if is_main_process():
+                self._save_reference_snapshot(state)
+            if trained:
+                start = self.grpo_start()
+                why = (f"trained in the {start}-iteration warm-up before it" if start else
+                       "loaded trained (nonzero lora_B)")
+                self.runner.logger.info(
+                    "LoRA GRPO: the KL reference is the base model with a snapshot of the "
+                    f"adapters at the start of GRPO ({why}), {self.reference_path()}")
+        return state or "adapters-disabled"
 
     @torch.no_grad()
     def _reference_logprobs(self, model, pil, instructions, rollouts, g) -> list[list[float]]:
         ref = self._reference_model(model)
         policy = model.policy
         images, instructions = repeat_each(pil, g), repeat_each(instructions, g)
-        if ref == "adapters-disabled":
-            with policy.disable_adapter():
+        if isinstance(ref, (str, dict)):  # LoRA: adapters off, or their snapshot swapped in
+            swap = policy.disable_adapter() if ref == "adapters-disabled" else (
+                policy.adapters_from(ref))
+            with swap:
                 fwd = policy.forward_responses(images, instructions, rollouts)
                 logp, mask = policy.response_logprobs(fwd)
         else:

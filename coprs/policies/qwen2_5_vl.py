@@ -246,8 +246,9 @@ class Qwen25VLPolicy(BasePolicy):
             query; see docs/training.md). False: responses end at ``<|im_end|>``.
         lora: parameter-efficient training with peft LoRA adapters, e.g. ``dict(r=8, alpha=16,
             dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])``: the base
-            weights are frozen, only the adapters train, the GRPO reference is the base model
-            (adapters disabled, no second copy) and checkpoints hold only trainable weights.
+            weights are frozen, only the adapters train, the GRPO reference is the policy with
+            its adapters as GRPO began (disabled while untrained; no second copy of the base)
+            and checkpoints hold only trainable weights.
         freeze_vision_tower: keep the policy's own vision tower (``model.model.visual``, patch
             embedding to merger) fixed: its parameters get no gradient and no optimiser state.
             A random-initialised tiny tower trained from scratch collapses to an
@@ -403,6 +404,44 @@ class Qwen25VLPolicy(BasePolicy):
         finally:
             for m in layers:
                 m.enable_adapters(True)
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the LoRA adapters' weights (``lora_`` parameters) under their names
+        without FSDP's wrapper prefixes; empty without adapters. Under FSDP call it inside
+        ``full_params``, which gathers them."""
+        from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+        return {clean_tensor_name(n): p.detach().clone()
+                for n, p in self.model.named_parameters() if "lora_" in n}
+
+    @contextlib.contextmanager
+    def adapters_from(self, state: dict[str, torch.Tensor]):
+        """Run the block with the LoRA adapters' weights replaced by ``state`` (from
+        :meth:`adapter_state`), restored afterwards; no gradient flows through the swap.
+
+        The GRPO reference after a warm-up: the adapters as they were when GRPO began, without
+        a second copy of the base model."""
+        from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+        params = {clean_tensor_name(n): p for n, p in self.model.named_parameters()
+                  if "lora_" in n}
+        if set(params) != set(state):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise ValueError(
+                "the adapter snapshot does not match the policy's LoRA adapters (missing "
+                f"{missing[:3]}, unexpected {extra[:3]}): it was taken with other "
+                "model.policy.lora settings")
+        kept = {}
+        with torch.no_grad():
+            for name, p in params.items():
+                kept[name] = p.detach().clone()
+                p.copy_(state[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(kept[name])
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy's weights with LoRA adapters merged in, under plain transformers names.

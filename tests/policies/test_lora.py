@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from mmengine.config import Config
 from PIL import Image
@@ -43,6 +44,24 @@ def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
     with policy.disable_adapter():
         torch.testing.assert_close(_logits(policy), before)
     torch.testing.assert_close(_logits(policy), after)  # adapters back on
+    # a snapshot of the adapters swapped in (the GRPO reference after a warm-up), then restored
+    snapshot = policy.adapter_state()
+    assert snapshot and all("lora_" in n and "_fsdp" not in n for n in snapshot)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    moved = _logits(policy)
+    assert not torch.allclose(moved, after)
+    with policy.adapters_from(snapshot):
+        torch.testing.assert_close(_logits(policy), after)
+    torch.testing.assert_close(_logits(policy), moved)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
+    wrong = dict(list(snapshot.items())[1:])
+    with pytest.raises(ValueError, match="other model.policy.lora settings"):
+        with policy.adapters_from(wrong):
+            pass
+    torch.testing.assert_close(_logits(policy), moved)
 
 
 def test_export_hf_merges_adapters(tmp_path, capsys):
@@ -98,7 +117,9 @@ def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
     assert policy_keys and all("lora_" in k for k in policy_keys)
     assert init_segmentor(cfg, checkpoint=tmp_path / "w").policy.uses_adapters  # loads back
     assert any(k.startswith("prior.") for k in state)
-    assert not (tmp_path / "w" / "reference_policy.pth").exists()  # adapters-off reference
+    # the GRPO reference after the warm-up: the adapters then, no copy of the base
+    reference = torch.load(tmp_path / "w" / "reference_policy.pth", weights_only=True)
+    assert reference and all("lora_" in k for k in reference)
 
 
 def test_lora_adapters_train_in_float32_over_a_bfloat16_base(tiny_qwen_dir):
