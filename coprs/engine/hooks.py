@@ -99,9 +99,13 @@ class PlainCheckpointStateHook(Hook):
         policy = getattr(model, "policy", None)
         if getattr(policy, "uses_adapters", False):
             # LoRA: keep the adapters and every trainable head; the frozen base policy weights
-            # come from model.policy.model_path again when the checkpoint is loaded
+            # come from model.policy.model_path again when the checkpoint is loaded, and the
+            # frozen vision backbone's from its own weights (a SAM .pth) or seed, so a checkpoint
+            # holds only what was trained (ViT-H alone is 2.5 GB)
             # every name of a frozen tensor, tied aliases too (a tied lm_head is the embedding)
-            frozen = {f"policy.{n}" for n, p in policy.named_parameters(remove_duplicate=False)
+            parts = {"policy": policy, "vision_backbone": getattr(model, "vision_backbone", None)}
+            frozen = {f"{prefix}.{n}" for prefix, part in parts.items() if part is not None
+                      for n, p in part.named_parameters(remove_duplicate=False)
                       if not p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if k not in frozen}

@@ -117,6 +117,7 @@ def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
     assert policy_keys and all("lora_" in k for k in policy_keys)
     assert init_segmentor(cfg, checkpoint=tmp_path / "w").policy.uses_adapters  # loads back
     assert any(k.startswith("prior.") for k in state)
+    assert not any(k.startswith("vision_backbone.") for k in state)  # frozen: from its seed
     # the GRPO reference after the warm-up: the adapters then, no copy of the base
     reference = torch.load(tmp_path / "w" / "reference_policy.pth", weights_only=True)
     assert reference and all("lora_" in k for k in reference)
