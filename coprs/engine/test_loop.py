@@ -315,7 +315,7 @@ class ReasonSegTestLoop(BaseLoop):
         and engine configs. Settings that change no result are left out: the dataset's
         ``indices`` (``--limit`` changes which samples, not how each is scored; so does the
         synthetic world's ``num_samples``, whose sample i is the same at any count), the metric's
-        ``out_dir``, the generation engine's memory and throughput settings, and the policy's
+        ``out_dir`` and ``collect_device`` (where ranks gather results), the generation engine's memory and throughput settings, and the policy's
         ``model_path`` when the checkpoint is an export folder (its files are stamped, so a
         copy on another disk resumes) and the feature cache's ``root``. Of a ``--responses``
         folder, only the per-sample files it gives responses from are stamped."""
@@ -345,7 +345,7 @@ class ReasonSegTestLoop(BaseLoop):
             # a JSON-lines file, those of a ConcatDataset's parts; not the images, nor
             # ReasonSeg's per-image files)
             annotations=_annotation_stamps(dataset) if dataset is not None else None,
-            metric=plain_config(self.evaluator_cfg, drop=("out_dir",)))
+            metric=plain_config(self.evaluator_cfg, drop=("out_dir", "collect_device")))
 
     def check_resumable(self) -> None:
         """With ``resume``, before any split is evaluated or replaced: a split of ``out_dir``

@@ -212,6 +212,12 @@ def test_fingerprint_leaves_out_what_changes_no_result(tmp_path):
     loop = ReasonSegTestLoop(runner, {}, {}, [{}], checkpoint=None)
     moved = SimpleNamespace(cfg=Config(dict(model=dict(feature_cache=dict(root="/b")))))
     assert ReasonSegTestLoop(moved, {}, {}, [{}])._fingerprint() == loop._fingerprint()
+    metric = dict(type="ReasonSegMetric", out_dir="/a", collect_device="cpu")
+    gathered = {c: ReasonSegTestLoop(runner, {}, dict(metric, collect_device=c), [{}])
+                for c in ("cpu", "gpu")}
+    assert gathered["cpu"]._fingerprint() == gathered["gpu"]._fingerprint()
+    other_metric = ReasonSegTestLoop(runner, {}, dict(metric, type="OtherMetric"), [{}])
+    assert other_metric._fingerprint() != gathered["cpu"]._fingerprint()
     shapes = dict(type="ShapesReasonDataset", split="test", num_samples=4)
     assert loop._fingerprint(shapes) == loop._fingerprint(dict(shapes, num_samples=6,
                                                                indices=2))
