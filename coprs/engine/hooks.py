@@ -90,6 +90,8 @@ class PlainCheckpointStateHook(Hook):
     (``coprs_plugins``: entry-point name → distribution and version) and, for LoRA, what the
     adapters were trained with (``coprs_lora``: ``model.policy.lora``, and the base's
     ``model_path`` or ``tiny``), which :func:`coprs.apis.inference.load_checkpoint` checks.
+    A checkpoint inside a gradient-accumulation window keeps the window's gradients so far
+    (``coprs_window_grads``), which a resumed run puts back (not under FSDP).
     """
 
     priority = "VERY_LOW"
@@ -127,6 +129,9 @@ class PlainCheckpointStateHook(Hook):
                 model_path=policy.model_path))
         checkpoint["meta"]["coprs_plugins"] = {
             p.name: f"{p.dist} {p.version}" for p in seen_plugins() if p.status == "loaded"}
+        window = _window_grads(runner, model)
+        if window is not None:
+            checkpoint["coprs_window_grads"] = window
         np_state = np.random.get_state()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
@@ -139,6 +144,9 @@ class PlainCheckpointStateHook(Hook):
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        window = checkpoint.get("coprs_window_grads")
+        if window and getattr(runner, "_resume", False):
+            _restore_window_grads(runner, window)
         hub = checkpoint.get("message_hub")
         if hub is not None:
             hub["log_scalars"] = {
@@ -154,6 +162,80 @@ class PlainCheckpointStateHook(Hook):
             np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss,
                                  cached))
             random.setstate(_list_to_tuple(rng["python"]))
+
+
+#: mmengine's warning on a resume inside an accumulation window, void once its gradients are back
+_WINDOW_LOST = "Resumed iteration number is not divisible by `_accumulative_counts`"
+
+
+def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
+    """The gradients accumulated so far in an unfinished gradient-accumulation window
+    (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), averaged over
+    the ranks as the window's last backward would average them, on the CPU; None at a window's
+    end, without accumulation, and under FSDP (whose unsharded, unreduced window gradients stay
+    lost on a resume: mmengine warns)."""
+    from ..utils import on_any_rank
+    from .fsdp import is_fsdp
+
+    wrapper = getattr(runner, "optim_wrapper", None)
+    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or is_fsdp(runner.model):
+        return None
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not on_any_rank(any(p.grad is not None for _, p in params)):
+        return None  # stepped and zeroed: the window ended
+    from mmengine.dist import all_reduce, get_world_size
+
+    # a parameter no iteration of the window reached (an unused head) keeps no gradient, on
+    # any rank: AdamW would decay it under a zero one
+    has = torch.tensor([p.grad is not None for _, p in params], dtype=torch.float32)
+    if get_world_size() > 1:
+        from mmengine.dist.utils import get_comm_device
+
+        has = has.to(get_comm_device())
+        all_reduce(has, op="sum")
+    grads = {}
+    for (name, p), reached in zip(params, has.tolist()):
+        if not reached:
+            continue
+        g = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+        if get_world_size() > 1:
+            all_reduce(g, op="mean")
+        grads[name] = g.cpu()
+    return grads
+
+
+def _restore_window_grads(runner, grads: dict[str, torch.Tensor]) -> None:
+    """Put a checkpoint's :func:`_window_grads` back, so the resumed window steps with the
+    gradients of all its iterations, as the uninterrupted run did."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    own = dict(model.named_parameters())
+    missing = sorted(set(grads) - set(own))
+    if missing:
+        runner.logger.warning(
+            f"the checkpoint's accumulation-window gradients name {len(missing)} parameters the "
+            f"model lacks (e.g. {missing[0]}); they are not restored, and the window's "
+            "gradients so far are lost")
+        return
+    for name, g in grads.items():
+        own[name].grad = g.to(device=own[name].device, dtype=own[name].dtype)
+
+    logger = MMLogger.get_current_instance()
+
+    class _Restored(logging.Filter):  # mmengine says they are lost, once, when the loop starts
+        def filter(self, record):
+            if _WINDOW_LOST not in record.getMessage():
+                return True
+            logger.removeFilter(self)
+            return False
+
+    logger.addFilter(_Restored())
+    runner.logger.info(f"resumed inside a gradient-accumulation window: the gradients of its "
+                       f"earlier iterations ({len(grads)} tensors) are restored from the "
+                       "checkpoint")
 
 
 def _tuple_to_list(x):
