@@ -652,6 +652,18 @@ def test_a_batch_with_every_prompt_over_the_cap_is_skipped_and_evaluation_keeps_
     assert [x["shapes/val/n"] for x in scalars if "shapes/val/n" in x] == [2]
 
 
+def _warm_up_configs(tmp_path, iters: int, crash_at: int) -> None:
+    """``tmp_path/cfg.py``: the tiny config as ``iters`` warm-up iterations without validation;
+    ``tmp_path/crashing.py``: the same, killed after the checkpoint of iteration ``crash_at``."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.train_cfg.stages = [dict(kind="sft", iters=iters)]
+    drop_validation(cfg)
+    cfg.train_cfg.pop("val_interval", None)
+    cfg.dump(str(tmp_path / "cfg.py"))
+    cfg.custom_hooks.append(dict(type="_StopAt", at=crash_at))
+    cfg.dump(str(tmp_path / "crashing.py"))
+
+
 def test_accumulation_windows_follow_the_iterations_across_skipped_steps_and_a_resume(
         tmp_path, small_run, tiny_segmentor):
     """``optim_wrapper.accumulative_counts=2`` with a step skipped for over-long prompts: the
@@ -665,13 +677,7 @@ def test_accumulation_windows_follow_the_iterations_across_skipped_steps_and_a_r
                 if [all(lengths[i] > c for i in s) for s in steps] == [k == 2 for k in range(6)]),
                None)
     assert cap is not None, f"the first training scenes' prompt lengths {lengths} offer no such cap"
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.train_cfg.stages = [dict(kind="sft", iters=6)]
-    drop_validation(cfg)
-    cfg.train_cfg.pop("val_interval", None)
-    cfg.dump(str(tmp_path / "cfg.py"))
-    cfg.custom_hooks.append(dict(type="_StopAt", at=4))
-    cfg.dump(str(tmp_path / "crashing.py"))
+    _warm_up_configs(tmp_path, iters=6, crash_at=4)
     opts = ["--cfg-options", "train_dataloader.sampler.shuffle=False",
             "optim_wrapper.accumulative_counts=2", f"model.policy.max_prompt_tokens={cap}",
             *[o for o in small_run if not o.startswith("val_cfg")]]
@@ -693,13 +699,7 @@ def test_run_resumed_inside_an_accumulation_window_equals_uninterrupted(tmp_path
     """``accumulative_counts=2``, killed after the first iteration of a window (iteration 3):
     the checkpoint keeps that iteration's gradients, the resumed window steps with both
     iterations' gradients, and the run ends with the uninterrupted run's parameters."""
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.train_cfg.stages = [dict(kind="sft", iters=4)]
-    drop_validation(cfg)
-    cfg.train_cfg.pop("val_interval", None)
-    cfg.dump(str(tmp_path / "cfg.py"))
-    cfg.custom_hooks.append(dict(type="_StopAt", at=3))
-    cfg.dump(str(tmp_path / "crashing.py"))
+    _warm_up_configs(tmp_path, iters=4, crash_at=3)
     opts = ["--cfg-options", "optim_wrapper.accumulative_counts=2",
             *[o for o in small_run if not o.startswith("val_cfg")]]
     assert main(["train", str(tmp_path / "cfg.py"), "--work-dir", str(tmp_path / "a"),

@@ -29,16 +29,21 @@ def _logits(policy, model=None):
     return policy.response_logprobs(fwd)[0]
 
 
+@torch.no_grad()
+def _perturb_adapters(module):
+    """Random ``lora_B`` (trained-looking adapters; peft starts them at zero)."""
+    for n, p in module.named_parameters():
+        if "lora_B" in n:
+            p.normal_(0, 0.5)
+
+
 def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
     seg = init_segmentor(_lora_config(tmp_path))
     policy = seg.policy
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     before = _logits(policy)
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    _perturb_adapters(policy)
     after = _logits(policy)
     assert not torch.allclose(before, after)
     with policy.disable_adapter():
@@ -47,10 +52,7 @@ def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
     # a snapshot of the adapters swapped in (the GRPO reference after a warm-up), then restored
     snapshot = policy.adapter_state()
     assert snapshot and all("lora_" in n and "_fsdp" not in n for n in snapshot)
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    _perturb_adapters(policy)
     moved = _logits(policy)
     assert not torch.allclose(moved, after)
     with policy.adapters_from(snapshot):
@@ -67,10 +69,7 @@ def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
 def test_export_hf_merges_adapters(tmp_path, capsys):
     cfg = _lora_config(tmp_path)
     seg = init_segmentor(cfg)
-    with torch.no_grad():
-        for n, p in seg.policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    _perturb_adapters(seg.policy)
     torch.save({"state_dict": seg.state_dict()}, tmp_path / "ckpt.pth")
     assert main(["export-hf", cfg, str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "ex")]) == 0
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -145,10 +144,7 @@ def test_merged_state_dict_leaves_the_policys_weights_untouched(tiny_qwen_dir):
 
     policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
                             lora=dict(r=4, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    _perturb_adapters(policy)
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     merged = policy.merged_state_dict()
     after = policy.model.state_dict()
