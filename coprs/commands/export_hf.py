@@ -36,14 +36,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def model_card(config: str, checkpoint: str, policy, head_tensors: int) -> str:
-    """``OUT/README.md``: what the folder holds and how to run it."""
+def model_card(config: str, checkpoint: str, policy, head_tensors: int,
+               source: dict | None = None) -> str:
+    """``OUT/README.md``: what the folder holds and how to run it (``source``: the export the
+    weights started from, :func:`source_export`)."""
     from coprs import __version__
 
     lora = "LoRA adapters merged into the weights" if policy.uses_adapters else "full weights"
+    since = "" if source is None else (
+        f" The weights started from the earlier export `{source['folder']}` (of the checkpoint "
+        f"`{source['manifest'].get('checkpoint', '?')}`; `coprs_export.json` keeps its manifest "
+        "under `exported_from`).")
     return f"""# coprs export of `{Path(config).name}`
 
-Exported by `coprs export-hf` (coprs {__version__}) from the checkpoint `{checkpoint}`.
+Exported by `coprs export-hf` (coprs {__version__}) from the checkpoint `{checkpoint}`.{since}
 
 | path | content |
 |---|---|
@@ -160,8 +166,55 @@ def replace_folder(new: Path, out: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def write_export(tmp: Path, args, cfg, model) -> int:
-    """Write the export into the empty folder ``tmp``; the number of seg-head tensors."""
+def stop_where_coprs_stops(base, policy) -> None:
+    """Make ``base.generation_config.eos_token_id`` the list of its end tokens and the others
+    coprs's generation stops at (``policy.stop_token_ids``: ``<|im_end|>``, and the special
+    token with ``stop_at_special_token``), so that plain ``generate`` on the exported folder ends
+    a response where coprs does. The special token is listed only when the policy stops at it
+    (an earlier export's ``generation_config.json`` may list it)."""
+    eos = base.generation_config.eos_token_id
+    eos = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    eos = [i for i in eos if i != policy.special_token_id]
+    base.generation_config.eos_token_id = eos + [i for i in policy.stop_token_ids if i not in eos]
+
+
+def source_export(policy, checkpoint: str) -> dict | None:
+    """The earlier ``coprs export-hf`` folder the weights started from, as
+    ``{"folder": …, "manifest": its coprs_export.json}``, or None. The checkpoint may be that
+    export itself (the policy is then built from its ``policy/``), or a checkpoint of a run
+    started from it with ``load_from=FOLDER`` (whose recorded config, ``meta['cfg']``, names
+    that ``policy/`` as ``model.policy.model_path``; the config given here need not)."""
+    from coprs.apis import EXPORT_MANIFEST, export_dir
+
+    from .print_config import config_of_checkpoint
+
+    paths = [policy.model_path]
+    if export_dir(checkpoint) is None:
+        try:
+            paths.append(config_of_checkpoint(checkpoint).model.policy.get("model_path"))
+        except (UsageError, AttributeError):  # no recorded config, or one without a policy
+            pass
+    for path in filter(None, paths):
+        try:
+            folder = export_dir(Path(path).parent)
+        except FileNotFoundError:  # a manifest, but no complete export beside it
+            continue
+        if folder is None:
+            continue
+        try:
+            manifest = json.loads((folder / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"the weights started from the coprs export '{folder}', whose "
+                             f"{EXPORT_MANIFEST} cannot be read ({exc}); restore that file "
+                             "(the new export records it) or export that folder again"
+                             ) from exc
+        return {"folder": str(folder), "manifest": manifest}
+    return None
+
+
+def write_export(tmp: Path, args, cfg, model, source: dict | None = None) -> int:
+    """Write the export into the empty folder ``tmp``; the number of seg-head tensors.
+    ``source``: the earlier export the weights started from (:func:`source_export`)."""
     import torch
 
     policy = model.policy
@@ -175,17 +228,20 @@ def write_export(tmp: Path, args, cfg, model) -> int:
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise ValueError(f"merged policy does not match {policy.model_path}: missing "
                          f"{missing[:5]} unexpected {unexpected[:5]}")
+    stop_where_coprs_stops(base, policy)
     base.save_pretrained(tmp / "policy")
     policy.processor.save_pretrained(tmp / "policy")
     head = {k: v for k, v in model.state_dict().items() if k.startswith(("prior.", "decoder."))}
     torch.save(head, tmp / "seg_head.pth")
     cfg.dump(str(tmp / "config.py"))  # flat: loads without the _base_ files
-    (tmp / "README.md").write_text(model_card(args.config, args.checkpoint, policy, len(head)),
-                                   encoding="utf-8")
-    (tmp / "coprs_export.json").write_text(json.dumps({
-        "config": str(args.config), "checkpoint": str(args.checkpoint),
-        "special_token": policy.special_token, "lora_merged": bool(policy.uses_adapters),
-        "seg_head_keys": len(head)}, indent=2) + "\n")
+    (tmp / "README.md").write_text(model_card(args.config, args.checkpoint, policy, len(head),
+                                              source), encoding="utf-8")
+    manifest = {"config": str(args.config), "checkpoint": str(args.checkpoint),
+                "special_token": policy.special_token, "lora_merged": bool(policy.uses_adapters),
+                "seg_head_keys": len(head)}
+    if source is not None:
+        manifest["exported_from"] = source
+    (tmp / "coprs_export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return len(head)
 
 
@@ -202,13 +258,14 @@ def run(args) -> int:
     cfg = load_config(args.config, args.cfg_options)
     model = init_segmentor(cfg, args.checkpoint)
     check_exportable(model, args.config)
+    source = source_export(model.policy, args.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     # written beside OUT and moved into place when complete: an export that fails or is
     # interrupted leaves an earlier export at OUT as it was
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     tmp.chmod(usual_mode(0o777))  # mkdtemp's folder is private (0700); OUT gets the usual one
     try:
-        heads = write_export(tmp, args, cfg, model)
+        heads = write_export(tmp, args, cfg, model, source)
         check_out(out)  # still nothing else there
         replace_folder(tmp, out)
     except BaseException:

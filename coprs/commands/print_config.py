@@ -1,5 +1,5 @@
 """``coprs print-config``: the config a command would run, with its bases and overrides merged,
-or the config a checkpoint was trained with."""
+or the config a checkpoint was trained with, or the one stored with an export."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ def add_parser(sub) -> None:
                     "a file that loads without the bases (what a run saves in its work dir). "
                     "Given a checkpoint (.pth, e.g. from coprs train or coprs publish-model) or "
                     "a training work dir instead, print the config it was trained with (the "
-                    "checkpoint's meta).",
+                    "checkpoint's meta); given a coprs export-hf folder, the config stored with "
+                    "it (its config.py).",
         epilog="example: coprs print-config configs/coprs/coprs_tiny_shapes_cpu.py "
                "--cfg-options train_cfg.stages.1.iters=100 --save-path work_dirs/flat.py",
     )
     p.add_argument("config", help="config file (or PLUGIN::path.py), or a checkpoint / training "
-                                  "work dir whose training config to print")
+                                  "work dir / coprs export-hf folder whose config to print")
     p.add_argument("--save-path", metavar="FILE", help="also write the merged config here (.py)")
     add_cfg_options(p)
     p.set_defaults(func=run)
@@ -47,11 +48,29 @@ def config_of_checkpoint(checkpoint: str, cfg_options=None):
     return cfg
 
 
+def config_of_export(export: Path, cfg_options=None):
+    """The config stored with a ``coprs export-hf`` folder (its ``config.py``)."""
+    path = export / "config.py"
+    if not path.is_file():
+        raise UsageError(f"coprs export '{export}' holds no config.py; print the config it was "
+                         "exported from instead (its coprs_export.json names it), or export "
+                         "the checkpoint again (coprs export-hf writes config.py)")
+    return load_config(str(path), cfg_options)
+
+
 def run(args) -> int:
+    from coprs.apis import export_dir
+
     if args.save_path and Path(args.save_path).suffix != ".py":
         raise UsageError(f"--save-path '{args.save_path}' must end in .py (a Python config)")
     given = Path(args.config)
-    if given.suffix == ".pth" or given.is_dir():
+    try:
+        export = export_dir(given)
+    except FileNotFoundError as exc:  # a manifest, but not a complete export
+        raise UsageError(str(exc)) from exc
+    if export is not None:
+        cfg = config_of_export(export, args.cfg_options)
+    elif given.suffix == ".pth" or given.is_dir():
         cfg = config_of_checkpoint(args.config, args.cfg_options)
     else:
         cfg = load_config(args.config, args.cfg_options)

@@ -8,6 +8,7 @@ needs), and name the file ``<out without .pth>-<first 8 hex digits of its sha256
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -42,7 +43,8 @@ def add_parser(sub) -> None:
                     "sha256>.pth "
                     "(mmsegmentation's publish_model). The file is written atomically; it loads "
                     "as a checkpoint (--checkpoint of infer, test and demo; init_segmentor) but "
-                    "cannot resume training.",
+                    "cannot resume training. A coprs export-hf folder is not taken: it is "
+                    "shared as it is.",
         epilog="example: coprs publish-model work_dirs/coprs_tiny_shapes_cpu "
                "published/coprs_tiny_shapes_cpu.pth",
     )
@@ -72,7 +74,22 @@ def _sha256(path: Path) -> str:
 
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
     """(the file, its contents) for a checkpoint file or a training work dir; a UsageError names
-    the input when it is missing, unreadable, or not a training checkpoint."""
+    the input when it is missing, unreadable, or not a training checkpoint (a ``coprs
+    export-hf`` folder among them)."""
+    from coprs.apis import EXPORT_MANIFEST
+
+    export = Path(checkpoint).expanduser()
+    if (export / EXPORT_MANIFEST).is_file():
+        try:
+            source = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+            source = f" ({source['checkpoint']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            source = ""
+        raise UsageError(
+            f"'{export}' is a coprs export-hf folder, which is already the shareable form of a "
+            "model (policy/ loads with transformers, seg_head.pth and config.py with coprs); "
+            "share the folder as it is (copy it, or tar it), or publish the training checkpoint "
+            f"it was exported from{source}")
     path, ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(f"'{path}' has no 'state_dict': it is not a coprs/mmengine training "

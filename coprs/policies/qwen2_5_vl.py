@@ -479,7 +479,11 @@ class Qwen25VLPolicy(BasePolicy):
         self.image_token_id = self.model.config.image_token_id
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
-        self.eos_token_ids = sorted({i for i in (*eos, ids("<|im_end|>")) if i is not None})
+        # the special token is no end of turn, though a coprs export-hf folder lists it among
+        # its eos ids (so that plain generate stops there); it ends a response only through
+        # stop_at_special_token, and stays in the decoded text
+        self.eos_token_ids = sorted({i for i in (*eos, ids("<|im_end|>"))
+                                     if i is not None and i != self.special_token_id})
         #: tokens that end a response (the end-of-turn tokens, and the special token if
         #: ``stop_at_special_token``)
         self.stop_token_ids = list(self.eos_token_ids)

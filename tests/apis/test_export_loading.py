@@ -1,4 +1,5 @@
-"""A ``coprs export-hf`` folder loads back as a checkpoint: API, ``coprs infer`` and ``coprs test``."""
+"""A ``coprs export-hf`` folder loads back as a checkpoint: API, ``coprs infer`` and ``coprs test``;
+its policy generates as coprs does; ``print-config`` and ``publish-model`` know it."""
 
 import json
 
@@ -136,6 +137,12 @@ def test_training_starts_from_an_export(exported, tmp_path, small_run, capsys):
         assert torch.equal(v, mine[k]), k
     saved = Config.fromfile(str(tmp_path / "w" / "coprs_tiny_shapes_cpu.py"))
     assert saved.model.policy.model_path == str(ex / "policy") and saved.model.policy.tiny is None
+    # its export records the export it started from, though the config given names the tiny base
+    assert main(["export-hf", str(TINY_CONFIG), str(tmp_path / "w"), "--out",
+                 str(tmp_path / "ex_run")]) == 0
+    manifest = json.loads((tmp_path / "ex_run" / "coprs_export.json").read_text())
+    assert manifest["exported_from"]["folder"] == str(ex)
+    assert manifest["exported_from"]["manifest"] == json.loads((ex / "coprs_export.json").read_text())
     # resuming such a run: the same load_from with --resume, the policy again from policy/
     assert main(["train", str(TINY_CONFIG), "--work-dir", str(tmp_path / "w"), "--resume",
                  "--cfg-options", f"load_from={ex}", "optim_wrapper.optimizer.lr=0.0",
@@ -158,3 +165,65 @@ def test_training_starts_from_an_export(exported, tmp_path, small_run, capsys):
     assert "does not fit this config's prior and decoder: missing ['decoder." in (
         capsys.readouterr().err)
     assert not list((tmp_path / "w2").glob("iter_*.pth"))
+
+
+def test_the_exported_policy_stops_generating_at_the_special_token(exported):
+    """Plain transformers ``generate`` on ``policy/`` ends a response at ``<REF_POS>``, as coprs's
+    own generation does (``stop_at_special_token``), and coprs reads the folder back unchanged."""
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    model, _, ex = exported
+    ref = model.policy.special_token_id
+    base = GenerationConfig.from_pretrained(model.policy.model_path).eos_token_id
+    base = base if isinstance(base, list) else [base]
+    eos = GenerationConfig.from_pretrained(ex / "policy").eos_token_id
+    assert isinstance(eos, list) and eos.count(ref) == 1 and set(base) <= set(eos)
+    policy = Qwen2_5_VLForConditionalGeneration.from_pretrained(ex / "policy")
+    prompt = AutoTokenizer.from_pretrained(ex / "policy")("the star", return_tensors="pt")
+    out = policy.generate(**prompt, max_new_tokens=5, do_sample=False,
+                          sequence_bias={(ref,): 100.0})  # <REF_POS> comes first
+    assert out[0, prompt["input_ids"].shape[1]:].tolist() == [ref]
+    # coprs keeps the special token in the response text of a policy loaded from the export
+    loaded = init_segmentor(str(TINY_CONFIG), checkpoint=ex)
+    assert loaded.policy.stop_token_ids.count(ref) == 1
+    ids = loaded.policy.tokenizer("<think>a</think>", add_special_tokens=False)["input_ids"]
+    assert loaded.policy.decode([*ids, ref]) == model.policy.decode([*ids, ref]) == (
+        "<think>a</think><REF_POS>")
+
+
+def test_a_re_export_keeps_where_its_weights_came_from(exported, tmp_path):
+    model, _, ex = exported
+    first = json.loads((ex / "coprs_export.json").read_text())
+    assert "exported_from" not in first
+    assert main(["export-hf", str(TINY_CONFIG), str(ex), "--out", str(tmp_path / "again")]) == 0
+    manifest = json.loads((tmp_path / "again" / "coprs_export.json").read_text())
+    assert manifest["checkpoint"] == str(ex)
+    assert manifest["exported_from"] == {"folder": str(ex), "manifest": first}
+    assert f"earlier export `{ex}`" in (tmp_path / "again" / "README.md").read_text()
+    loaded = init_segmentor(str(TINY_CONFIG), checkpoint=tmp_path / "again")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_print_config_and_publish_model_know_an_export(exported, tmp_path, capsys):
+    _, ckpt, ex = exported
+    # print-config: the config stored with the export, --cfg-options merged
+    assert main(["print-config", str(ex), "--cfg-options", "model.prior.num_heads=8",
+                 "--save-path", str(tmp_path / "c.py")]) == 0
+    assert "num_heads=8" in capsys.readouterr().out
+    expect = Config.fromfile(str(ex / "config.py"))
+    expect.merge_from_dict({"model.prior.num_heads": 8})
+    assert Config.fromfile(str(tmp_path / "c.py")).to_dict() == expect.to_dict()
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for part in ("policy", "seg_head.pth", "coprs_export.json"):
+        (bare / part).symlink_to(ex / part)
+    assert main(["print-config", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert f"coprs export '{bare}' holds no config.py" in err and "last_checkpoint" not in err
+    # publish-model: an export is shared as it is; the checkpoint it came from is named
+    assert main(["publish-model", str(ex), str(tmp_path / "pub" / "m.pth")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{ex}' is a coprs export-hf folder" in err and "share the folder" in err
+    assert f"({ckpt})" in err and "last_checkpoint" not in err
+    assert not (tmp_path / "pub").exists()
