@@ -52,15 +52,16 @@ def is_fsdp(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def full_params(model: nn.Module):
-    """Gather every FSDP-sharded parameter of ``model`` for the block (read-only: changes are
-    not written back). A no-op for a model without FSDP units."""
+def full_params(model: nn.Module, writeback: bool = False):
+    """Gather every FSDP-sharded parameter of ``model`` for the block (read-only unless
+    ``writeback``: then changes made in the block go back to the shards). A no-op for a model
+    without FSDP units."""
     if not is_fsdp(model):
         yield
         return
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    with FSDP.summon_full_params(model, writeback=False, recurse=True):
+    with FSDP.summon_full_params(model, writeback=writeback, recurse=True):
         yield
 
 

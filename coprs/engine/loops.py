@@ -166,8 +166,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
     The reference policy is the policy as it is when the first GRPO stage starts (after the
     warm-up, if any). It is snapshotted to ``<work_dir>/reference_policy.pth`` so a resumed run
     uses the same one. With LoRA adapters it is no copy of the base model: the base with the
-    adapters disabled while they are untrained, else with the adapters as GRPO began swapped in
-    (a warm-up stage came first, or a LoRA checkpoint was loaded); the snapshot holds them.
+    adapters disabled while they are untrained, else with a frozen second adapter that holds the
+    adapters as GRPO began (a warm-up stage came first, or a LoRA checkpoint was loaded); the
+    snapshot holds them.
 
     Rollouts are sampled from a random stream of their own, seeded by (the runner's seed, the
     rank, the iteration) and forked from the global one (:func:`rollout_seed`): a run resumed
@@ -614,7 +615,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         # reference copy reads them directly, so it is made in a block of its own before any
         # FSDP unit runs a forward (a unit's forward reshards it, also inside the block).
         if model.rl["kl_coef"] > 0 and self._reference is None:
-            with full_params(self.runner.model):
+            # under LoRA the reference adapter is written: back into the shards (FSDP)
+            lora = getattr(model.policy, "uses_adapters", False)
+            with full_params(self.runner.model, writeback=lora):
                 self._reference_model(model)
 
     def _reference_model(self, model):
@@ -660,13 +663,14 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         torch.save(state, tmp)
         tmp.replace(path)
 
-    def _adapter_reference(self, policy):
+    def _adapter_reference(self, policy) -> str:
         """Under LoRA the reference is the policy at the start of GRPO without a second copy of
         the base: the base with the adapters off while they are untrained (all ``lora_B`` zero,
-        fresh adapters), else the base with a snapshot of the adapters as GRPO began (after a
-        warm-up stage, or from a LoRA checkpoint), swapped in for the reference forward.
+        fresh adapters), else the base with the policy's frozen ``reference`` adapter, into
+        which the trained adapters are copied as GRPO begins (after a warm-up stage, or from a
+        LoRA checkpoint). Called inside ``full_params(model, writeback=True)``.
 
-        ``reference_policy.pth`` holds that snapshot (empty for adapters off), so a resumed run
+        ``reference_policy.pth`` holds that copy (empty for adapters off), so a resumed run
         uses the same reference. A run resumed without the file (one from before adapter
         snapshots) keeps the adapters off and says so."""
         state = self._load_reference_snapshot(required=False)
@@ -677,28 +681,30 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 "if its adapters were untrained then")
             return "adapters-disabled"
         if state is None:  # the first GRPO iteration
-            trained = any("lora_B" in n and bool(p.detach().any())
-                          for n, p in policy.model.named_parameters())
-            state = policy.adapter_state() if trained else {}
+            trained = {k: v for k, v in policy.adapter_state().items() if "lora_B" in k}
+            state = policy.adapter_state() if any(bool(v.any()) for v in trained.values()) else {}
             if is_main_process():
                 self._save_reference_snapshot(state)
-            if trained:
+            if state:
                 start = self.grpo_start()
                 why = (f"trained in the {start}-iteration warm-up before it" if start else
                        "loaded trained (nonzero lora_B)")
                 self.runner.logger.info(
-                    "LoRA GRPO: the KL reference is the base model with a snapshot of the "
-                    f"adapters at the start of GRPO ({why}), {self.reference_path()}")
-        return state or "adapters-disabled"
+                    "LoRA GRPO: the KL reference is the base model with a copy of the adapters "
+                    f"at the start of GRPO ({why}), {self.reference_path()}")
+        if not state:
+            return "adapters-disabled"
+        policy.set_reference_adapters(state)
+        return "reference-adapters"
 
     @torch.no_grad()
     def _reference_logprobs(self, model, pil, instructions, rollouts, g) -> list[list[float]]:
         ref = self._reference_model(model)
         policy = model.policy
         images, instructions = repeat_each(pil, g), repeat_each(instructions, g)
-        if isinstance(ref, (str, dict)):  # LoRA: adapters off, or their snapshot swapped in
+        if isinstance(ref, str):  # LoRA: the adapters off, or the reference adapter on
             swap = policy.disable_adapter() if ref == "adapters-disabled" else (
-                policy.adapters_from(ref))
+                policy.reference_adapters())
             with swap:
                 fwd = policy.forward_responses(images, instructions, rollouts)
                 logp, mask = policy.response_logprobs(fwd)

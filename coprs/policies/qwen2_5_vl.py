@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -156,6 +157,15 @@ def _refuse_lora_on_tied_embeddings(model: torch.nn.Module, tied: dict, targets)
                 f"this policy ties to {other} (tie_word_embeddings=True): the merged export and "
                 "vLLM would differ from the trained model; leave lm_head and embed_tokens out "
                 "of target_modules (e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj'])")
+
+
+#: peft adapter names of a LoRA policy: the one that trains, and the frozen GRPO reference
+_TRAINED, _REFERENCE = "default", "reference"
+
+
+def _is_adapter(name: str, adapter: str) -> bool:
+    """Whether parameter ``name`` belongs to LoRA adapter ``adapter``."""
+    return "lora_" in name and f".{adapter}." in name
 
 
 def merged_lora_weight(layer, weight: torch.Tensor, name: str) -> torch.Tensor:
@@ -381,10 +391,20 @@ class Qwen25VLPolicy(BasePolicy):
         config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
                             lora_dropout=lora.get("dropout", 0.0), target_modules=targets)
         tied = _tied_embeddings(self.model)
-        inject_adapter_in_model(config, self.model)
+        inject_adapter_in_model(config, self.model, adapter_name=_TRAINED)
         _refuse_lora_on_tied_embeddings(self.model, tied, targets)
+        # a second, frozen adapter of the same shape: the GRPO reference when the trained one
+        # starts GRPO trained (set_reference_adapters; its lora_B starts at zero like any)
+        with warnings.catch_warnings():  # peft warns that a model gets a second adapter
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, self.model, adapter_name=_REFERENCE)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for m in self.model.modules():  # peft made the newest adapter the active one
+            if isinstance(m, BaseTunerLayer):
+                m._active_adapter = [_TRAINED]
         for name, param in self.model.named_parameters():
-            param.requires_grad_("lora_" in name)
+            param.requires_grad_(_is_adapter(name, _TRAINED))
             if "lora_" in name and param.dtype in (torch.bfloat16, torch.float16):
                 # adapters train in float32 over a bf16 base, as peft's PeftModel keeps them
                 # (autocast_adapter_dtype): bf16 cannot hold small AdamW updates
@@ -406,42 +426,48 @@ class Qwen25VLPolicy(BasePolicy):
                 m.enable_adapters(True)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the LoRA adapters' weights (``lora_`` parameters) under their names
-        without FSDP's wrapper prefixes; empty without adapters. Under FSDP call it inside
+        """Copies of the trained LoRA adapters' weights (peft's ``default`` adapter) under their
+        names without FSDP's wrapper prefixes; empty without adapters. Under FSDP call it inside
         ``full_params``, which gathers them."""
         from torch.distributed.fsdp._common_utils import clean_tensor_name
 
         return {clean_tensor_name(n): p.detach().clone()
-                for n, p in self.model.named_parameters() if "lora_" in n}
+                for n, p in self.model.named_parameters() if _is_adapter(n, _TRAINED)}
 
-    @contextlib.contextmanager
-    def adapters_from(self, state: dict[str, torch.Tensor]):
-        """Run the block with the LoRA adapters' weights replaced by ``state`` (from
-        :meth:`adapter_state`), restored afterwards; no gradient flows through the swap.
-
-        The GRPO reference after a warm-up: the adapters as they were when GRPO began, without
-        a second copy of the base model."""
+    @torch.no_grad()
+    def set_reference_adapters(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy ``state`` (from :meth:`adapter_state`) into the frozen ``reference`` adapter, the
+        GRPO reference after a warm-up (:meth:`reference_adapters`). Under FSDP call it inside
+        ``full_params(model, writeback=True)``."""
         from torch.distributed.fsdp._common_utils import clean_tensor_name
 
-        params = {clean_tensor_name(n): p for n, p in self.model.named_parameters()
-                  if "lora_" in n}
-        if set(params) != set(state):
-            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        own = {clean_tensor_name(n).replace(f".{_REFERENCE}.", f".{_TRAINED}."): p
+               for n, p in self.model.named_parameters() if _is_adapter(n, _REFERENCE)}
+        if set(own) != set(state):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             raise ValueError(
                 "the adapter snapshot does not match the policy's LoRA adapters (missing "
                 f"{missing[:3]}, unexpected {extra[:3]}): it was taken with other "
                 "model.policy.lora settings")
-        kept = {}
-        with torch.no_grad():
-            for name, p in params.items():
-                kept[name] = p.detach().clone()
-                p.copy_(state[name])
+        for name, p in own.items():
+            p.copy_(state[name])
+
+    @contextlib.contextmanager
+    def reference_adapters(self):
+        """Run the block with the frozen ``reference`` adapter active instead of the trained one
+        (a module setting, like :meth:`disable_adapter`, so it also holds under FSDP)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        # peft's set_adapter would also change which adapter requires grad: only the active
+        # adapter's name is switched here
+        for m in layers:
+            m._active_adapter = [_REFERENCE]
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(kept[name])
+            for m in layers:
+                m._active_adapter = [_TRAINED]
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy's weights with LoRA adapters merged in, under plain transformers names.

@@ -114,6 +114,58 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=k)
 
 
+def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
+    """LoRA under FSDP (2 CPU ranks): the warm-up trains the adapters, GRPO's reference is the
+    frozen reference adapter they are copied into (written back into the shards), so the KL is
+    0 at GRPO's first iteration and not after an update; checkpoints keep only what trains."""
+    import re
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    cfg.runner_type = "FlexibleRunner"
+    cfg.model.policy.lora = dict(r=2, alpha=4, target_modules=["q_proj"])
+    cfg.strategy = dict(
+        type="coprs.CoprsFSDPStrategy",
+        model_wrapper=dict(type="coprs.CoprsFullyShardedDataParallel",
+                           auto_wrap_policy=dict(type="coprs.engine.fsdp.wrap_layers"),
+                           device_id="cpu"),
+        state_dict_cfg=dict(
+            state_dict_type="FULL_STATE_DICT",
+            state_dict_config=dict(type="FullStateDictConfig", offload_to_cpu=True,
+                                   rank0_only=True),
+            optim_state_dict_config=dict(type="FullOptimStateDictConfig",
+                                         offload_to_cpu=True, rank0_only=True)))
+    cfg.dump(str(tmp_path / "cfg.py"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29537", str(ROOT / "tools" / "train.py"), str(tmp_path / "cfg.py"),
+           "--work-dir", str(tmp_path / "w"), "--launcher", "pytorch", "--cfg-options",
+           "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
+           "train_dataloader.batch_size=2", "train_cfg.group_size=2",
+           "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
+           "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
+           "val_cfg.datasets.0.num_samples=2",
+           # a large step, so that one GRPO update moves the policy away from the reference
+           "optim_wrapper.optimizer.lr=0.3", f"model.feature_cache.root={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    (tmp_path / "torchrun.log").write_text(out)
+    assert proc.returncode == 0, "\n".join([x for x in out.splitlines() if "rror" in x][-20:])
+    assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in out
+    kl = {i: float(re.search(r"kl_ref: (\S+)", next(
+        x for x in out.splitlines() if f"Iter(train) [{i}/4]" in x)).group(1)) for i in (3, 4)}
+    assert kl[3] == 0 and kl[4] > 0, kl
+    warm = torch.load(tmp_path / "w" / "iter_2.pth", map_location="cpu", weights_only=True)
+    ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
+                     weights_only=True)
+    policy = {k for k in warm["state_dict"] if k.startswith("policy.")}
+    assert policy and all(".lora_" in k and ".default." in k for k in policy)  # no frozen base
+    assert not any(k.startswith("vision_backbone.") for k in warm["state_dict"])
+    assert {f"policy.model.{k}" for k in ref} == policy
+    for k, v in ref.items():
+        torch.testing.assert_close(v, warm["state_dict"][f"policy.model.{k}"], rtol=0, atol=0)
+
+
 def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_together(tmp_path):
     """Two ranks with the same data and sharded parameters must take the step a single process
     takes: the gradient clipped by the norm over all shards (mmengine's default clips each

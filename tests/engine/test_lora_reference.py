@@ -12,7 +12,7 @@ from coprs.engine import drop_validation
 
 from ..conftest import TINY_CONFIG  # noqa: TID252
 
-SNAPSHOT = "snapshot of the adapters at the start of GRPO"
+SNAPSHOT = "copy of the adapters at the start of GRPO"
 
 
 def _train(tmp_path, small_run, name, stages, *extra, resume=None):

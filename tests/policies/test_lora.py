@@ -31,9 +31,9 @@ def _logits(policy, model=None):
 
 @torch.no_grad()
 def _perturb_adapters(module):
-    """Random ``lora_B`` (trained-looking adapters; peft starts them at zero)."""
+    """Random ``lora_B`` of the trained adapter (trained-looking; peft starts it at zero)."""
     for n, p in module.named_parameters():
-        if "lora_B" in n:
+        if "lora_B.default" in n:
             p.normal_(0, 0.5)
 
 
@@ -49,21 +49,24 @@ def test_lora_trains_only_adapters_and_reference_is_the_base(tmp_path):
     with policy.disable_adapter():
         torch.testing.assert_close(_logits(policy), before)
     torch.testing.assert_close(_logits(policy), after)  # adapters back on
-    # a snapshot of the adapters swapped in (the GRPO reference after a warm-up), then restored
+    # the frozen reference adapter (the GRPO reference after a warm-up): the base until the
+    # trained adapters are copied into it, then the policy as it was at that moment
     snapshot = policy.adapter_state()
-    assert snapshot and all("lora_" in n and "_fsdp" not in n for n in snapshot)
+    assert snapshot and all("lora_" in n and ".default." in n for n in snapshot)
+    with policy.reference_adapters():
+        torch.testing.assert_close(_logits(policy), before)
+    policy.set_reference_adapters(snapshot)
     _perturb_adapters(policy)
     moved = _logits(policy)
     assert not torch.allclose(moved, after)
-    with policy.adapters_from(snapshot):
+    with policy.reference_adapters():
         torch.testing.assert_close(_logits(policy), after)
-    torch.testing.assert_close(_logits(policy), moved)
-    assert all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
-    wrong = dict(list(snapshot.items())[1:])
+    torch.testing.assert_close(_logits(policy), moved)  # the trained adapter active again
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in dict(policy.named_parameters())
+                         if "lora_" in n and ".default." in n}
     with pytest.raises(ValueError, match="other model.policy.lora settings"):
-        with policy.adapters_from(wrong):
-            pass
-    torch.testing.assert_close(_logits(policy), moved)
+        policy.set_reference_adapters(dict(list(snapshot.items())[1:]))
 
 
 def test_export_hf_merges_adapters(tmp_path, capsys):
@@ -135,7 +138,7 @@ def test_lora_adapters_train_in_float32_over_a_bfloat16_base(tiny_qwen_dir):
     logp = _logits(policy)  # the bf16 base and the fp32 adapters run together
     assert torch.isfinite(logp).all()
     logp.sum().backward()
-    grads = [p.grad for n, p in policy.named_parameters() if "lora_A" in n]
+    grads = [p.grad for n, p in policy.named_parameters() if "lora_A.default" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
 
 
