@@ -572,10 +572,12 @@ def test_perception_probe_cell_loss_targets_and_training(capsys):
 
 
 
-def _write_run(work_dir: Path, stamp: str, lines: list) -> None:
+def _write_run(work_dir: Path, stamp: str, lines: list, config: str | None = None) -> None:
     path = work_dir / stamp / "vis_data" / "scalars.json"
     path.parent.mkdir(parents=True)
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    if config is not None:  # mmengine dumps the run's config next to its scalars
+        (path.parent / "config.py").write_text(config)
 
 
 @pytest.fixture()
@@ -587,14 +589,15 @@ def train_logs(tmp_path):
     def rec(step, time, grpo=0, **kw):
         return dict(step=step, iter=step, time=time, loss=10.0 / step, stage_grpo=grpo, **kw)
 
+    config = "log_processor = dict(type='FreshLogProcessor', by_epoch=False, window_size=10)\n"
     _write_run(w, "20260101_100000", [rec(10, 0.2), rec(20, 0.1), {"shapes/val/gIoU": 0.3,
-               "step": 20}, rec(30, 0.5), rec(40, 0.5), '{"step": 50, "ti'])
+               "step": 20}, rec(30, 0.5), rec(40, 0.5), '{"step": 50, "ti'], config)
     _write_run(w, "20260101_110000", [
         rec(30, 0.1), rec(40, 0.1), {"shapes/val/gIoU": 0.6, "step": 40},
         rec(50, 1.0, grpo=1, **{"reward/mask": 0.2, "time/rollout": 0.4, "time/reward": 0.1,
                                 "time/reference": 0.1, "time/actor": 0.4}),
         rec(60, 2.0, grpo=1, **{"reward/mask": 0.4, "time/rollout": 1.0, "time/reward": 0.2,
-                                "time/reference": 0.2, "time/actor": 0.6})])
+                                "time/reference": 0.2, "time/actor": 0.6})], config)
     (w / "20260101_120000" / "vis_data").mkdir(parents=True)  # a test run: config.py only
     return w
 
@@ -620,7 +623,88 @@ def test_analyze_logs_train_time_per_stage_and_phase(train_logs, capsys):
     assert grpo["seconds"] == pytest.approx(10 * (1.0 + 2.0))
     assert grpo["phase_share"]["rollout"] == pytest.approx(14 / 30)
     assert grpo["phase_share"]["actor"] == pytest.approx(10 / 30)
-    assert warm["slowest_logged_s_per_iter"] == 0.2 and "phase_share" not in warm
+    assert grpo["phase_share"]["other"] == pytest.approx(0.0, abs=1e-9)  # phases take it all
+    assert warm["slowest_interval_s_per_iter"] == pytest.approx(0.2)
+    assert "phase_share" not in warm
+
+
+def _write_logged_run(work_dir: Path, interval: int, skip: bool) -> None:
+    """A run's scalars.json written as `coprs train` writes it: each iteration's scalars go to
+    mmengine's message hub, and every `interval` iterations FreshLogProcessor (window 20, the
+    configs' default) turns them into a record. 90 warm-up iterations of 0.1 s (the update
+    0.08 s), then 50 GRPO iterations: rollout 1.0-1.3 s, reward 0.3, reference 0.2, actor
+    0.25/0.30, 0.05 s of other, plus 0.95 s at GRPO iteration 25 (a checkpoint); with `skip`,
+    GRPO iteration 8 skips the reward's end and the update (non-finite rewards)."""
+    from mmengine.logging import MessageHub
+
+    from coprs.engine.log_processor import FreshLogProcessor
+
+    warm, total = 90, 140
+    hub = MessageHub.get_instance(f"cal_train_time_{work_dir}")
+    processor = FreshLogProcessor(by_epoch=False, window_size=20)
+    runner = SimpleNamespace(message_hub=hub, iter=0, max_iters=total, _train_loop=object(),
+                             model=None)
+    lines = []
+    for i in range(total):
+        runner.iter = i
+        if i < warm:
+            out, other = {"time/actor": 0.08, "stage_grpo": 0.0}, 0.02
+        else:
+            j = i - warm
+            out = {"time/rollout": 1.0 + 0.1 * (j % 4), "time/reward": 0.3,
+                   "time/reference": 0.2, "time/actor": 0.25 + 0.05 * (j % 2), "stage_grpo": 1.0}
+            if skip and j == 7:
+                del out["time/reward"], out["time/actor"]
+            other = 0.05 + 0.95 * (j == 24)
+        hub.update_scalar("train/time", other + sum(v for k, v in out.items() if "time/" in k))
+        for key, value in out.items():
+            hub.update_scalar(f"train/{key}", value)
+        if (i + 1) % interval == 0:
+            tag, _ = processor.get_log_after_iter(runner, i, "train")
+            lines.append({**tag, "step": i + 1})
+    _write_run(work_dir, "20260101_100000", lines,
+               "log_processor = dict(type='FreshLogProcessor', by_epoch=False, window_size=20)\n"
+               "train_cfg = dict(type='ReasoningSegTrainLoop', stages=[dict(kind='sft', iters=90),"
+               " dict(kind='grpo', iters=50)])\n")
+
+
+@pytest.mark.parametrize("interval, skip", [(1, True), (20, False)])
+def test_analyze_logs_train_time_whatever_the_logger_interval(tmp_path, capsys, interval, skip):
+    """mmengine logs `time` and `time/<phase>` as the mean of each key's last 20 updates, not
+    over the logging interval: with interval 1, GRPO's first 19 records still average warm-up
+    iterations into `time` (and `time/actor`), and with interval 20 the record after GRPO
+    begins (at iteration 91) averages 10 warm-up iterations. The tool must still give each
+    stage's seconds and each phase's, summed over the same iterations."""
+    w = tmp_path / "work"
+    _write_logged_run(w, interval, skip)
+    assert analyze_logs.main(["cal_train_time", str(w)]) == 0
+    out = capsys.readouterr().out
+    stages = json.loads(out.strip().splitlines()[-1])
+    warm, grpo = stages["warm-up"], stages["grpo"]
+    assert (warm["iters"], grpo["iters"]) == (90, 50)
+    assert warm["seconds"] == pytest.approx(90 * 0.1)
+    # by hand: rollout 50 + 0.1 * (12 * 6 + 0 + 1), actor 25 * 0.25 + 25 * 0.30, other
+    # 50 * 0.05 + 0.95; a skipped iteration 8 (odd: its update 0.30 s) loses 0.3 + 0.3 s
+    phases = {"rollout": 57.3, "reward": 15.0 - 0.3 * skip, "reference": 10.0,
+              "actor": 13.75 - 0.3 * skip, "other": 3.45}
+    assert grpo["seconds"] == pytest.approx(sum(phases.values()))
+    assert grpo["phase_seconds"] == pytest.approx(phases)
+    assert grpo["phase_share"] == pytest.approx({k: v / sum(phases.values())
+                                                 for k, v in phases.items()})
+    # GRPO iteration 25 (j = 24) alone, or in iterations 101-120 (j = 10..29) on average
+    assert grpo["slowest_interval_s_per_iter"] == pytest.approx(
+        1.0 + 0.3 + 0.2 + 0.25 + 1.0 if interval == 1 else 1.15 + 0.3 + 0.2 + 0.275 + 0.0975)
+    assert f"of the 50 GRPO iterations' {sum(phases.values()):.1f} s" in out
+    assert "add up to" not in out
+
+
+def test_analyze_logs_train_time_needs_the_window(tmp_path, capsys):
+    w = tmp_path / "work"
+    _write_run(w, "20260101_100000", [dict(step=10, time=0.5, stage_grpo=0)])
+    assert analyze_logs.main(["cal_train_time", str(w)]) == 2
+    assert "pass --window-size" in capsys.readouterr().err
+    assert analyze_logs.main(["cal_train_time", str(w), "--window-size", "10"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["warm-up"]["seconds"] == 5.0
 
 
 def test_analyze_logs_plots_a_panel_per_key(train_logs, tmp_path, capsys):

@@ -9,8 +9,11 @@ iteration, so a resumed run gives one curve; runs without scalars (``coprs test`
 ``plot_curve`` draws one panel per key (default: the loss, the GRPO rewards and KL, and the
 validation gIoU that are present) with one line per log (``--smooth`` averages training
 records, never validation ones), and marks where the warm-up ends and GRPO begins
-(``stage_grpo``). ``cal_train_time`` estimates each stage's time from the logged ``time`` (the
-mean seconds per iteration over each logging interval) and, for GRPO, the share of each phase.
+(``stage_grpo``). ``cal_train_time`` gives each stage's time and, for GRPO, each phase's time and
+share (see :func:`train_time`): mmengine logs ``time`` and the loop's ``time/<phase>`` as the
+mean of each key's last ``log_processor.window_size`` updates, not over the logging interval, so
+the tool recovers the seconds of every iteration from these overlapping (or, for an interval
+longer than the window, gapped) means; the window is read from the run's ``config.py``.
 ``train_correlation`` is the paper's Figure 3 (a)–(d): one point per logged training record,
 1 − BCE of the positional prior (``seg/bce``) against 1 − Dice of the mask (``seg/dice``), with
 Pearson R and the OLS line and band (per batch with ``default_hooks.logger.interval=1``).
@@ -21,6 +24,7 @@ LOG's work dir, or next to LOG when it is a scalars.json; the tool prints where 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import statistics
 import sys
@@ -36,8 +40,12 @@ EXAMPLE = """example:
 #: plotted when ``--keys`` is not given, those of them that a log has (and every */gIoU)
 DEFAULT_KEYS = ("loss", "loss_lm", "loss_seg", "reward/total", "reward/mask", "reward/format",
                 "kl_ref", "pg/entropy")
-#: GRPO's phases, as logged by the loop (seconds per iteration)
+#: GRPO's phases, as the loop times them (seconds per iteration; mmengine logs their windowed mean)
 PHASES = ("time/rollout", "time/reward", "time/reference", "time/actor")
+#: the phases timed in GRPO iterations only (the loop times the actor's update in warm-up too)
+GRPO_ONLY = ("time/rollout", "time/reward", "time/reference")
+#: mmengine's ``LogProcessor(window_size=...)`` default, for a config without one
+MMENGINE_WINDOW = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     time = sub.add_parser("cal_train_time", help="time per stage and per GRPO phase",
                           epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     time.add_argument("logs", nargs="+", metavar="LOG", help="a work dir or a scalars.json")
+    time.add_argument("--window-size", type=int, metavar="N",
+                      help="the run's log_processor.window_size (default: read from the "
+                           "config.py next to the scalars.json)")
     corr = sub.add_parser(
         "train_correlation", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="per training record: 1 - prior BCE vs 1 - mask Dice, Pearson R, OLS (Fig. 3 a-d)")
@@ -201,36 +212,150 @@ def plot_curves(logs: list[dict[int, dict]], names: list[str], keys: list[str], 
     fig.savefig(out, format="png")
 
 
-def train_time(records: dict[int, dict]) -> dict:
-    """Seconds per stage: each training record's ``time`` (mean seconds per iteration since the
-    previous record) times the iterations it covers; for GRPO also each phase's share."""
-    stages: dict[str, dict] = {}
-    previous = 0
+def run_settings(log: str | Path) -> tuple[int | None, list[dict] | None]:
+    """``log_processor.window_size`` and ``train_cfg.stages`` of the latest run of ``log``, from
+    the ``config.py`` that mmengine writes next to its scalars.json; None where unknown."""
+    path = scalar_files(log)[-1].parent / "config.py"
+    if not path.is_file():
+        return None, None
+    from mmengine.config import Config
+
+    try:
+        cfg = Config.fromfile(str(path), import_custom_modules=False)
+    except Exception as err:  # a config we cannot read is like none: --window-size says it
+        print(f"cannot read {path} ({err}); pass --window-size", file=sys.stderr)
+        return None, None
+    window = (cfg.get("log_processor") or {}).get("window_size", MMENGINE_WINDOW)
+    stages = (cfg.get("train_cfg") or {}).get("stages")
+    return int(window), list(stages) if stages else None
+
+
+def iteration_stages(records: dict[int, dict], stages: list[dict] | None = None) -> list[str]:
+    """The stage (``'warm-up'`` or ``'grpo'``) of each iteration 1 .. the last training record
+    (index 0 is iteration 1). Each record's ``stage_grpo`` is that of its own iteration, so a
+    logging interval is given its record's stage, unless the config's ``stages`` agree with
+    every record: they also place a stage boundary that falls inside an interval."""
+    labels, previous = [], 0
     for step, r in records.items():
-        if not isinstance(r.get("time"), (int, float)):
-            continue  # a validation record
-        stage = "grpo" if r.get("stage_grpo") == 1 else "warm-up"
-        s = stages.setdefault(stage, {"iters": 0, "seconds": 0.0, "times": [],
-                                      "phases": dict.fromkeys(PHASES, 0.0)})
-        span = step - previous
+        labels += ["grpo" if r.get("stage_grpo") == 1 else "warm-up"] * (step - previous)
         previous = step
-        s["iters"] += span
-        s["seconds"] += r["time"] * span
-        s["times"].append(r["time"])
-        for phase in PHASES:
-            s["phases"][phase] += float(r.get(phase, 0.0)) * span
+    if stages:
+        planned = []
+        for stage in stages:
+            kind = "grpo" if stage.get("kind") == "grpo" else "warm-up"
+            planned += [kind] * min(int(stage["iters"]), len(labels) - len(planned))
+        planned += planned[-1:] * (len(labels) - len(planned))
+        if all(planned[step - 1] == labels[step - 1] for step in records):
+            return planned
+    return labels
+
+
+def _interp(x: int, xs: list[int], ys: list[float]) -> float:
+    j = bisect.bisect_left(xs, x)
+    if xs[j] == x:
+        return ys[j]
+    return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+
+
+def per_iteration(records: dict[int, dict], key: str, window: int, labels: list[str],
+                  domain: list[bool] | None = None) -> list[float]:
+    """Seconds of ``key`` at each iteration (index 0 is iteration 1), from its logged means.
+
+    mmengine logs ``key`` at a record as the mean of its last ``window`` updates, whenever
+    they were (the first records: of all so far), and :class:`FreshLogProcessor` leaves it out
+    of a record if nothing updated it since the previous one. The key is taken to be updated at
+    every iteration of a logging interval in which it is logged (only those in ``domain``, if
+    given: a GRPO phase in GRPO iterations; with an interval over 1, a step that skipped the
+    phase, e.g. for non-finite rewards, is counted too), so a record gives the sum of a known
+    run of updates, and the cumulative sum of the updates at each record follows from the one
+    at the window's start: exact when that start is an earlier record (an interval that
+    divides the window: 1, 5, 10, 20 for 20), else interpolated between the records around it.
+    An interval longer than the window has iterations in no window: they are taken at the
+    window's mean. An interval's seconds are spread evenly over its iterations, except that
+    where a stage ends inside it the earlier stage's iterations keep the previous interval's
+    rate (and the window's other iterations give the new stage's).
+    """
+    out = [0.0] * len(labels)
+    counts, sums = [0], [0.0]  # updates so far -> their seconds, at each record with the key
+    previous, rate = 0, None
+    for step, r in records.items():
+        span, previous = range(previous, step), step
+        mean = r.get(key)
+        if not isinstance(mean, (int, float)):
+            continue  # not updated in this interval
+        its = [i for i in span if domain is None or domain[i]] or list(span)
+        n = counts[-1] + len(its)
+        w = min(n, window)
+        # a stage that ends inside the interval: its iterations keep the previous interval's rate
+        late = [i for i in its if labels[i] == labels[its[-1]]]
+        early = [i for i in its if labels[i] != labels[its[-1]]] if rate is not None else []
+        if n - w >= counts[-1]:  # the window lies in this interval; the iterations before it
+            in_early = len(set(its[len(its) - w:]).intersection(early))  # are in no window
+            late_rate = max(w * mean - in_early * rate, 0.0) / (w - in_early) if early else mean
+            total = len(early) * (rate or 0.0) + len(late) * late_rate
+        else:  # the window reaches back into earlier intervals, whose sums are known
+            total = max(_interp(n - w, counts, sums) + w * mean - sums[-1], 0.0)
+        part = min(len(early) * (rate or 0.0), total)
+        for i in early:
+            out[i] = part / len(early)
+        for i in late if early else its:
+            out[i] = (total - part) / len(late if early else its)
+        rate = out[its[-1]]
+        counts.append(n)
+        sums.append(sums[-1] + total)
+    return out
+
+
+def train_time(records: dict[int, dict], window: int, stages: list[dict] | None = None) -> dict:
+    """Seconds per stage and, for GRPO, per phase, from the logged ``time`` and ``time/<phase>``.
+
+    Both are means over each key's last ``window`` updates (``log_processor.window_size``), not
+    over the logging interval, so each is first turned into seconds per iteration
+    (:func:`per_iteration`) and then summed over the stage's iterations: a stage's phases and
+    its ``time`` cover the same iterations, whatever the logger interval. ``other`` is the
+    iteration time that no phase accounts for (data loading, hooks, checkpoints), never
+    negative; the shares are of the phases plus ``other``. ``iters`` counts iterations up to
+    the last training record; the median/slowest/fastest are over logging intervals (seconds
+    per iteration in each).
+
+    Args:
+        records: iteration -> scalars (:func:`read_records`).
+        window: the run's ``log_processor.window_size``.
+        stages: the run's ``train_cfg.stages`` (``dict(kind=..., iters=...)``), to place a stage
+            boundary inside a logging interval; None: each interval is its record's stage.
+    """
+    train = {s: r for s, r in records.items() if isinstance(r.get("time"), (int, float))}
+    labels = iteration_stages(train, stages)
+    grpo = [label == "grpo" for label in labels]
+    time = per_iteration(train, "time", window, labels)
     out = {}
-    for stage, s in stages.items():
+    for stage in dict.fromkeys(labels):
+        idx = [i for i, label in enumerate(labels) if label == stage]
+        seconds = sum(time[i] for i in idx)
+        intervals, previous = [], 0
+        for step in train:
+            part = [time[i] for i in range(previous, step) if labels[i] == stage]
+            previous = step
+            if part:
+                intervals.append(sum(part) / len(part))
         out[stage] = {
-            "iters": s["iters"], "seconds": s["seconds"],
-            "mean_s_per_iter": s["seconds"] / s["iters"],
-            "median_logged_s_per_iter": statistics.median(s["times"]),
-            "slowest_logged_s_per_iter": max(s["times"]),
-            "fastest_logged_s_per_iter": min(s["times"]),
+            "iters": len(idx), "seconds": seconds, "mean_s_per_iter": seconds / len(idx),
+            "median_interval_s_per_iter": statistics.median(intervals),
+            "slowest_interval_s_per_iter": max(intervals),
+            "fastest_interval_s_per_iter": min(intervals),
         }
-        if stage == "grpo":
-            out[stage]["phase_share"] = {p.split("/")[1]: v / s["seconds"]
-                                         for p, v in s["phases"].items()}
+        if stage != "grpo":
+            continue
+        spent = {}
+        for phase in PHASES:
+            secs = per_iteration(train, phase, window, labels,
+                                 grpo if phase in GRPO_ONLY else None)
+            spent[phase.split("/")[1]] = sum(secs[i] for i in idx)
+        phases = sum(spent.values())
+        spent["other"] = max(seconds - phases, 0.0)
+        whole = phases + spent["other"]  # the stage's time, or the phases' if they exceed it
+        out[stage]["phase_seconds"] = spent
+        out[stage]["phase_share"] = {k: v / whole if whole else 0.0 for k, v in spent.items()}
     return out
 
 
@@ -292,19 +417,36 @@ def main(argv: list[str] | None = None) -> int:
         return train_correlation(args, logs[0])
     if args.task == "cal_train_time":
         for log, records in zip(args.logs, logs):
-            stages = train_time(records)
-            print(f"## {log}")
-            print("| stage | iterations | minutes | s/iter | median / slowest / fastest logged |")
+            window, stages_cfg = run_settings(log)
+            window = args.window_size or window
+            if args.window_size is not None and args.window_size < 1:
+                print("error: --window-size must be at least 1", file=sys.stderr)
+                return 2
+            if window is None:
+                print(f"error: no config.py next to the scalars.json of '{log}' to read "
+                      "log_processor.window_size from; pass --window-size (mmengine's "
+                      f"default is {MMENGINE_WINDOW}, coprs configs use 20)", file=sys.stderr)
+                return 2
+            stages = train_time(records, window, stages_cfg)
+            print(f"## {log} (time and time/<phase> logged as means of their last {window} "
+                  "updates)")
+            print("| stage | iterations | minutes | s/iter | median / slowest / fastest interval |")
             print("|---|---:|---:|---:|---|")
             for stage, s in stages.items():
                 print(f"| {stage} | {s['iters']} | {s['seconds'] / 60:.2f} | "
-                      f"{s['mean_s_per_iter']:.3f} | {s['median_logged_s_per_iter']:.3f} / "
-                      f"{s['slowest_logged_s_per_iter']:.3f} / "
-                      f"{s['fastest_logged_s_per_iter']:.3f} |")
+                      f"{s['mean_s_per_iter']:.3f} | {s['median_interval_s_per_iter']:.3f} / "
+                      f"{s['slowest_interval_s_per_iter']:.3f} / "
+                      f"{s['fastest_interval_s_per_iter']:.3f} |")
             if "grpo" in stages:
-                shares = ", ".join(f"{k} {v:.0%}" for k, v in
-                                   stages["grpo"]["phase_share"].items())
-                print(f"\nGRPO time by phase: {shares}")
+                g = stages["grpo"]
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in g["phase_share"].items())
+                print(f"\nGRPO time by phase, of the {g['iters']} GRPO iterations' "
+                      f"{sum(g['phase_seconds'].values()):.1f} s (other: the iteration time "
+                      f"that no phase accounts for): {shares}")
+                over = sum(v for k, v in g["phase_seconds"].items() if k != "other") - g["seconds"]
+                if over > 0.01 * g["seconds"]:
+                    print(f"(the phases add up to {over:.1f} s more than the logged iteration "
+                          "time: is --window-size the run's log_processor.window_size?)")
             print(json.dumps(stages))
         return 0
     names = args.legend or [str(log) for log in args.logs]
