@@ -681,8 +681,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 "if its adapters were untrained then")
             return "adapters-disabled"
         if state is None:  # the first GRPO iteration
-            trained = {k: v for k, v in policy.adapter_state().items() if "lora_B" in k}
-            state = policy.adapter_state() if any(bool(v.any()) for v in trained.values()) else {}
+            state = policy.adapter_state()
+            if not any(bool(v.any()) for k, v in state.items() if "lora_B" in k):
+                state = {}  # fresh adapters: the base with the adapters off is the policy
             if is_main_process():
                 self._save_reference_snapshot(state)
             if state:
