@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
+import subprocess
 from pathlib import Path
 
 __all__ = ["atomic_write", "register_all_modules", "meta_build", "is_meta_build", "coprs_home", "using_coprs_home", "first_few",
@@ -75,6 +77,26 @@ def using_coprs_home(path: str | os.PathLike):
             os.environ.pop("COPRS_HOME", None)
         else:
             os.environ["COPRS_HOME"] = old
+
+
+@functools.cache
+def source_version(root: str | os.PathLike | None = None) -> str:
+    """``coprs.__version__``, plus ``+g`` and the commit (7 hex digits) when coprs runs from a
+    git checkout (``root``: the folder above the package), as OpenMMLab records
+    ``mmseg_version``: what built a checkpoint or an evaluation's records, which the version of
+    an editable install does not tell apart. Uncommitted edits are not seen."""
+    from . import __version__
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # an installed package, or a source tree without git
+        return __version__
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git on the machine
+        return __version__
+    commit = done.stdout.strip()
+    return f"{__version__}+g{commit}" if done.returncode == 0 and commit else __version__
 
 
 def first_few(items: list[str], limit: int, sep: str = ", ") -> str:

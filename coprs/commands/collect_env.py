@@ -37,10 +37,11 @@ def collect() -> dict:
     """Ordered facts: mmengine's environment, then coprs's packages and plugins."""
     from mmengine.utils.dl_utils import collect_env
 
-    from coprs import __version__, plugins
+    from coprs import plugins
+    from coprs.utils import source_version
 
     env = {k: str(v) for k, v in collect_env().items()}
-    env["coprs"] = __version__
+    env["coprs"] = source_version()  # with the commit, from a git checkout
     for dist in PACKAGES:
         env[dist] = _version(dist)
     infos = plugins.load_plugins()

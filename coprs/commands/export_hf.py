@@ -40,7 +40,7 @@ def model_card(config: str, checkpoint: str, policy, head_tensors: int,
                source: dict | None = None) -> str:
     """``OUT/README.md``: what the folder holds and how to run it (``source``: the export the
     weights started from, :func:`source_export`)."""
-    from coprs import __version__
+    from coprs.utils import source_version
 
     lora = "LoRA adapters merged into the weights" if policy.uses_adapters else "full weights"
     since = "" if source is None else (
@@ -49,7 +49,7 @@ def model_card(config: str, checkpoint: str, policy, head_tensors: int,
         "under `exported_from`).")
     return f"""# coprs export of `{Path(config).name}`
 
-Exported by `coprs export-hf` (coprs {__version__}) from the checkpoint `{checkpoint}`.{since}
+Exported by `coprs export-hf` (coprs {source_version()}) from the checkpoint `{checkpoint}`.{since}
 
 | path | content |
 |---|---|

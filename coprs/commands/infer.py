@@ -98,16 +98,15 @@ def _start_batch(out: Path, args, cfg, lines: list[tuple[int, dict]],
     time never leaves an earlier result behind as if it were this run's."""
     import json
 
-    from coprs import __version__
     from coprs.evaluation.progress import (
         config_digest,
         file_stamp,
         fingerprint_changes,
         plain_config,
     )
-    from coprs.utils import atomic_write
+    from coprs.utils import atomic_write, source_version
 
-    fingerprint = dict(coprs_version=__version__, checkpoint=file_stamp(args.checkpoint),
+    fingerprint = dict(coprs_version=source_version(), checkpoint=file_stamp(args.checkpoint),
                        model=plain_config(cfg.get("model")), response=args.response,
                        max_new_tokens=args.max_new_tokens, allow_empty=args.allow_empty)
     digest = config_digest(fingerprint)

@@ -121,10 +121,10 @@ class PlainCheckpointStateHook(Hook):
         hub["runtime_info"] = to_plain(hub.get("runtime_info", {}))
         checkpoint["meta"] = to_plain(checkpoint.get("meta", {}))
         # what built the run: a checkpoint whose components come from a plugin says which
-        from .. import __version__
         from ..plugins import seen_plugins
+        from ..utils import source_version
 
-        checkpoint["meta"]["coprs_version"] = __version__
+        checkpoint["meta"]["coprs_version"] = source_version()
         if getattr(policy, "uses_adapters", False):
             # the adapters only fit the base they were trained on, at their own scale
             cfg = runner.cfg.get("model", {}).get("policy", {})

@@ -315,13 +315,14 @@ class ReasonSegTestLoop(BaseLoop):
         and engine configs. Settings that change no result are left out: the dataset's
         ``indices`` (``--limit`` changes which samples, not how each is scored; so does the
         synthetic world's ``num_samples``, whose sample i is the same at any count), the metric's
-        ``out_dir`` and ``collect_device`` (where ranks gather results), the generation engine's memory and throughput settings, and the policy's
+        ``out_dir`` and ``collect_device`` (where ranks gather results), the generation
+        engine's memory and throughput settings, and the policy's
         ``model_path`` when the checkpoint is an export folder (its files are stamped, so a
         copy on another disk resumes) and the feature cache's ``root``. Of a ``--responses``
         folder, only the per-sample files it gives responses from are stamped."""
-        from .. import __version__
         from ..apis.inference import export_dir
         from ..evaluation.progress import file_stamp, plain_config
+        from ..utils import source_version
 
         model = plain_config(self.runner.cfg.get("model"))
         if isinstance(model, dict):
@@ -331,7 +332,7 @@ class ReasonSegTestLoop(BaseLoop):
             (model.get("feature_cache") or {}).pop("root", None)
         generates = self.reasoning in ("generated", "empty")
         return dict(
-            coprs_version=__version__, checkpoint=file_stamp(self.checkpoint),
+            coprs_version=source_version(), checkpoint=file_stamp(self.checkpoint),
             reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
             gold_key=self.gold_key if self.reasoning == "gold" else None,
             responses=_responses_stamp(self.responses) if self.reasoning == GIVEN else None,

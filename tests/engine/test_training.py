@@ -59,10 +59,10 @@ def test_train_writes_safe_checkpoints_and_test_reads_them(tmp_path, capsys, tra
     ckpt = tmp_path / "w" / "iter_4.pth"
     full = torch.load(ckpt, map_location="cpu", weights_only=True)  # no unsafe globals
     assert {"state_dict", "optimizer", "message_hub", "rng", "meta"} <= set(full)
-    from coprs import __version__
     from coprs.plugins import seen_plugins
+    from coprs.utils import source_version
 
-    assert full["meta"]["coprs_version"] == __version__  # what built the run
+    assert full["meta"]["coprs_version"] == source_version()  # what built the run
     assert full["meta"]["coprs_plugins"] == {p.name: f"{p.dist} {p.version}"
                                              for p in seen_plugins() if p.status == "loaded"}
     assert (tmp_path / "w" / "last_checkpoint").read_text().strip().endswith("iter_4.pth")

@@ -235,7 +235,9 @@ def test_version_and_collect_env(capsys):
     env = json.loads(capsys.readouterr().out)
     import torch
 
-    assert env["coprs"] == __version__ and env["PyTorch"].startswith(torch.__version__)
+    from coprs.utils import source_version
+
+    assert env["coprs"] == source_version() and env["PyTorch"].startswith(torch.__version__)
     assert env["CUDA available"] == str(torch.cuda.is_available())
     assert set(PACKAGES) <= set(env) and env["pluggy"] != "-"
     try:  # an optional extra: its version when installed, '-' when not
@@ -245,7 +247,7 @@ def test_version_and_collect_env(capsys):
     assert env["vllm"] == vllm
     assert main(["collect-env"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"coprs: {__version__}" in lines
+    assert f"coprs: {source_version()}" in lines
     assert any(line.startswith("coprs plugins: ") for line in lines)
 
 
