@@ -733,9 +733,11 @@ def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
     Nothing happens without such gradients (an optimiser step on none would still move
     AdamW's weights). The earlier steps of the window ran their backward without the gradient
     all-reduce (mmengine's ``optim_context``: ``no_sync``), so under DDP they are averaged over
-    the ranks here, as DDP would have. Under FSDP they are unsharded and unreduced (FSDP's
-    ``no_sync``), which only a backward reduces: they are dropped, with a warning, as are
-    gradients that are not finite (a loss scaler, fp16, keeps its own handling of those).
+    the ranks here, as DDP would have. Under FSDP each backward reduce-scattered them
+    (:meth:`~coprs.engine.wrappers.CoprsFullyShardedDataParallel.no_sync`), so the sharded
+    gradients are stepped on as they are; unsharded ones (FSDP's own ``no_sync``, kept for a
+    backward that reduces them) are dropped with a warning, as are gradients that are not
+    finite (a loss scaler, fp16, keeps its own handling of those).
     """
     from mmengine.dist import all_reduce
 
@@ -747,22 +749,22 @@ def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
         return
     why = None
     if is_fsdp(model):
-        why = ("under FSDP they were kept unsharded and unreduced (no_sync) for a backward "
-               "that did not come")
-    else:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            # every rank all-reduces the gradients that any rank holds, in one order
-            held = torch.tensor([float(p.grad is not None) for p in params])
-            all_reduce(held)
-            for p, n in zip(params, held.tolist()):
-                if n:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    all_reduce(p.grad, op="mean")
-        scaler = getattr(wrapper, "loss_scaler", None)
-        if not (scaler is not None and scaler.is_enabled()) and \
-                on_any_rank(not _grads_finite(wrapper)):
-            why = "they are not finite"
+        if on_any_rank(any(p.grad is not None and p.grad.shape != p.shape for p in params)):
+            why = ("under FSDP they were kept unsharded and unreduced (FSDP's no_sync) for a "
+                   "backward that did not come")
+    elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # every rank all-reduces the gradients that any rank holds, in one order
+        held = torch.tensor([float(p.grad is not None) for p in params])
+        all_reduce(held)
+        for p, n in zip(params, held.tolist()):
+            if n:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                all_reduce(p.grad, op="mean")
+    scaler = getattr(wrapper, "loss_scaler", None)
+    if why is None and not (scaler is not None and scaler.is_enabled()) and \
+            on_any_rank(not _grads_finite(wrapper)):
+        why = "they are not finite"
     if why is None:
         wrapper.step()
     else:

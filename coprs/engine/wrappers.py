@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from mmengine._strategy import FSDPStrategy
@@ -43,9 +44,20 @@ class CoprsFullyShardedDataParallel(MMFullyShardedDataParallel):
     mmengine's optimiser wrapper clips with ``torch.nn.utils.clip_grad_norm_`` over the
     parameters it holds; under FSDP those are this rank's shards, so each rank would clip by its
     own partial norm (and scale its shard differently). Here the wrapper's clip function is
-    FSDP's own ``clip_grad_norm_``, which all-reduces the norm first. Set it as
-    ``strategy.model_wrapper.type`` (the 8-GPU config does).
+    FSDP's own ``clip_grad_norm_``, which all-reduces the norm first. Gradient accumulation
+    keeps sharded gradients (:meth:`no_sync`). Set it as ``strategy.model_wrapper.type`` (the
+    8-GPU config does).
     """
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """A no-op here: every backward reduce-scatters, and gradient accumulation
+        (``optim_wrapper.accumulative_counts``, whose ``optim_context`` enters ``no_sync`` on
+        every iteration of a window but the last) adds up the reduced, sharded gradients, as
+        FSDP supports. FSDP's own ``no_sync`` would keep unsharded, unreduced gradients (the
+        whole model on every rank) until a backward reduces them, which a window whose last
+        step is skipped never runs."""
+        yield
 
     def train_step(self, data, optim_wrapper, micro_batch: int | None = None):
         from ..models.micro_batch import run_train_step

@@ -1,6 +1,8 @@
 """Run by tests/engine/test_distributed.py under torchrun (2 CPU ranks, gloo): one FSDP training
 step of a toy model through CoprsFullyShardedDataParallel, with gradient clipping, then a step
-whose loss is NaN on rank 1 only. Rank 0 saves the gathered parameters after each step."""
+whose loss is NaN on rank 1 only; then, on a fresh toy, a gradient-accumulation window of two
+whose second step is skipped (no backward), which steps with the first one's gradients. Rank 0
+saves the gathered parameters after each scenario."""
 
 import functools
 import os
@@ -49,7 +51,23 @@ if __name__ == "__main__":
     logs = [step(model, 1.0, clip), step(model, float("nan") if rank == 1 else 1.0, clip)]
     with FSDP.summon_full_params(model):
         state = {k: v.detach().clone() for k, v in plain_state(model.module).items()}
+
+    from types import SimpleNamespace
+
+    from coprs.engine.loops import _apply_pending_grads
+
+    model = CoprsFullyShardedDataParallel(
+        Toy(), device_id=torch.device("cpu"),
+        auto_wrap_policy=functools.partial(wrap_layers, layer_names=["Linear"]))
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1.0), accumulative_counts=2)
+    wrapper.initialize_count_status(model, 0, 2)
+    model.train_step(batch(1.0), optim_wrapper=wrapper)  # the window's first step: no update
+    warnings = []
+    _apply_pending_grads(wrapper, model, SimpleNamespace(warning=warnings.append), "iteration 2")
+    with FSDP.summon_full_params(model):
+        pending = {k: v.detach().clone() for k, v in plain_state(model.module).items()}
     if rank == 0:
-        torch.save(dict(state=state, nonfinite=[float(x["nonfinite_step"]) for x in logs]),
+        torch.save(dict(state=state, nonfinite=[float(x["nonfinite_step"]) for x in logs],
+                        pending=pending, pending_warnings=warnings),
                    os.path.join(out, "fsdp_toy.pt"))
     dist.destroy_process_group()

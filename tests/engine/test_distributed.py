@@ -169,7 +169,9 @@ def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
 def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_together(tmp_path):
     """Two ranks with the same data and sharded parameters must take the step a single process
     takes: the gradient clipped by the norm over all shards (mmengine's default clips each
-    rank's shards by their own norm). A NaN loss on one rank skips the step on both."""
+    rank's shards by their own norm). A NaN loss on one rank skips the step on both. A gradient
+    accumulation window whose last step has no backward steps with the reduced, sharded
+    gradients of its first (the wrapper's no_sync keeps them sharded)."""
     import importlib.util
 
     worker = Path(__file__).with_name("fsdp_worker.py")
@@ -191,6 +193,15 @@ def test_fsdp_wrapper_clips_by_the_global_norm_and_skips_nonfinite_steps_togethe
     for k, v in single.state_dict().items():
         assert not torch.equal(v, before[k])  # the clipped step moved every tensor
         torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # the accumulation window: one backward of half the loss, then the step
+    single = toy.Toy()
+    optimizer = torch.optim.SGD(single.parameters(), lr=1.0)
+    (single(**toy.batch(1.0))["loss"] / 2).backward()
+    optimizer.step()
+    assert got["pending_warnings"] == []
+    for k, v in single.state_dict().items():
+        assert not torch.equal(v, before[k])
+        torch.testing.assert_close(got["pending"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
 FAKE_SRUN = """#!{python}
