@@ -272,7 +272,10 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
     older checkpoints have none and are not checked). Another ``alpha``, ``dropout`` or
     ``target_modules`` is a ``ValueError`` (the adapters would load and act at another scale or
     on other layers); another base (``model.policy.model_path`` or ``tiny``) is a warning (a
-    copy of the base elsewhere has another path)."""
+    copy of the base elsewhere has another path), except when the run trained on a ``coprs
+    export-hf`` folder (``load_from=EXPORT``) that is still there: another base than that export
+    or a copy of it (the same ``coprs_export.json``) is then a ``ValueError``, since the
+    original config names the base the export was made from."""
     import warnings
 
     recorded = meta.get("coprs_lora")
@@ -299,10 +302,37 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
     else:
         same = Path(then_path).expanduser().resolve() == Path(now_path).expanduser().resolve()
     if not same:
+        trained_on = _export_of_policy(then_path)
+        if trained_on is not None:  # adapters trained on an export (load_from=EXPORT)
+            here, manifest = _export_of_policy(now_path), _manifest(trained_on)
+            if here is not None and manifest is not None and _manifest(here) == manifest:
+                return  # a copy of that export
+            raise ValueError(
+                f"checkpoint '{path}' holds LoRA adapters trained on the coprs export "
+                f"'{trained_on}' (the run's load_from), and this model's base is '{now_path}': "
+                "on another base they make another model. Load it with --cfg-options "
+                f"model.policy.model_path={then_path} model.policy.tiny=None, or with the "
+                f"config the run saved (coprs print-config {path})")
         warnings.warn(f"checkpoint '{path}' holds LoRA adapters trained on the base "
                       f"'{then_path}', and this model's base is '{now_path}': the adapters only "
                       "fit their own base (a copy of it elsewhere is fine; another model is not)",
                       UserWarning, stacklevel=3)
+
+
+def _export_of_policy(policy_path) -> Path | None:
+    """The ``coprs export-hf`` folder whose ``policy/`` is ``policy_path``, or None (also for
+    an incomplete export)."""
+    try:
+        return export_dir(Path(policy_path).expanduser().parent)
+    except FileNotFoundError:
+        return None
+
+
+def _manifest(export: Path) -> dict | None:
+    try:
+        return json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:

@@ -2,6 +2,7 @@
 its policy generates as coprs does; ``print-config`` and ``publish-model`` know it."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -227,3 +228,30 @@ def test_print_config_and_publish_model_know_an_export(exported, tmp_path, capsy
     assert f"'{ex}' is a coprs export-hf folder" in err and "share the folder" in err
     assert f"({ckpt})" in err and "last_checkpoint" not in err
     assert not (tmp_path / "pub").exists()
+
+
+def test_lora_adapters_trained_on_an_export_load_only_on_that_export(exported, tmp_path,
+                                                                     small_run):
+    """LoRA on top of an export (``load_from=EXPORT``): loading the run's checkpoint with the
+    original config (its tiny base) is an error naming the export's policy/; the export, or a
+    copy of it elsewhere, is its base."""
+    _, _, ex = exported
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.policy.lora = dict(r=2, alpha=4, target_modules=["q_proj"])
+    cfg.dump(str(tmp_path / "lora.py"))
+    assert main(["train", str(tmp_path / "lora.py"), "--work-dir", str(tmp_path / "w"),
+                 "--cfg-options", f"load_from={ex}", "train_cfg.stages.0.iters=1",
+                 "train_cfg.stages.1.iters=1", *small_run]) == 0
+    ckpt = tmp_path / "w" / "iter_2.pth"
+    with pytest.raises(ValueError, match=rf"trained on the coprs export '{ex}'.*"
+                                         rf"model.policy.model_path={ex / 'policy'}"):
+        init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt)
+    assert main(["export-hf", str(tmp_path / "lora.py"), str(ckpt), "--out",
+                 str(tmp_path / "wrong")]) != 0  # would merge them into the wrong base
+    on_export = {"model.policy.model_path": str(ex / "policy"), "model.policy.tiny": None}
+    assert init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt,
+                          cfg_options=on_export).policy.uses_adapters
+    copy = tmp_path / "copy"
+    shutil.copytree(ex, copy)
+    init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt,
+                   cfg_options=dict(on_export, **{"model.policy.model_path": str(copy / "policy")}))
