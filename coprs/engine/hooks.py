@@ -176,8 +176,8 @@ def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
     """The gradients accumulated so far in an unfinished gradient-accumulation window
     (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), averaged over
     the ranks as the window's last backward would average them, on the CPU; None at a window's
-    end, without accumulation, and under FSDP (whose unsharded, unreduced window gradients stay
-    lost on a resume: mmengine warns)."""
+    end, without accumulation, and under FSDP (each rank holds a shard of them, which a resume
+    could not put back: they stay lost, and mmengine warns)."""
     from ..utils import on_any_rank
     from .fsdp import is_fsdp
 
