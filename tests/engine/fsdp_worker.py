@@ -56,18 +56,20 @@ if __name__ == "__main__":
 
     from coprs.engine.loops import _apply_pending_grads
 
-    model = CoprsFullyShardedDataParallel(
+    # a second root, the first kept alive: nothing FSDP holds is collected before the teardown
+    acc = CoprsFullyShardedDataParallel(
         Toy(), device_id=torch.device("cpu"),
         auto_wrap_policy=functools.partial(wrap_layers, layer_names=["Linear"]))
-    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1.0), accumulative_counts=2)
-    wrapper.initialize_count_status(model, 0, 2)
-    model.train_step(batch(1.0), optim_wrapper=wrapper)  # the window's first step: no update
+    wrapper = OptimWrapper(torch.optim.SGD(acc.parameters(), lr=1.0), accumulative_counts=2)
+    wrapper.initialize_count_status(acc, 0, 2)
+    acc.train_step(batch(1.0), optim_wrapper=wrapper)  # the window's first step: no update
     warnings = []
-    _apply_pending_grads(wrapper, model, SimpleNamespace(warning=warnings.append), "iteration 2")
-    with FSDP.summon_full_params(model):
-        pending = {k: v.detach().clone() for k, v in plain_state(model.module).items()}
+    _apply_pending_grads(wrapper, acc, SimpleNamespace(warning=warnings.append), "iteration 2")
+    with FSDP.summon_full_params(acc):
+        pending = {k: v.detach().clone() for k, v in plain_state(acc.module).items()}
     if rank == 0:
         torch.save(dict(state=state, nonfinite=[float(x["nonfinite_step"]) for x in logs],
                         pending=pending, pending_warnings=warnings),
                    os.path.join(out, "fsdp_toy.pt"))
+    dist.barrier()  # both ranks leave together (gloo may abort a rank that tears down early)
     dist.destroy_process_group()
