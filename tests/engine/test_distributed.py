@@ -38,14 +38,15 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
     assert changed > 0  # training moved the weights, identically on both ranks
 
 
-def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
-    """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
-    GRPO with rollouts, mask rewards and a bf16 reference policy made from the gathered
-    weights, forwarded in micro-batches as in the 8-GPU config; the checkpoint is one full state dict with plain names, and a run resumed from it
-    mid-GRPO ends with the uninterrupted run's parameters."""
+def _fsdp_config(path: Path, lora: dict | None = None) -> None:
+    """Write the tiny config under FlexibleRunner + FSDP on gloo CPU ranks (each transformer
+    block its own unit, full state dicts gathered on rank 0) to ``path``; with ``lora``, as
+    ``model.policy.lora``."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.runner_type = "FlexibleRunner"
+    if lora is not None:
+        cfg.model.policy.lora = lora
     cfg.strategy = dict(
         type="coprs.CoprsFSDPStrategy",
         model_wrapper=dict(type="coprs.CoprsFullyShardedDataParallel",
@@ -57,7 +58,15 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
                                    rank0_only=True),
             optim_state_dict_config=dict(type="FullOptimStateDictConfig",
                                          offload_to_cpu=True, rank0_only=True)))
-    cfg.dump(str(tmp_path / "cfg.py"))
+    cfg.dump(str(path))
+
+
+def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
+    """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
+    GRPO with rollouts, mask rewards and a bf16 reference policy made from the gathered
+    weights, forwarded in micro-batches as in the 8-GPU config; the checkpoint is one full state dict with plain names, and a run resumed from it
+    mid-GRPO ends with the uninterrupted run's parameters."""
+    _fsdp_config(tmp_path / "cfg.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     train = Path(__file__).parents[2] / "tools" / "train.py"
 
@@ -120,22 +129,7 @@ def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
     0 at GRPO's first iteration and not after an update; checkpoints keep only what trains."""
     import re
 
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.env_cfg.dist_cfg = dict(backend="gloo")
-    cfg.runner_type = "FlexibleRunner"
-    cfg.model.policy.lora = dict(r=2, alpha=4, target_modules=["q_proj"])
-    cfg.strategy = dict(
-        type="coprs.CoprsFSDPStrategy",
-        model_wrapper=dict(type="coprs.CoprsFullyShardedDataParallel",
-                           auto_wrap_policy=dict(type="coprs.engine.fsdp.wrap_layers"),
-                           device_id="cpu"),
-        state_dict_cfg=dict(
-            state_dict_type="FULL_STATE_DICT",
-            state_dict_config=dict(type="FullStateDictConfig", offload_to_cpu=True,
-                                   rank0_only=True),
-            optim_state_dict_config=dict(type="FullOptimStateDictConfig",
-                                         offload_to_cpu=True, rank0_only=True)))
-    cfg.dump(str(tmp_path / "cfg.py"))
+    _fsdp_config(tmp_path / "cfg.py", lora=dict(r=2, alpha=4, target_modules=["q_proj"]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_port=29537", str(ROOT / "tools" / "train.py"), str(tmp_path / "cfg.py"),
