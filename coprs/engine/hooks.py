@@ -90,8 +90,8 @@ class PlainCheckpointStateHook(Hook):
     (``coprs_plugins``: entry-point name → distribution and version) and, for LoRA, what the
     adapters were trained with (``coprs_lora``: ``model.policy.lora``, and the base's
     ``model_path`` or ``tiny``), which :func:`coprs.apis.inference.load_checkpoint` checks.
-    A checkpoint inside a gradient-accumulation window keeps the window's gradients so far
-    (``coprs_window_grads``), which a resumed run puts back (not under FSDP).
+    A checkpoint inside a gradient-accumulation window of a single-process run keeps the
+    window's gradients so far (``coprs_window_grads``), which a resumed run puts back.
     """
 
     priority = "VERY_LOW"
@@ -174,38 +174,24 @@ _WINDOW_LOST = "Resumed iteration number is not divisible by `_accumulative_coun
 
 def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
     """The gradients accumulated so far in an unfinished gradient-accumulation window
-    (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), averaged over
-    the ranks as the window's last backward would average them, on the CPU; None at a window's
-    end, without accumulation, and under FSDP (each rank holds a shard of them, which a resume
-    could not put back: they stay lost, and mmengine warns)."""
-    from ..utils import on_any_rank
-    from .fsdp import is_fsdp
+    (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), on the CPU; None
+    at a window's end (stepped and zeroed), without accumulation, and in distributed runs.
+
+    mmengine saves a checkpoint on rank 0 alone (``Runner.save_checkpoint`` is ``master_only``),
+    so this hook can neither gather the other ranks' window gradients (under DDP each rank
+    holds its own until the window's last backward all-reduces them) nor average them, and
+    under FSDP each rank holds a shard: there the window's gradients stay lost on a resume, as
+    mmengine warns."""
+    from mmengine.dist import get_world_size
 
     wrapper = getattr(runner, "optim_wrapper", None)
-    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or is_fsdp(runner.model):
+    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or get_world_size() > 1:
         return None
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not on_any_rank(any(p.grad is not None for _, p in params)):
-        return None  # stepped and zeroed: the window ended
-    from mmengine.dist import all_reduce, get_world_size
-
-    # a parameter no iteration of the window reached (an unused head) keeps no gradient, on
-    # any rank: AdamW would decay it under a zero one
-    has = torch.tensor([p.grad is not None for _, p in params], dtype=torch.float32)
-    if get_world_size() > 1:
-        from mmengine.dist.utils import get_comm_device
-
-        has = has.to(get_comm_device())
-        all_reduce(has, op="sum")
-    grads = {}
-    for (name, p), reached in zip(params, has.tolist()):
-        if not reached:
-            continue
-        g = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
-        if get_world_size() > 1:
-            all_reduce(g, op="mean")
-        grads[name] = g.cpu()
-    return grads
+    # a parameter no iteration of the window reached (an unused head) keeps no gradient:
+    # AdamW would decay it under a zero one
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()
+             if p.requires_grad and p.grad is not None}
+    return grads or None
 
 
 def _restore_window_grads(runner, grads: dict[str, torch.Tensor]) -> None:

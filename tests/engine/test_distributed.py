@@ -17,11 +17,16 @@ from ._torchrun import rank_params, train_on_two_ranks
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.parametrize("micro", [[], ["train_cfg.actor_micro_batch=1"]],
-                         ids=["whole-batch", "micro-batches"])
+@pytest.mark.parametrize("micro", [
+    [], ["train_cfg.actor_micro_batch=1"],
+    # windows of 2 iterations and a checkpoint inside one (iteration 1 and 3), which rank 0
+    # saves alone: nothing there may wait for the other rank
+    ["optim_wrapper.accumulative_counts=2", "train_cfg.stages.0.iters=3",
+     "default_hooks.checkpoint.interval=1"]], ids=["whole-batch", "micro-batches", "accumulation"])
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
     """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU; with micro-batches
-    the gradients are all-reduced once, at the last part (DDP's ``no_sync`` before it)."""
+    the gradients are all-reduced once, at the last part (DDP's ``no_sync`` before it); with
+    gradient accumulation across iterations, once per window."""
     proc = train_on_two_ranks(tmp_path, 29531, ["train_cfg.stages.1.iters=2", *micro],
                               extra_args=["--debug"])
     (tmp_path / "torchrun.log").write_text(proc.stdout + proc.stderr)

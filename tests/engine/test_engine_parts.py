@@ -456,41 +456,28 @@ def test_a_reward_that_fails_on_a_malformed_response_is_named_before_training():
         dry_run_reward(WeightedSumReward([dict(reward=NeedsThink(), weight=1.0)]))
 
 
-def test_window_gradients_are_averaged_over_the_ranks_for_the_checkpoint(monkeypatch):
-    """A checkpoint inside an accumulation window keeps the window's gradients as the window's
-    last backward would average them over the ranks; a parameter no rank reached is left out
-    (AdamW would decay it under a zero gradient), and nothing is kept at a window's end."""
+def test_window_gradients_are_kept_for_the_checkpoint_of_one_process_only(monkeypatch):
+    """A checkpoint inside an accumulation window keeps the window's gradients, without a
+    parameter that no iteration reached (AdamW would decay it under a zero gradient); nothing
+    at a window's end or without accumulation, and nothing in a distributed run, whose
+    checkpoint rank 0 saves alone (no collective there: the other ranks are not in the hook)."""
     import mmengine.dist
     from mmengine.optim import OptimWrapper
 
     from coprs.engine.hooks import _window_grads
 
-    model = torch.nn.ModuleDict({n: torch.nn.Linear(2, 1, bias=False) for n in "abc"})
-    model["a"].weight.grad = torch.tensor([[1.0, 1.0]])
-    model["b"].weight.grad = torch.tensor([[2.0, 2.0]])  # reached on this rank only
-    other = {"a": torch.tensor([[3.0, 3.0]]), "b": None, "c": None}  # the second rank's
-    reduced = []
-
-    def all_reduce(t, op="sum"):  # two ranks: this one and `other`
-        if t.numel() == 1:  # on_any_rank's flag: the other rank has gradients too
-            t += 1
-        elif t.dim() == 1:  # which parameters have a gradient, in parameter order
-            t += torch.tensor([other[n] is not None for n in "abc"], dtype=t.dtype)
-        else:
-            name = "ab"[len(reduced)]
-            assert op == "mean"
-            theirs = other[name] if other[name] is not None else torch.zeros_like(t)
-            t.copy_((t + theirs) / 2)
-            reduced.append(name)
-
-    monkeypatch.setattr(mmengine.dist, "get_world_size", lambda *a, **k: 2)
-    monkeypatch.setattr(mmengine.dist, "all_reduce", all_reduce)
+    model = torch.nn.ModuleDict({n: torch.nn.Linear(2, 1, bias=False) for n in "ab"})
+    model["a"].weight.grad = torch.tensor([[1.0, 2.0]])
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters()), accumulative_counts=2)
     runner = types.SimpleNamespace(optim_wrapper=wrapper, model=model)
     grads = _window_grads(runner, model)
-    assert set(grads) == {"a.weight", "b.weight"} and reduced == ["a", "b"]
-    assert grads["a.weight"].tolist() == [[2.0, 2.0]] and grads["b.weight"].tolist() == [[1.0, 1.0]]
-    assert model["a"].weight.grad.tolist() == [[1.0, 1.0]]  # the live gradients stay the rank's
+    assert set(grads) == {"a.weight"} and grads["a.weight"].tolist() == [[1.0, 2.0]]
+    grads["a.weight"] += 1
+    assert model["a"].weight.grad.tolist() == [[1.0, 2.0]]  # a copy
+    collectives = []
+    monkeypatch.setattr(mmengine.dist, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(mmengine.dist, "all_reduce", lambda *a, **k: collectives.append(a))
+    assert _window_grads(runner, model) is None and not collectives
     monkeypatch.setattr(mmengine.dist, "get_world_size", lambda *a, **k: 1)
     model.zero_grad()  # a window's end: stepped and zeroed
     assert _window_grads(runner, model) is None
