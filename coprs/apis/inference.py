@@ -20,7 +20,7 @@ from ..utils import register_all_modules, state_dict_mismatch, torch_load_reason
 __all__ = ["init_segmentor", "segment", "segment_batch", "load_checkpoint", "checkpoint_file",
            "export_dir", "apply_export", "check_export_heads", "EXPORT_MANIFEST", "config_file",
            "check_checkpoint_file", "CONFIG_SUFFIXES", "load_torch_file",
-           "check_lora_provenance"]
+           "check_lora_provenance", "export_manifest", "export_of_policy"]
 
 #: the file that marks a ``coprs export-hf`` folder (next to ``policy/`` and ``seg_head.pth``)
 EXPORT_MANIFEST = "coprs_export.json"
@@ -201,6 +201,25 @@ def export_dir(checkpoint) -> Path | None:
     return path
 
 
+def export_manifest(export: str | os.PathLike) -> dict:
+    """The ``coprs_export.json`` of export folder ``export``; a ``ValueError`` naming the file
+    when it cannot be read or is not JSON."""
+    path = Path(export) / EXPORT_MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"'{path}' cannot be read as JSON ({exc})") from exc
+
+
+def export_of_policy(policy_path: str | os.PathLike) -> Path | None:
+    """The ``coprs export-hf`` folder whose ``policy/`` is ``policy_path``, or None (also for
+    an incomplete export)."""
+    try:
+        return export_dir(Path(policy_path).expanduser().parent)
+    except FileNotFoundError:  # a manifest, but no complete export beside it
+        return None
+
+
 def apply_export(config: Config, export: str | os.PathLike, clear_lora: bool = True) -> None:
     """Make ``config``'s policy load from the export's ``policy/`` folder, in place.
 
@@ -210,10 +229,7 @@ def apply_export(config: Config, export: str | os.PathLike, clear_lora: bool = T
     token than the config's is a ``ValueError``: the prior reads that token's state.
     """
     export = Path(export)
-    try:
-        manifest = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"'{export / EXPORT_MANIFEST}' is not JSON: {exc}") from exc
+    manifest = export_manifest(export)
     policy = config.model.policy
     token = policy.get("special_token", "<REF_POS>")
     if "special_token" in manifest and manifest["special_token"] != token:
@@ -302,11 +318,14 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
     else:
         same = Path(then_path).expanduser().resolve() == Path(now_path).expanduser().resolve()
     if not same:
-        trained_on = _export_of_policy(then_path)
+        trained_on = export_of_policy(then_path)
         if trained_on is not None:  # adapters trained on an export (load_from=EXPORT)
-            here, manifest = _export_of_policy(now_path), _manifest(trained_on)
-            if here is not None and manifest is not None and _manifest(here) == manifest:
-                return  # a copy of that export
+            here = export_of_policy(now_path)
+            try:  # a copy of that export: the same manifest
+                if here is not None and export_manifest(here) == export_manifest(trained_on):
+                    return
+            except ValueError:  # one of them unreadable: not known to be the same
+                pass
             raise ValueError(
                 f"checkpoint '{path}' holds LoRA adapters trained on the coprs export "
                 f"'{trained_on}' (the run's load_from), and this model's base is '{now_path}': "
@@ -317,22 +336,6 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
                       f"'{then_path}', and this model's base is '{now_path}': the adapters only "
                       "fit their own base (a copy of it elsewhere is fine; another model is not)",
                       UserWarning, stacklevel=3)
-
-
-def _export_of_policy(policy_path) -> Path | None:
-    """The ``coprs export-hf`` folder whose ``policy/`` is ``policy_path``, or None (also for
-    an incomplete export)."""
-    try:
-        return export_dir(Path(policy_path).expanduser().parent)
-    except FileNotFoundError:
-        return None
-
-
-def _manifest(export: Path) -> dict | None:
-    try:
-        return json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:

@@ -185,6 +185,7 @@ def source_export(policy, checkpoint: str) -> dict | None:
     started from it with ``load_from=FOLDER`` (whose recorded config, ``meta['cfg']``, names
     that ``policy/`` as ``model.policy.model_path``; the config given here need not)."""
     from coprs.apis import EXPORT_MANIFEST, export_dir
+    from coprs.apis.inference import export_manifest, export_of_policy
 
     from .print_config import config_of_checkpoint
 
@@ -194,16 +195,10 @@ def source_export(policy, checkpoint: str) -> dict | None:
             paths.append(config_of_checkpoint(checkpoint).model.policy.get("model_path"))
         except (UsageError, AttributeError):  # no recorded config, or one without a policy
             pass
-    for path in filter(None, paths):
+    for folder in filter(None, map(export_of_policy, filter(None, paths))):
         try:
-            folder = export_dir(Path(path).parent)
-        except FileNotFoundError:  # a manifest, but no complete export beside it
-            continue
-        if folder is None:
-            continue
-        try:
-            manifest = json.loads((folder / EXPORT_MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            manifest = export_manifest(folder)
+        except ValueError as exc:
             raise UsageError(f"the weights started from the coprs export '{folder}', whose "
                              f"{EXPORT_MANIFEST} cannot be read ({exc}); restore that file "
                              "(the new export records it) or export that folder again"

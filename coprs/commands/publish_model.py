@@ -8,7 +8,6 @@ needs), and name the file ``<out without .pth>-<first 8 hex digits of its sha256
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 from pathlib import Path
@@ -77,13 +76,13 @@ def _read_training_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, dict
     the input when it is missing, unreadable, or not a training checkpoint (a ``coprs
     export-hf`` folder among them)."""
     from coprs.apis import EXPORT_MANIFEST
+    from coprs.apis.inference import export_manifest
 
     export = Path(checkpoint).expanduser()
     if (export / EXPORT_MANIFEST).is_file():
         try:
-            source = json.loads((export / EXPORT_MANIFEST).read_text(encoding="utf-8"))
-            source = f" ({source['checkpoint']})"
-        except (OSError, ValueError, KeyError, TypeError):
+            source = f" ({export_manifest(export)['checkpoint']})"
+        except (ValueError, KeyError, TypeError):
             source = ""
         raise UsageError(
             f"'{export}' is a coprs export-hf folder, which is already the shareable form of a "

@@ -106,12 +106,11 @@ class PlainCheckpointStateHook(Hook):
             # holds only what was trained (ViT-H alone is 2.5 GB)
             # every name of a frozen tensor, tied aliases too (a tied lm_head is the embedding)
             # (under FSDP without its wrapper prefixes, as the saved state dict has them)
-            from torch.distributed.fsdp._common_utils import clean_tensor_name
+            from .fsdp import plain_state
 
             parts = {"policy": policy, "vision_backbone": getattr(model, "vision_backbone", None)}
-            frozen = {f"{prefix}.{clean_tensor_name(n)}" for prefix, part in parts.items()
-                      if part is not None
-                      for n, p in part.named_parameters(remove_duplicate=False)
+            frozen = {f"{prefix}.{n}" for prefix, part in parts.items() if part is not None
+                      for n, p in plain_state(part, buffers=False).items()
                       if not p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if k not in frozen}

@@ -429,20 +429,21 @@ class Qwen25VLPolicy(BasePolicy):
         """Copies of the trained LoRA adapters' weights (peft's ``default`` adapter) under their
         names without FSDP's wrapper prefixes; empty without adapters. Under FSDP call it inside
         ``full_params``, which gathers them."""
-        from torch.distributed.fsdp._common_utils import clean_tensor_name
+        from ..engine.fsdp import plain_state
 
-        return {clean_tensor_name(n): p.detach().clone()
-                for n, p in self.model.named_parameters() if _is_adapter(n, _TRAINED)}
+        return {n: p.detach().clone() for n, p in plain_state(self.model, buffers=False).items()
+                if _is_adapter(n, _TRAINED)}
 
     @torch.no_grad()
     def set_reference_adapters(self, state: dict[str, torch.Tensor]) -> None:
         """Copy ``state`` (from :meth:`adapter_state`) into the frozen ``reference`` adapter, the
         GRPO reference after a warm-up (:meth:`reference_adapters`). Under FSDP call it inside
         ``full_params(model, writeback=True)``."""
-        from torch.distributed.fsdp._common_utils import clean_tensor_name
+        from ..engine.fsdp import plain_state
 
-        own = {clean_tensor_name(n).replace(f".{_REFERENCE}.", f".{_TRAINED}."): p
-               for n, p in self.model.named_parameters() if _is_adapter(n, _REFERENCE)}
+        own = {n.replace(f".{_REFERENCE}.", f".{_TRAINED}."): p
+               for n, p in plain_state(self.model, buffers=False).items()
+               if _is_adapter(n, _REFERENCE)}
         if set(own) != set(state):
             missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             raise ValueError(
