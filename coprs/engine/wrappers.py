@@ -78,6 +78,30 @@ class CoprsFullyShardedDataParallel(MMFullyShardedDataParallel):
         optim_wrapper._coprs_fsdp_clip = self
 
 
+def check_scaler_and_fused(optim_wrapper) -> None:
+    """Raise if ``optim_wrapper`` clips gradients with an enabled ``ShardedGradScaler``
+    (mmengine's ``AmpOptimWrapper`` under FSDP) and a fused optimiser. To clip, the wrapper
+    unscales first; the sharded scaler's found-inf flag then has shape ``[1]``, and torch's fused
+    Adam/AdamW step subtracts it in place from each scalar step count, which fails ("output with
+    shape [] doesn't match the broadcast shape [1]") at the first update."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    scaler = getattr(optim_wrapper, "loss_scaler", None)
+    optimizer = getattr(optim_wrapper, "optimizer", None)
+    if not isinstance(scaler, ShardedGradScaler) or not scaler.is_enabled():
+        return
+    if optimizer is None or not optimizer.defaults.get("fused"):
+        return
+    if not getattr(optim_wrapper, "clip_grad_kwargs", None):
+        return
+    raise ValueError(
+        "optim_wrapper: under FSDP a loss scaler (torch's ShardedGradScaler) with gradient "
+        f"clipping cannot step a fused optimiser ({type(optimizer).__name__} with fused=True): "
+        "torch's fused step fails at the first update. For bf16 set "
+        "optim_wrapper.loss_scale=dict(enabled=False) (bf16 needs no loss scaling; `coprs train "
+        "--amp` and the 8-GPU config do this); for fp16 set optim_wrapper.optimizer.fused=False.")
+
+
 @STRATEGIES.register_module()
 class CoprsFSDPStrategy(FSDPStrategy):
     """mmengine's ``FSDPStrategy`` whose checkpoints resume with the optimiser state they saved.
@@ -92,8 +116,17 @@ class CoprsFSDPStrategy(FSDPStrategy):
       ``exp_avg`` comes back equal to ``exp_avg_sq``. ``.cpu()`` copies nothing there, so the
       state is gathered without offloading (the values are cloned instead).
 
+    It also refuses, before any compute, a combination torch cannot step: gradient clipping with
+    an enabled loss scaler (under FSDP torch's ``ShardedGradScaler``) and a fused optimiser
+    (:func:`check_scaler_and_fused`; found on one H200).
+
     Set it as ``strategy.type`` (the 8-GPU config does).
     """
+
+    def build_optim_wrapper(self, optim_wrapper, model=None):
+        wrapper = super().build_optim_wrapper(optim_wrapper, model)
+        check_scaler_and_fused(wrapper)
+        return wrapper
 
     def optim_state_dict(self) -> dict:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP

@@ -107,6 +107,45 @@ def test_a_nonfinite_loss_or_gradient_skips_the_update():
     assert out["nonfinite_step"] == 1.0 and w.tolist() == pytest.approx([0.0, 0.5])
 
 
+def test_fsdp_strategy_refuses_a_sharded_loss_scaler_with_a_fused_optimiser():
+    """Under FSDP an enabled ``ShardedGradScaler`` that unscales for gradient clipping (as
+    ``AmpOptimWrapper.step`` does) cannot step a fused AdamW (found on an H200, reproduced here
+    on one gloo rank): refused before any compute, naming the settings that fix it. A disabled
+    scaler (bf16), an unfused optimiser or no clipping pass."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    from coprs.engine.wrappers import check_scaler_and_fused
+
+    w = torch.nn.Parameter(torch.ones(2))
+
+    def wrapper(fused=True, enabled=True, clip=True):
+        return types.SimpleNamespace(
+            loss_scaler=ShardedGradScaler(device="cpu", enabled=enabled),
+            optimizer=torch.optim.AdamW([w], fused=fused),
+            clip_grad_kwargs=dict(max_norm=1.0) if clip else {})
+
+    with pytest.raises(ValueError, match=r"loss_scale=dict\(enabled=False\).*fused=False"):
+        check_scaler_and_fused(wrapper())
+    for fine in (wrapper(enabled=False), wrapper(fused=False), wrapper(clip=False)):
+        check_scaler_and_fused(fine)
+    # outside FSDP (torch's plain GradScaler) the fused step works: nothing to refuse
+    check_scaler_and_fused(types.SimpleNamespace(
+        loss_scaler=torch.amp.GradScaler("cpu"), optimizer=torch.optim.AdamW([w], fused=True),
+        clip_grad_kwargs=dict(max_norm=1.0)))
+
+    # what is refused fails in torch: if torch steps it one day, the check can go
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        refused = wrapper()
+        refused.loss_scaler.scale((w * 2).sum()).backward()
+        refused.loss_scaler.unscale_(refused.optimizer)
+        with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+            refused.loss_scaler.step(refused.optimizer)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_skipped_step_counts_in_gradient_accumulation_and_ends_its_window():
     """``optim_wrapper.accumulative_counts=2``: a step without a backward (over-long prompts,
     non-finite rewards or loss) counts as one, as a resumed run counts it (its iteration);

@@ -154,16 +154,18 @@ def _assert_resumed_close(uninterrupted: Path, resumed: Path) -> None:
     print(f"largest parameter difference, resumed vs uninterrupted: {worst:.3e}")
 
 
-def _torchrun(tmp_path: Path, work_dir: Path, *extra: str, port: int) -> str:
+def _torchrun(tmp_path: Path, work_dir: Path, *extra: str, port: int,
+              options: tuple[str, ...] = (), succeeds: bool = True) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
            f"--master_port={port}", str(REPO / "tools" / "train.py"), str(tmp_path / "cfg.py"),
            "--work-dir", str(work_dir), "--launcher", "pytorch", *extra, "--cfg-options",
            "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2", *SMALL,
-           "train_cfg.reference_dtype=bfloat16", f"model.feature_cache.root={tmp_path / 'cache'}"]
+           "train_cfg.reference_dtype=bfloat16", f"model.feature_cache.root={tmp_path / 'cache'}",
+           *options]
     proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True,
                           timeout=900)
     (tmp_path / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (proc.returncode == 0) == succeeds, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
 
@@ -178,8 +180,8 @@ def test_fsdp_over_nccl_with_bf16_autocast_and_resume(tmp_path):
     leaf = Config.fromfile(str(
         REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
     cfg.strategy = leaf.strategy
-    cfg.optim_wrapper.type = "AmpOptimWrapper"
-    cfg.optim_wrapper.dtype = "bfloat16"
+    for key in ("type", "dtype", "loss_scale"):  # bf16 autocast without a loss scaler
+        cfg.optim_wrapper[key] = leaf.optim_wrapper[key]
     # the leaf's model switches too (its flash-attention kernels are left out: an extra package)
     cfg.model.policy.gradient_checkpointing = leaf.model.policy.gradient_checkpointing
     cfg.model.feature_cache.dtype = leaf.model.feature_cache.dtype
@@ -201,3 +203,126 @@ def test_fsdp_over_nccl_with_bf16_autocast_and_resume(tmp_path):
     resumed = torch.load(tmp_path / "r" / "iter_4.pth", map_location="cpu", weights_only=True)
     assert resumed["state_dict"].keys() == final["state_dict"].keys()
     _assert_resumed_close(tmp_path / "w", tmp_path / "r")
+
+
+def _kl_ref(log: str, step: int, total: int) -> float:
+    """The KL to the reference logged at iteration ``step`` (4 decimals)."""
+    import re
+
+    line = next(x for x in log.splitlines() if f"Iter(train) [{step}/{total}]" in x)
+    return float(re.search(r"kl_ref: (\S+)", line).group(1))
+
+
+def _lora_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_lora_on_cuda_under_bf16_autocast_then_export(tmp_path):
+    """LoRA, the route to a 7B policy on one or two GPUs, trained on the GPU under bf16
+    autocast: 2 warm-up + 2 GRPO iterations; GRPO's reference is the frozen copy of the
+    warmed-up adapters (KL 0 at GRPO's first iteration, above 0 after an update); checkpoints
+    hold only what trains; ``export-hf`` merges the adapters, and the export predicts on the GPU
+    what the checkpoint predicts."""
+    from coprs.apis import init_segmentor
+    from coprs.cli import main
+    from coprs.datasets.shapes import ShapesWorld, sample_seed
+
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.model.policy.lora = dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg.model.feature_cache.root = str(tmp_path / "cache")
+    cfg.visualizer.name = f"visualizer_{tmp_path.name}"
+    cfg.experiment_name = tmp_path.name
+    cfg.dump(str(tmp_path / "lora.py"))
+    work = tmp_path / "w"
+    # a large step, so that one GRPO update moves the policy away from its reference
+    assert main(["train", str(tmp_path / "lora.py"), "--work-dir", str(work), "--cfg-options",
+                 "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2", *SMALL,
+                 "optim_wrapper.optimizer.lr=0.3", "--amp"]) == 0
+    log = "".join(p.read_text() for p in work.glob("*/*.log"))
+    assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in log
+    kl3, kl4 = _kl_ref(log, 3, 4), _kl_ref(log, 4, 4)
+    assert abs(kl3) < 1e-3 and kl4 > kl3, (kl3, kl4)
+    losses = [r["loss"] for r in _scalars(work) if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
+
+    warm, final = _lora_state(work / "iter_2.pth"), _lora_state(work / "iter_4.pth")
+    policy = {k for k in final if k.startswith("policy.")}
+    assert policy and all(".lora_" in k and ".default." in k for k in policy)  # no frozen base
+    assert all(final[k].dtype == torch.float32 for k in policy)  # fp32 adapters under autocast
+    ref = torch.load(work / "reference_policy.pth", map_location="cpu", weights_only=True)
+    assert {f"policy.model.{k}" for k in ref} == policy
+    for k, v in ref.items():
+        torch.testing.assert_close(v, warm[f"policy.model.{k}"], rtol=0, atol=0, msg=k)
+
+    out = tmp_path / "ex"
+    assert main(["export-hf", str(tmp_path / "lora.py"), str(work / "iter_4.pth"),
+                 "--out", str(out)]) == 0
+    trained = init_segmentor(str(tmp_path / "lora.py"), checkpoint=str(work / "iter_4.pth"),
+                             device="cuda")
+    merged = init_segmentor(str(tmp_path / "lora.py"), checkpoint=str(out), device="cuda")
+    assert trained.policy.uses_adapters and not merged.policy.uses_adapters
+    assert next(merged.parameters()).device.type == "cuda"
+    world = ShapesWorld()
+    samples = [world.sample(sample_seed("test", i)) for i in range(4)]
+    args = ([s.image for s in samples], [s.instruction for s in samples])
+    responses = [s.response_coprs for s in samples]
+    a = trained.predict_images(*args, responses=responses)
+    b = merged.predict_images(*args, responses=responses)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.heatmap, y.heatmap, atol=2e-3)
+        assert np.logical_xor(x.mask, y.mask).mean() < 1e-3
+
+
+def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
+    """LoRA under the 8-GPU leaf's FSDP strategy on NCCL with bf16 autocast and gradients
+    accumulated over 2 iterations (FSDP's ``no_sync`` is a no-op: sharded accumulation): the
+    warm-up trains the adapters, GRPO's reference is their frozen copy, written back into the
+    shards (KL 0 at its first iteration), and checkpoints keep only the adapters and heads."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.env_cfg.dist_cfg = dict(backend="nccl")
+    cfg.runner_type = "FlexibleRunner"
+    leaf = Config.fromfile(str(
+        REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
+    cfg.strategy = leaf.strategy
+    for key in ("type", "dtype", "loss_scale"):  # bf16 autocast without a loss scaler
+        cfg.optim_wrapper[key] = leaf.optim_wrapper[key]
+    cfg.optim_wrapper.accumulative_counts = 2
+    cfg.model.policy.lora = dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg.dump(str(tmp_path / "cfg.py"))
+
+    log = _torchrun(tmp_path, tmp_path / "w", port=29545,
+                    options=("optim_wrapper.optimizer.lr=0.3",))
+    assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in log
+    assert abs(_kl_ref(log, 3, 4)) < 1e-3
+    warm = _lora_state(tmp_path / "w" / "iter_2.pth")
+    final = _lora_state(tmp_path / "w" / "iter_4.pth")
+    policy = {k for k in final if k.startswith("policy.")}
+    assert policy and all(".lora_" in k and ".default." in k for k in policy)
+    assert not any("_fsdp_wrapped_module" in k for k in final)
+    # the two accumulated warm-up iterations made one step: the adapters moved
+    assert any(bool(warm[k].any()) for k in policy if "lora_B" in k)
+    ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
+                     weights_only=True)
+    assert {f"policy.model.{k}" for k in ref} == policy
+    for k, v in ref.items():
+        torch.testing.assert_close(v.float(), warm[f"policy.model.{k}"].float(), rtol=0, atol=0,
+                                   msg=k)
+
+
+
+def test_fsdp_refuses_a_loss_scaler_with_a_fused_optimiser_before_training(tmp_path):
+    """An enabled loss scaler under FSDP (``AmpOptimWrapper`` without the leaf's
+    ``loss_scale=dict(enabled=False)``) cannot step the tiny schedule's fused AdamW with gradient
+    clipping: the strategy refuses it, naming the fix, before the first iteration."""
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.env_cfg.dist_cfg = dict(backend="nccl")
+    cfg.runner_type = "FlexibleRunner"
+    leaf = Config.fromfile(str(
+        REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
+    cfg.strategy = leaf.strategy
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.dtype = "bfloat16"  # the scaler left enabled
+    assert cfg.optim_wrapper.optimizer.fused and cfg.optim_wrapper.clip_grad
+    cfg.dump(str(tmp_path / "cfg.py"))
+    log = _torchrun(tmp_path, tmp_path / "w", port=29547, succeeds=False)
+    assert "loss_scale=dict(enabled=False)" in log and "Iter(train)" not in log
