@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
         "count-params",
         help="count parameters per component (meta device, no weights)",
         description="Build a config on the meta device (no weights, no memory) and print the "
-                    "parameters of policy, vision backbone, prior and decoder.",
+                    "parameters of policy, vision backbone, prior and decoder, all and those "
+                    "that train (frozen parts and LoRA's base weights left out).",
         epilog="example: coprs count-params "
                "configs/coprs/coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py --json",
     )
@@ -32,10 +33,14 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(counts))
         return 0
-    comps = counts["components"]
+    comps, trains = counts["components"], counts["trainable"]["components"]
     added = comps["prior"] + comps["decoder"]
+    print(f"{'':<18}{'parameters':>16}{'trainable':>16}")
     for name, n in comps.items():
-        print(f"{name:<18}{n:>16,}")
+        print(f"{name:<18}{n:>16,}{trains[name]:>16,}")
     print(f"{'added path':<18}{added:>16,}  (prior + decoder, {added / 1e6:.2f}M)")
-    print(f"{'total':<18}{counts['total']:>16,}  ({counts['total'] / 1e9:.4f}B)")
+    total, trained = counts["total"], counts["trainable"]["total"]
+    share = f"{trained / 1e9:.2f}B" if trained >= 1e9 else f"{trained / 1e6:.2f}M"
+    print(f"{'total':<18}{total:>16,}{trained:>16,}  ({total / 1e9:.4f}B; {share} trainable, "
+          f"{100 * trained / total:.2f}%)")
     return 0

@@ -13,9 +13,15 @@ __all__ = ["COMPONENTS", "count_parameters", "count_model_parameters", "build_fo
 COMPONENTS = ("policy", "vision_backbone", "prior", "decoder")
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in module.parameters())
+def count_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once), or of those that train.
+
+    A LoRA policy's frozen ``reference`` adapter is left out: it is a copy of the trained
+    adapters kept as the GRPO reference, as a full fine-tune's frozen reference copy is no part
+    of the model either."""
+    return sum(p.numel() for name, p in module.named_parameters()
+               if not ("lora_" in name and ".reference." in name)
+               and (p.requires_grad or not trainable))
 
 
 def build_for_counting(model_cfg: dict) -> nn.Module:
@@ -29,6 +35,13 @@ def build_for_counting(model_cfg: dict) -> nn.Module:
 
 
 def count_model_parameters(model: nn.Module) -> dict:
-    """``{"total": int, "components": {name: int}}`` for a built segmentor."""
-    comps = {name: count_parameters(getattr(model, name)) for name in COMPONENTS}
-    return {"total": count_parameters(model), "components": comps}
+    """``{"total": int, "components": {name: int}, "trainable": {"total": int, "components":
+    {name: int}}}`` for a built segmentor: all parameters, and those the optimiser updates
+    (``requires_grad``: frozen backbones, a frozen vision tower and LoRA's base weights left
+    out)."""
+    def counts(trainable):
+        return {"total": count_parameters(model, trainable),
+                "components": {name: count_parameters(getattr(model, name), trainable)
+                               for name in COMPONENTS}}
+
+    return {**counts(False), "trainable": counts(True)}

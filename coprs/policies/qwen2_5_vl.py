@@ -328,6 +328,10 @@ class Qwen25VLPolicy(BasePolicy):
             config = Qwen2_5_VLConfig(**arch)
             with torch.device("meta"):
                 self.model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+                if lora is not None:  # what trains, for coprs count-params
+                    self._add_lora(lora)
+            if freeze_vision_tower:
+                self.model.model.visual.requires_grad_(False)
             self.hidden_size = config.text_config.hidden_size
             return
 

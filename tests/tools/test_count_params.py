@@ -70,3 +70,24 @@ def test_paradigm_configs_count_on_the_meta_device(capsys, name, prior):
     assert comps["prior"] == prior
     assert comps["decoder"] == 4_058_340 + 6_220  # SAM mask decoder + prompt encoder
     assert counts["total"] == sum(comps.values())
+
+
+def test_trainable_parameters_full_fine_tuning_and_lora(capsys):
+    """Trainable counts follow ``requires_grad``: the frozen SAM encoder trains nothing; under
+    LoRA only the adapters of the policy train (q/k/v/o of 28 layers of width 3,584 with 512-wide
+    k/v at rank 16), and the frozen reference adapter is counted nowhere."""
+    name = str(CONFIGS / "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py")
+    full = _count(capsys, "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py")
+    trains = full["trainable"]["components"]
+    assert trains["vision_backbone"] == 0 and trains["policy"] == full["components"]["policy"]
+    assert full["trainable"]["total"] == sum(trains.values())
+    assert main(["count-params", name, "--json", "--cfg-options", "model.policy.lora.r=16",
+                 "model.policy.lora.alpha=32"]) == 0
+    lora = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    adapters = 28 * 16 * (2 * (3584 + 3584) + 2 * (3584 + 512))
+    assert lora["trainable"]["components"]["policy"] == adapters
+    assert lora["components"]["policy"] == full["components"]["policy"] + adapters
+    heads = trains["prior"] + trains["decoder"]
+    assert lora["trainable"]["total"] == adapters + heads
+    assert main(["count-params", name, "--cfg-options", "model.policy.lora.r=16"]) == 0
+    assert f"{(adapters + heads) / 1e6:.2f}M trainable" in capsys.readouterr().out
