@@ -174,17 +174,21 @@ _WINDOW_LOST = "Resumed iteration number is not divisible by `_accumulative_coun
 def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
     """The gradients accumulated so far in an unfinished gradient-accumulation window
     (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), on the CPU; None
-    at a window's end (stepped and zeroed), without accumulation, and in distributed runs.
+    at a window's end (stepped and zeroed), without accumulation, and in distributed runs other
+    than the one below.
 
     mmengine saves a checkpoint on rank 0 alone (``Runner.save_checkpoint`` is ``master_only``),
-    so this hook can neither gather the other ranks' window gradients (under DDP each rank
-    holds its own until the window's last backward all-reduces them) nor average them, and
-    under FSDP each rank holds a shard: there the window's gradients stay lost on a resume, as
-    mmengine warns."""
+    so this hook cannot gather the other ranks' gradients. Under DDP each rank holds its own
+    until the window's last backward all-reduces them; :class:`AtomicCheckpointHook` averages
+    them over the ranks first, on every rank (:func:`share_window_grads`), and then rank 0's are
+    what every rank resumes with. Without that (another checkpoint hook), and under FSDP, where
+    each rank holds a shard, the window's gradients stay lost on a resume, as mmengine warns."""
     from mmengine.dist import get_world_size
 
     wrapper = getattr(runner, "optim_wrapper", None)
-    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or get_world_size() > 1:
+    if getattr(wrapper, "_accumulative_counts", 1) <= 1:
+        return None
+    if get_world_size() > 1 and getattr(wrapper, "_coprs_window_shared_at", None) != runner.iter:
         return None
     # a parameter no iteration of the window reached (an unused head) keeps no gradient:
     # AdamW would decay it under a zero one
@@ -247,6 +251,26 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(Path(filepath), obj.encode(encoding))
 
 
+def share_window_grads(runner) -> None:
+    """Under DDP with gradient accumulation, at an iteration inside a window: replace every
+    rank's gradients so far by their mean over the ranks (a collective: every rank calls it),
+    so that rank 0, which saves the checkpoint alone, holds what a resumed run needs on every
+    rank. The uninterrupted run is unchanged (up to rounding): the window's last backward
+    averages each rank's sum ``G_r + g_r``, and ``mean(G) + g_r`` averages to the same."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .loops import average_grads_over_ranks
+
+    wrapper = getattr(runner, "optim_wrapper", None)
+    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or wrapper.should_update():
+        return  # no accumulation, or the window ends here (stepped and zeroed)
+    if not isinstance(runner.model, DistributedDataParallel):
+        return
+    average_grads_over_ranks([p for group in wrapper.optimizer.param_groups
+                              for p in group["params"]])
+    wrapper._coprs_window_shared_at = runner.iter
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` whose ``last_checkpoint`` pointer is written atomically too
@@ -254,8 +278,14 @@ class AtomicCheckpointHook(CheckpointHook):
     ``backend_args=dict(backend='atomic_local')`` the checkpoint files are atomic as well, so a
     crash at any moment leaves the previous complete checkpoint and a pointer to a complete one.
 
-    ``_save_checkpoint_with_step`` follows mmengine's, except for that last write.
+    ``_save_checkpoint_with_step`` follows mmengine's, except for that last write. Before a
+    checkpoint inside a gradient-accumulation window of a DDP run, every rank averages its
+    window gradients (:func:`share_window_grads`), so the checkpoint can keep them.
     """
+
+    def _save_checkpoint(self, runner) -> None:
+        share_window_grads(runner)  # on every rank; the save itself is rank 0's alone
+        super()._save_checkpoint(runner)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids

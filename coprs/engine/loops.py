@@ -726,6 +726,21 @@ def _per_rank(*counts: int) -> torch.Tensor:
     return torch.stack(all_gather(mine.to(get_comm_device()))).cpu()
 
 
+def average_grads_over_ranks(params) -> None:
+    """Replace each parameter's gradient by its mean over the ranks, in place (one all-reduce
+    per tensor; every rank takes part for the gradients that any rank holds, in one order; a
+    rank without one takes part with zeros)."""
+    from mmengine.dist import all_reduce
+
+    held = torch.tensor([float(p.grad is not None) for p in params])
+    all_reduce(held)
+    for p, n in zip(params, held.tolist()):
+        if n:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            all_reduce(p.grad, op="mean")
+
+
 def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
     """Step ``wrapper`` with the gradients accumulated since its last step, at the end of an
     accumulation window whose last step had no backward, then zero them.
@@ -739,8 +754,6 @@ def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
     backward that reduces them) are dropped with a warning, as are gradients that are not
     finite (a loss scaler, fp16, keeps its own handling of those).
     """
-    from mmengine.dist import all_reduce
-
     from ..models.segmentor import _grads_finite
     from .fsdp import is_fsdp
 
@@ -753,14 +766,7 @@ def _apply_pending_grads(wrapper, model, logger, where: str) -> None:
             why = ("under FSDP they were kept unsharded and unreduced (FSDP's no_sync) for a "
                    "backward that did not come")
     elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        # every rank all-reduces the gradients that any rank holds, in one order
-        held = torch.tensor([float(p.grad is not None) for p in params])
-        all_reduce(held)
-        for p, n in zip(params, held.tolist()):
-            if n:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                all_reduce(p.grad, op="mean")
+        average_grads_over_ranks(params)
     scaler = getattr(wrapper, "loss_scaler", None)
     if why is None and not (scaler is not None and scaler.is_enabled()) and \
             on_any_rank(not _grads_finite(wrapper)):

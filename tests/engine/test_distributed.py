@@ -22,7 +22,7 @@ ROOT = Path(__file__).parents[2]
     # windows of 2 iterations and a checkpoint inside one (iteration 1 and 3), which rank 0
     # saves alone: nothing there may wait for the other rank
     ["optim_wrapper.accumulative_counts=2", "train_cfg.stages.0.iters=3",
-     "default_hooks.checkpoint.interval=1"]], ids=["whole-batch", "micro-batches", "accumulation"])
+     "default_hooks.checkpoint.interval=1", "default_hooks.checkpoint.max_keep_ckpts=5"]], ids=["whole-batch", "micro-batches", "accumulation"])
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
     """``tools/dist_train.sh CONFIG 2`` (torchrun, --launcher pytorch) on CPU; with micro-batches
     the gradients are all-reduced once, at the last part (DDP's ``no_sync`` before it); with
@@ -41,6 +41,24 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, micro):
     fresh = init_segmentor(str(TINY_CONFIG)).state_dict()
     changed = sum(not torch.equal(fresh[k], a[k]) for k in a if k in fresh)
     assert changed > 0  # training moved the weights, identically on both ranks
+    if "optim_wrapper.accumulative_counts=2" not in micro:
+        return
+    # iteration 3 opened a window: its checkpoint holds the gradients so far, averaged over the
+    # ranks before rank 0 saved it, and a run resumed from it on 2 ranks ends where this one did
+    mid = torch.load(tmp_path / "w" / "iter_3.pth", map_location="cpu", weights_only=True)
+    assert mid["coprs_window_grads"]
+    assert "coprs_window_grads" not in torch.load(tmp_path / "w" / "iter_2.pth",
+                                                  map_location="cpu", weights_only=True)
+    again = tmp_path / "again"
+    again.mkdir()
+    proc = train_on_two_ranks(again, 29549, ["train_cfg.stages.1.iters=2", *micro],
+                              extra_args=["--resume", str(tmp_path / "w" / "iter_3.pth")])
+    (again / "torchrun.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "resumed inside a gradient-accumulation window" in proc.stdout + proc.stderr
+    for resumed in rank_params(again / "w"):
+        for k in a:  # the same sums, added in another order
+            torch.testing.assert_close(resumed[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def _fsdp_config(path: Path, lora: dict | None = None) -> None:

@@ -495,11 +495,13 @@ def test_a_reward_that_fails_on_a_malformed_response_is_named_before_training():
         dry_run_reward(WeightedSumReward([dict(reward=NeedsThink(), weight=1.0)]))
 
 
-def test_window_gradients_are_kept_for_the_checkpoint_of_one_process_only(monkeypatch):
+def test_window_gradients_are_kept_for_the_checkpoint_of_one_process_or_once_shared(
+        monkeypatch):
     """A checkpoint inside an accumulation window keeps the window's gradients, without a
     parameter that no iteration reached (AdamW would decay it under a zero gradient); nothing
-    at a window's end or without accumulation, and nothing in a distributed run, whose
-    checkpoint rank 0 saves alone (no collective there: the other ranks are not in the hook)."""
+    at a window's end or without accumulation. In a distributed run, whose checkpoint rank 0
+    saves alone (no collective there: the other ranks are not in the hook), only once every rank
+    has averaged them at this iteration (``share_window_grads``, DDP)."""
     import mmengine.dist
     from mmengine.optim import OptimWrapper
 
@@ -508,7 +510,7 @@ def test_window_gradients_are_kept_for_the_checkpoint_of_one_process_only(monkey
     model = torch.nn.ModuleDict({n: torch.nn.Linear(2, 1, bias=False) for n in "ab"})
     model["a"].weight.grad = torch.tensor([[1.0, 2.0]])
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters()), accumulative_counts=2)
-    runner = types.SimpleNamespace(optim_wrapper=wrapper, model=model)
+    runner = types.SimpleNamespace(optim_wrapper=wrapper, model=model, iter=2)
     grads = _window_grads(runner, model)
     assert set(grads) == {"a.weight"} and grads["a.weight"].tolist() == [[1.0, 2.0]]
     grads["a.weight"] += 1
@@ -517,6 +519,10 @@ def test_window_gradients_are_kept_for_the_checkpoint_of_one_process_only(monkey
     monkeypatch.setattr(mmengine.dist, "get_world_size", lambda *a, **k: 2)
     monkeypatch.setattr(mmengine.dist, "all_reduce", lambda *a, **k: collectives.append(a))
     assert _window_grads(runner, model) is None and not collectives
+    wrapper._coprs_window_shared_at = 1  # averaged at another iteration: not these gradients
+    assert _window_grads(runner, model) is None
+    wrapper._coprs_window_shared_at = 2  # averaged over the ranks at this one
+    assert set(_window_grads(runner, model)) == {"a.weight"} and not collectives
     monkeypatch.setattr(mmengine.dist, "get_world_size", lambda *a, **k: 1)
     model.zero_grad()  # a window's end: stepped and zeroed
     assert _window_grads(runner, model) is None
