@@ -169,19 +169,26 @@ def _torchrun(tmp_path: Path, work_dir: Path, *extra: str, port: int,
     return proc.stdout + proc.stderr
 
 
-def test_fsdp_over_nccl_with_bf16_autocast_and_resume(tmp_path):
-    """The 8-GPU leaf's runner, strategy and precision on one GPU: FlexibleRunner + FSDP (one
-    unit per transformer block), NCCL, bf16 autocast, gradient checkpointing, float16 cached
-    features, a bf16 reference policy; a run resumed
-    after the first GRPO iteration ends where the uninterrupted run did."""
+def _under_the_leafs_fsdp() -> tuple[Config, Config]:
+    """The tiny config under the 8-GPU leaf's runner, FSDP strategy and bf16 autocast without a
+    loss scaler, on NCCL; and the leaf's config."""
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.env_cfg.dist_cfg = dict(backend="nccl")
     cfg.runner_type = "FlexibleRunner"
     leaf = Config.fromfile(str(
         REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
     cfg.strategy = leaf.strategy
-    for key in ("type", "dtype", "loss_scale"):  # bf16 autocast without a loss scaler
+    for key in ("type", "dtype", "loss_scale"):
         cfg.optim_wrapper[key] = leaf.optim_wrapper[key]
+    return cfg, leaf
+
+
+def test_fsdp_over_nccl_with_bf16_autocast_and_resume(tmp_path):
+    """The 8-GPU leaf's runner, strategy and precision on one GPU: FlexibleRunner + FSDP (one
+    unit per transformer block), NCCL, bf16 autocast, gradient checkpointing, float16 cached
+    features, a bf16 reference policy; a run resumed
+    after the first GRPO iteration ends where the uninterrupted run did."""
+    cfg, leaf = _under_the_leafs_fsdp()
     # the leaf's model switches too (its flash-attention kernels are left out: an extra package)
     cfg.model.policy.gradient_checkpointing = leaf.model.policy.gradient_checkpointing
     cfg.model.feature_cache.dtype = leaf.model.feature_cache.dtype
@@ -278,14 +285,7 @@ def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
     accumulated over 2 iterations (FSDP's ``no_sync`` is a no-op: sharded accumulation): the
     warm-up trains the adapters, GRPO's reference is their frozen copy, written back into the
     shards (KL 0 at its first iteration), and checkpoints keep only the adapters and heads."""
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.env_cfg.dist_cfg = dict(backend="nccl")
-    cfg.runner_type = "FlexibleRunner"
-    leaf = Config.fromfile(str(
-        REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
-    cfg.strategy = leaf.strategy
-    for key in ("type", "dtype", "loss_scale"):  # bf16 autocast without a loss scaler
-        cfg.optim_wrapper[key] = leaf.optim_wrapper[key]
+    cfg, _ = _under_the_leafs_fsdp()
     cfg.optim_wrapper.accumulative_counts = 2
     cfg.model.policy.lora = dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     cfg.dump(str(tmp_path / "cfg.py"))
@@ -309,19 +309,12 @@ def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
                                    msg=k)
 
 
-
 def test_fsdp_refuses_a_loss_scaler_with_a_fused_optimiser_before_training(tmp_path):
     """An enabled loss scaler under FSDP (``AmpOptimWrapper`` without the leaf's
     ``loss_scale=dict(enabled=False)``) cannot step the tiny schedule's fused AdamW with gradient
     clipping: the strategy refuses it, naming the fix, before the first iteration."""
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    cfg.env_cfg.dist_cfg = dict(backend="nccl")
-    cfg.runner_type = "FlexibleRunner"
-    leaf = Config.fromfile(str(
-        REPO / "configs" / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_8xb2-31k_refcoco_fsdp-vllm.py"))
-    cfg.strategy = leaf.strategy
-    cfg.optim_wrapper.type = "AmpOptimWrapper"
-    cfg.optim_wrapper.dtype = "bfloat16"  # the scaler left enabled
+    cfg, _ = _under_the_leafs_fsdp()
+    cfg.optim_wrapper.pop("loss_scale")  # the scaler left enabled
     assert cfg.optim_wrapper.optimizer.fused and cfg.optim_wrapper.clip_grad
     cfg.dump(str(tmp_path / "cfg.py"))
     log = _torchrun(tmp_path, tmp_path / "w", port=29547, succeeds=False)
