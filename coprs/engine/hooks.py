@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_rank, is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
@@ -90,8 +90,10 @@ class PlainCheckpointStateHook(Hook):
     (``coprs_plugins``: entry-point name → distribution and version) and, for LoRA, what the
     adapters were trained with (``coprs_lora``: ``model.policy.lora``, and the base's
     ``model_path`` or ``tiny``), which :func:`coprs.apis.inference.load_checkpoint` checks.
-    A checkpoint inside a gradient-accumulation window of a single-process run keeps the
-    window's gradients so far (``coprs_window_grads``), which a resumed run puts back.
+    A checkpoint inside a gradient-accumulation window keeps the window's gradients so far
+    (``coprs_window_grads``; under DDP averaged over the ranks, under FSDP as per-rank shard
+    files it names in ``coprs_window_shards``: :class:`AtomicCheckpointHook`), which a resumed
+    run puts back.
     """
 
     priority = "VERY_LOW"
@@ -135,6 +137,10 @@ class PlainCheckpointStateHook(Hook):
         window = _window_grads(runner, model)
         if window is not None:
             checkpoint["coprs_window_grads"] = window
+        shards = getattr(getattr(runner, "optim_wrapper", None), "_coprs_window_shards", None)
+        if shards is not None and shards["iter"] == runner.iter:
+            checkpoint["coprs_window_shards"] = dict(world_size=shards["world_size"],
+                                                     file=shards["file"])
         np_state = np.random.get_state()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
@@ -150,6 +156,9 @@ class PlainCheckpointStateHook(Hook):
         window = checkpoint.get("coprs_window_grads")
         if window and getattr(runner, "_resume", False):
             _restore_window_grads(runner, window)
+        shards = checkpoint.get("coprs_window_shards")
+        if shards and getattr(runner, "_resume", False):
+            _restore_window_shards(runner, shards)
         hub = checkpoint.get("message_hub")
         if hub is not None:
             hub["log_scalars"] = {
@@ -200,10 +209,6 @@ def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
 def _restore_window_grads(runner, grads: dict[str, torch.Tensor]) -> None:
     """Put a checkpoint's :func:`_window_grads` back, so the resumed window steps with the
     gradients of all its iterations, as the uninterrupted run did."""
-    import logging
-
-    from mmengine.logging import MMLogger
-
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     own = dict(model.named_parameters())
     missing = sorted(set(grads) - set(own))
@@ -213,22 +218,7 @@ def _restore_window_grads(runner, grads: dict[str, torch.Tensor]) -> None:
             f"model lacks (e.g. {missing[0]}); they are not restored, and the window's "
             "gradients so far are lost")
         return
-    for name, g in grads.items():
-        own[name].grad = g.to(device=own[name].device, dtype=own[name].dtype)
-
-    logger = MMLogger.get_current_instance()
-
-    class _Restored(logging.Filter):  # mmengine says they are lost, once, when the loop starts
-        def filter(self, record):
-            if _WINDOW_LOST not in record.getMessage():
-                return True
-            logger.removeFilter(self)
-            return False
-
-    logger.addFilter(_Restored())
-    runner.logger.info(f"resumed inside a gradient-accumulation window: the gradients of its "
-                       f"earlier iterations ({len(grads)} tensors) are restored from the "
-                       "checkpoint")
+    _set_window_grads(runner, own, grads)
 
 
 def _tuple_to_list(x):
@@ -251,24 +241,102 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(Path(filepath), obj.encode(encoding))
 
 
-def share_window_grads(runner) -> None:
-    """Under DDP with gradient accumulation, at an iteration inside a window: replace every
-    rank's gradients so far by their mean over the ranks (a collective: every rank calls it),
-    so that rank 0, which saves the checkpoint alone, holds what a resumed run needs on every
-    rank. The uninterrupted run is unchanged (up to rounding): the window's last backward
-    averages each rank's sum ``G_r + g_r``, and ``mean(G) + g_r`` averages to the same."""
+def share_window_grads(runner, checkpoint: Path) -> None:
+    """Before the checkpoint ``checkpoint`` inside a gradient-accumulation window of a
+    distributed run, on every rank: make the window's gradients so far something a resumed run
+    can get back, though rank 0 saves the checkpoint alone.
+
+    * DDP: replace every rank's gradients by their mean over the ranks (a collective), so rank
+      0's, which the checkpoint keeps, are what every rank resumes with. The uninterrupted run
+      is unchanged (up to rounding): the window's last backward averages each rank's sum
+      ``G_r + g_r``, and ``mean(G) + g_r`` averages to the same.
+    * FSDP: each rank holds a shard of the (already reduced) gradients; each writes its shard
+      beside the checkpoint (``iter_N.window_grads.rankR.pth``, atomically), which the
+      checkpoint names and a resumed run with as many ranks reads back.
+    """
+    from mmengine.dist import get_rank, get_world_size
     from torch.nn.parallel import DistributedDataParallel
 
+    from .fsdp import is_fsdp
     from .loops import average_grads_over_ranks
 
     wrapper = getattr(runner, "optim_wrapper", None)
     if getattr(wrapper, "_accumulative_counts", 1) <= 1 or wrapper.should_update():
         return  # no accumulation, or the window ends here (stepped and zeroed)
-    if not isinstance(runner.model, DistributedDataParallel):
+    if isinstance(runner.model, DistributedDataParallel):
+        average_grads_over_ranks([p for group in wrapper.optimizer.param_groups
+                                  for p in group["params"]])
+        wrapper._coprs_window_shared_at = runner.iter
+    elif is_fsdp(runner.model):
+        import io
+
+        name = f"{checkpoint.stem}.window_grads.rank{{}}.pth"
+        grads = {n: p.grad.detach().cpu().clone() for n, p in runner.model.named_parameters()
+                 if p.requires_grad and p.grad is not None}
+        buffer = io.BytesIO()
+        torch.save(grads, buffer)
+        atomic_write(checkpoint.with_name(name.format(get_rank())), buffer.getvalue())
+        wrapper._coprs_window_shards = dict(iter=runner.iter, world_size=get_world_size(),
+                                            file=name)
+
+
+def _restore_window_shards(runner, shards: dict) -> None:
+    """Put back this rank's shard of an FSDP run's window gradients (:func:`share_window_grads`)
+    from beside the resumed checkpoint (or in the work dir). Every rank does, or none: a shard
+    that is missing, unreadable or made with another number of ranks or parameters, on any rank,
+    is warned about, and the window's gradients so far are lost, as mmengine warns."""
+    from mmengine.dist import get_rank, get_world_size
+
+    from ..utils import on_any_rank
+
+    name = shards["file"].format(get_rank())
+    places = [Path(p).parent for p in (getattr(runner, "_load_from", None),) if p]
+    places.append(Path(runner.work_dir))
+    path = next((d / name for d in places if (d / name).is_file()), places[0] / name)
+    own = dict(runner.model.named_parameters())
+    grads, why = None, None
+    if shards["world_size"] != get_world_size():
+        why = (f"its FSDP gradient shards come from {shards['world_size']} ranks, this run has "
+               f"{get_world_size()}")
+    else:
+        try:
+            grads = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - missing or truncated: the run goes on without
+            why = f"cannot read this rank's gradient shard {path} ({type(exc).__name__})"
+        else:
+            if any(n not in own or own[n].shape != g.shape for n, g in grads.items()):
+                why = f"the gradient shard {path} does not fit this run's sharded parameters"
+    if on_any_rank(why is not None):  # one rank without its shard: none restores
+        runner.logger.warning(
+            f"resumed inside a gradient-accumulation window: "
+            f"{why or 'another rank cannot restore its gradient shard'}; the gradients of its "
+            "earlier iterations are lost")
         return
-    average_grads_over_ranks([p for group in wrapper.optimizer.param_groups
-                              for p in group["params"]])
-    wrapper._coprs_window_shared_at = runner.iter
+    _set_window_grads(runner, own, grads)
+
+
+def _set_window_grads(runner, own: dict, grads: dict) -> None:
+    """Give the parameters ``own`` the gradients ``grads`` and say so; mmengine's warning that
+    they are lost, which comes when the loop starts, is dropped."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    for name, g in grads.items():
+        own[name].grad = g.to(device=own[name].device, dtype=own[name].dtype)
+    logger = MMLogger.get_current_instance()
+
+    class _Restored(logging.Filter):  # mmengine says they are lost, once, when the loop starts
+        def filter(self, record):
+            if _WINDOW_LOST not in record.getMessage():
+                return True
+            logger.removeFilter(self)
+            return False
+
+    logger.addFilter(_Restored())
+    runner.logger.info(f"resumed inside a gradient-accumulation window: the gradients of its "
+                       f"earlier iterations ({len(grads)} tensors) are restored from the "
+                       "checkpoint")
 
 
 @HOOKS.register_module()
@@ -284,7 +352,9 @@ class AtomicCheckpointHook(CheckpointHook):
     """
 
     def _save_checkpoint(self, runner) -> None:
-        share_window_grads(runner)  # on every rank; the save itself is rank 0's alone
+        # on every rank; the save itself is rank 0's alone
+        step = runner.epoch + 1 if self.by_epoch else runner.iter + 1
+        share_window_grads(runner, Path(self.out_dir) / self.filename_tmpl.format(step))
         super()._save_checkpoint(runner)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
@@ -292,11 +362,13 @@ class AtomicCheckpointHook(CheckpointHook):
                                             and self.keep_ckpt_ids[-1] == step):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
                 old = self.keep_ckpt_ids.popleft()
-                if is_main_process():
-                    path = self.file_backend.join_path(self.out_dir,
-                                                       self.filename_tmpl.format(old))
-                    if self.file_backend.isfile(path):
-                        self.file_backend.remove(path)
+                path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+                if is_main_process() and self.file_backend.isfile(path):
+                    self.file_backend.remove(path)
+                # each rank its own FSDP gradient shard of that checkpoint, if it wrote one
+                old_path = Path(path)
+                shard = f"{old_path.stem}.window_grads.rank{get_rank()}.pth"
+                old_path.with_name(shard).unlink(missing_ok=True)
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
         filename = self.filename_tmpl.format(step)

@@ -84,11 +84,15 @@ def _fsdp_config(path: Path, lora: dict | None = None) -> None:
     cfg.dump(str(path))
 
 
-def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
+@pytest.mark.parametrize("accumulate", [False, True], ids=["steps", "accumulation"])
+def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path, accumulate):
     """FlexibleRunner + FSDP (each transformer block its own unit, 2 CPU ranks): warm-up, then
     GRPO with rollouts, mask rewards and a bf16 reference policy made from the gathered
-    weights, forwarded in micro-batches as in the 8-GPU config; the checkpoint is one full state dict with plain names, and a run resumed from it
-    mid-GRPO ends with the uninterrupted run's parameters."""
+    weights, forwarded in micro-batches as in the 8-GPU config; the checkpoint is one full state
+    dict with plain names, and a run resumed from it mid-GRPO ends with the uninterrupted run's
+    parameters. With gradient accumulation over 2 iterations that checkpoint lies inside a
+    window: each rank keeps its shard of the window's gradients beside it, and the resumed run
+    puts them back."""
     _fsdp_config(tmp_path / "cfg.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     train = Path(__file__).parents[2] / "tools" / "train.py"
@@ -100,10 +104,11 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
                "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2",
                "train_dataloader.batch_size=2", "train_cfg.group_size=2",
                "train_cfg.rollout_engine.max_new_tokens=6", "default_hooks.checkpoint.interval=1",
-               "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
+               "default_hooks.checkpoint.max_keep_ckpts=3", "default_hooks.logger.interval=1",
                "train_cfg.reference_dtype=bfloat16", "train_cfg.actor_micro_batch=1",
                "train_cfg.experience_micro_batch=1", "val_cfg.datasets.0.num_samples=2",
-               f"model.feature_cache.root={tmp_path / 'cache'}"]
+               f"model.feature_cache.root={tmp_path / 'cache'}",
+               f"optim_wrapper.accumulative_counts={2 if accumulate else 1}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         (work_dir.parent / f"{work_dir.name}.log").write_text(proc.stdout + proc.stderr)
         errors = [x for x in (proc.stdout + proc.stderr).splitlines() if "rror" in x]
@@ -137,13 +142,36 @@ def test_fsdp_two_gloo_ranks_warm_up_then_grpo_and_resume(tmp_path):
     # resumed after the first GRPO iteration (optimiser state, scheduler, random state and the
     # reference snapshot from the checkpoint's run), it ends where the uninterrupted run did
     (tmp_path / "r").mkdir()
-    for name in ("iter_3.pth", "reference_policy.pth"):
+    names = ["iter_3.pth", "reference_policy.pth"]
+    shards = [f"iter_3.window_grads.rank{r}.pth" for r in (0, 1)]
+    mid = torch.load(tmp_path / "w" / "iter_3.pth", map_location="cpu", weights_only=True)
+    if accumulate:  # iteration 3 opened a window: each rank's gradient shard beside it
+        assert mid["coprs_window_shards"]["world_size"] == 2
+        assert all((tmp_path / "w" / s).is_file() for s in shards)
+        # the shards of the checkpoint max_keep_ckpts removed (iteration 1) went with it
+        assert not list((tmp_path / "w").glob("iter_1*"))
+        names += shards
+    else:
+        assert "coprs_window_shards" not in mid and not list((tmp_path / "w").glob("*window*"))
+    for name in names:
         shutil.copy(tmp_path / "w" / name, tmp_path / "r" / name)
-    torchrun(tmp_path / "r", "--resume", str(tmp_path / "r" / "iter_3.pth"), port=29535)
+    proc = torchrun(tmp_path / "r", "--resume", str(tmp_path / "r" / "iter_3.pth"), port=29535)
+    restored = "gradients of its earlier iterations (" in proc.stdout + proc.stderr
+    assert restored == accumulate
     resumed = torch.load(tmp_path / "r" / "iter_4.pth", map_location="cpu", weights_only=True)
     assert resumed["state_dict"].keys() == final["state_dict"].keys()
     for k, v in final["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=k)
+    if accumulate:  # rank 1's shard lost: rank 0 does not restore its own either, and says why
+        (tmp_path / "r" / shards[1]).unlink()
+        shutil.rmtree(tmp_path / "r" / "w", ignore_errors=True)
+        again = tmp_path / "r" / "again"
+        proc = torchrun(again, "--resume", str(tmp_path / "r" / "iter_3.pth"), port=29539)
+        out = proc.stdout + proc.stderr
+        assert "gradients of its earlier iterations (" not in out
+        assert "another rank cannot restore its gradient shard; the gradients of its earlier " \
+            "iterations are lost" in out, out[-3000:]
+        assert (again / "iter_4.pth").is_file()
 
 
 def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
