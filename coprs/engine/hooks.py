@@ -183,19 +183,22 @@ _WINDOW_LOST = "Resumed iteration number is not divisible by `_accumulative_coun
 def _window_grads(runner, model) -> dict[str, torch.Tensor] | None:
     """The gradients accumulated so far in an unfinished gradient-accumulation window
     (``optim_wrapper.accumulative_counts`` > 1, a checkpoint inside a window), on the CPU; None
-    at a window's end (stepped and zeroed), without accumulation, and in distributed runs other
+    at a window's end (stepped and zeroed), without accumulation, under FSDP (each rank writes
+    its shard to a file of its own: :func:`share_window_grads`) and in other distributed runs
     than the one below.
 
     mmengine saves a checkpoint on rank 0 alone (``Runner.save_checkpoint`` is ``master_only``),
     so this hook cannot gather the other ranks' gradients. Under DDP each rank holds its own
     until the window's last backward all-reduces them; :class:`AtomicCheckpointHook` averages
     them over the ranks first, on every rank (:func:`share_window_grads`), and then rank 0's are
-    what every rank resumes with. Without that (another checkpoint hook), and under FSDP, where
-    each rank holds a shard, the window's gradients stay lost on a resume, as mmengine warns."""
+    what every rank resumes with. Without that (another checkpoint hook) the window's gradients
+    stay lost on a resume, as mmengine warns."""
     from mmengine.dist import get_world_size
 
+    from .fsdp import is_fsdp
+
     wrapper = getattr(runner, "optim_wrapper", None)
-    if getattr(wrapper, "_accumulative_counts", 1) <= 1:
+    if getattr(wrapper, "_accumulative_counts", 1) <= 1 or is_fsdp(runner.model):
         return None
     if get_world_size() > 1 and getattr(wrapper, "_coprs_window_shared_at", None) != runner.iter:
         return None
@@ -347,8 +350,9 @@ class AtomicCheckpointHook(CheckpointHook):
     crash at any moment leaves the previous complete checkpoint and a pointer to a complete one.
 
     ``_save_checkpoint_with_step`` follows mmengine's, except for that last write. Before a
-    checkpoint inside a gradient-accumulation window of a DDP run, every rank averages its
-    window gradients (:func:`share_window_grads`), so the checkpoint can keep them.
+    checkpoint inside a gradient-accumulation window of a distributed run, every rank prepares
+    its window gradients (:func:`share_window_grads`: averaged under DDP, a shard file of its
+    own under FSDP), so that a resumed run gets them back.
     """
 
     def _save_checkpoint(self, runner) -> None:
