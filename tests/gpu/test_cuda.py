@@ -301,6 +301,10 @@ def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
     assert not any("_fsdp_wrapped_module" in k for k in final)
     # the two accumulated warm-up iterations made one step: the adapters moved
     assert any(bool(warm[k].any()) for k in policy if "lora_B" in k)
+    # iteration 3 opened a window: the rank's gradient shard lies beside its checkpoint
+    shard = torch.load(tmp_path / "w" / "iter_3.window_grads.rank0.pth", weights_only=True)
+    assert any(".lora_" in k for k in shard) and all(v.device.type == "cpu" for v in shard.values())
+    assert not any("policy" in k and ".lora_" not in k for k in shard)  # the frozen base has none
     ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
                      weights_only=True)
     assert {f"policy.model.{k}" for k in ref} == policy
