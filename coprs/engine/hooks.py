@@ -244,6 +244,10 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(Path(filepath), obj.encode(encoding))
 
 
+#: an FSDP rank's window-gradient shard beside checkpoint ``{stem}.pth`` (then ``.format(rank)``)
+_WINDOW_SHARD = "{stem}.window_grads.rank{{}}.pth"
+
+
 def share_window_grads(runner, checkpoint: Path) -> None:
     """Before the checkpoint ``checkpoint`` inside a gradient-accumulation window of a
     distributed run, on every rank: make the window's gradients so far something a resumed run
@@ -273,7 +277,7 @@ def share_window_grads(runner, checkpoint: Path) -> None:
     elif is_fsdp(runner.model):
         import io
 
-        name = f"{checkpoint.stem}.window_grads.rank{{}}.pth"
+        name = _WINDOW_SHARD.format(stem=checkpoint.stem)
         grads = {n: p.grad.detach().cpu().clone() for n, p in runner.model.named_parameters()
                  if p.requires_grad and p.grad is not None}
         buffer = io.BytesIO()
@@ -371,7 +375,7 @@ class AtomicCheckpointHook(CheckpointHook):
                     self.file_backend.remove(path)
                 # each rank its own FSDP gradient shard of that checkpoint, if it wrote one
                 old_path = Path(path)
-                shard = f"{old_path.stem}.window_grads.rank{get_rank()}.pth"
+                shard = _WINDOW_SHARD.format(stem=old_path.stem).format(get_rank())
                 old_path.with_name(shard).unlink(missing_ok=True)
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
