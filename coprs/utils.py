@@ -84,10 +84,21 @@ def source_version(root: str | os.PathLike | None = None) -> str:
     """``coprs.__version__``, plus ``+g`` and the commit (7 hex digits) when coprs runs from a
     git checkout (``root``: the folder above the package), as OpenMMLab records
     ``mmseg_version``: what built a checkpoint or an evaluation's records, which the version of
-    an editable install does not tell apart. Uncommitted edits are not seen."""
+    an editable install does not tell apart. Uncommitted edits are not seen. The running
+    package's (no ``root``) is read once per process: the code it runs was imported then."""
+    if root is None:
+        return _package_source_version()
+    return _source_version_at(Path(root))
+
+
+@functools.lru_cache(maxsize=1)
+def _package_source_version() -> str:
+    return _source_version_at(Path(__file__).resolve().parent.parent)
+
+
+def _source_version_at(root: Path) -> str:
     from . import __version__
 
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():  # an installed package, or a source tree without git
         return __version__
     try:
