@@ -23,6 +23,15 @@ SMALL_RUN = [
 ]
 
 
+def kl_ref(log: str, step: int, total: int) -> float:
+    """The KL to the reference logged at iteration ``step`` of ``total`` (4 decimals) in a
+    training log."""
+    import re
+
+    line = next(x for x in log.splitlines() if f"Iter(train) [{step}/{total}]" in x)
+    return float(re.search(r"kl_ref: (\S+)", line).group(1))
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """:data:`SMALL_RUN`, with the frozen-feature cache in the session's temp folder."""

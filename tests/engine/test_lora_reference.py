@@ -2,15 +2,13 @@
 the base with the adapters off while they are untrained, else the base with a snapshot of the
 adapters (after a warm-up stage, or from a LoRA checkpoint), kept for a resume."""
 
-import re
-
 import torch
 from mmengine.config import Config
 
 from coprs.cli import main
 from coprs.engine import drop_validation
 
-from ..conftest import TINY_CONFIG  # noqa: TID252
+from ..conftest import TINY_CONFIG, kl_ref  # noqa: TID252
 
 SNAPSHOT = "copy of the adapters at the start of GRPO"
 
@@ -35,12 +33,6 @@ def _train(tmp_path, small_run, name, stages, *extra, resume=None):
     return work, log
 
 
-def _kl_ref(log, step, total):
-    """The KL to the reference logged at iteration ``step`` (4 decimals)."""
-    line = next(x for x in log.splitlines() if f"Iter(train) [{step}/{total}]" in x)
-    return float(re.search(r"kl_ref: (\S+)", line).group(1))
-
-
 def _adapters(path):
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k.removeprefix("policy.model."): v for k, v in state.items() if ".lora_" in k}
@@ -61,7 +53,7 @@ def test_lora_reference_is_the_policy_as_grpo_began(tmp_path, small_run):
     fresh, log = _train(tmp_path, small_run, "fresh", [grpo])
     assert torch.load(fresh / "reference_policy.pth", weights_only=True) == {}
     assert SNAPSHOT not in log
-    assert _kl_ref(log, 1, 1) == 0
+    assert kl_ref(log, 1, 1) == 0
     # from a LoRA checkpoint with large trained adapters: the KL to the reference starts at 0,
     # where the base (adapters off) is far from the policy
     state = torch.load(work / "iter_3.pth", map_location="cpu", weights_only=True)
@@ -73,7 +65,7 @@ def test_lora_reference_is_the_policy_as_grpo_began(tmp_path, small_run):
     loaded, log = _train(tmp_path, small_run, "loaded", [grpo],
                          f"load_from={tmp_path / 'large.pth'}")
     assert f"{SNAPSHOT} (loaded trained (nonzero lora_B))" in log
-    assert _kl_ref(log, 1, 1) == 0
+    assert kl_ref(log, 1, 1) == 0
 
 
 def test_lora_run_resumed_inside_grpo_keeps_its_reference(tmp_path, small_run):

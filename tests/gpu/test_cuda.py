@@ -20,7 +20,7 @@ from mmengine.hooks import Hook
 from coprs.registry import HOOKS
 
 from ..conftest import SMALL_RUN as SMALL  # noqa: TID252
-from ..conftest import TINY_CONFIG  # noqa: TID252
+from ..conftest import TINY_CONFIG, kl_ref  # noqa: TID252
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: run tests/gpu on a GPU machine")
@@ -212,14 +212,6 @@ def test_fsdp_over_nccl_with_bf16_autocast_and_resume(tmp_path):
     _assert_resumed_close(tmp_path / "w", tmp_path / "r")
 
 
-def _kl_ref(log: str, step: int, total: int) -> float:
-    """The KL to the reference logged at iteration ``step`` (4 decimals)."""
-    import re
-
-    line = next(x for x in log.splitlines() if f"Iter(train) [{step}/{total}]" in x)
-    return float(re.search(r"kl_ref: (\S+)", line).group(1))
-
-
 def _lora_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -247,7 +239,7 @@ def test_lora_on_cuda_under_bf16_autocast_then_export(tmp_path):
                  "optim_wrapper.optimizer.lr=0.3", "--amp"]) == 0
     log = "".join(p.read_text() for p in work.glob("*/*.log"))
     assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in log
-    kl3, kl4 = _kl_ref(log, 3, 4), _kl_ref(log, 4, 4)
+    kl3, kl4 = kl_ref(log, 3, 4), kl_ref(log, 4, 4)
     assert abs(kl3) < 1e-3 and kl4 > kl3, (kl3, kl4)
     losses = [r["loss"] for r in _scalars(work) if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
@@ -293,7 +285,7 @@ def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
     log = _torchrun(tmp_path, tmp_path / "w", port=29545,
                     options=("optim_wrapper.optimizer.lr=0.3",))
     assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in log
-    assert abs(_kl_ref(log, 3, 4)) < 1e-3
+    assert abs(kl_ref(log, 3, 4)) < 1e-3
     warm = _lora_state(tmp_path / "w" / "iter_2.pth")
     final = _lora_state(tmp_path / "w" / "iter_4.pth")
     policy = {k for k in final if k.startswith("policy.")}
