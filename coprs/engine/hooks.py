@@ -297,7 +297,8 @@ def _restore_window_shards(runner, shards: dict) -> None:
     from ..utils import on_any_rank
 
     name = shards["file"].format(get_rank())
-    places = [Path(p).parent for p in (getattr(runner, "_load_from", None),) if p]
+    resumed = getattr(runner, "_load_from", None)
+    places = [Path(resumed).parent] if resumed else []
     places.append(Path(runner.work_dir))
     path = next((d / name for d in places if (d / name).is_file()), places[0] / name)
     own = dict(runner.model.named_parameters())
