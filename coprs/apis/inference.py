@@ -285,9 +285,9 @@ def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
 def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
     """Check a LoRA checkpoint's adapters against the model they are loaded into, from what the
     run recorded (``meta['coprs_lora']``, :class:`~coprs.engine.hooks.PlainCheckpointStateHook`;
-    older checkpoints have none and are not checked). Another ``alpha``, ``dropout`` or
-    ``target_modules`` is a ``ValueError`` (the adapters would load and act at another scale or
-    on other layers); another base (``model.policy.model_path`` or ``tiny``) is a warning (a
+    older checkpoints have none and are not checked). Another ``alpha``, ``dropout``,
+    ``target_modules`` or set of trained token rows (``trainable_tokens``) is a ``ValueError``
+    (the adapters would load and act at another scale or on other layers); another base (``model.policy.model_path`` or ``tiny``) is a warning (a
     copy of the base elsewhere has another path), except when the run trained on a ``coprs
     export-hf`` folder (``load_from=EXPORT``) that is still there: another base than that export
     or a copy of it (the same ``coprs_export.json``) is then a ``ValueError``, since the
@@ -301,8 +301,11 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
         return  # not a LoRA run, or a model without adapters (state_dict_mismatch says so)
     lora = recorded.get("lora") or {}
     now = dict(r=peft_cfg.r, alpha=peft_cfg.lora_alpha, dropout=peft_cfg.lora_dropout,
-               target_modules=sorted(peft_cfg.target_modules or []))
-    then = {k: sorted(v) if k == "target_modules" else v for k, v in lora.items() if k in now}
+               target_modules=sorted(peft_cfg.target_modules or []),
+               trainable_tokens=list(getattr(policy, "trainable_tokens", [])))
+    # a run records the tokens as resolved (a list); a config may say True or False
+    then = {k: sorted(v) if k == "target_modules" else v for k, v in lora.items()
+            if k in now and not isinstance(v, bool)}
     changed = [f"{k}={then[k]!r} in the run, {now[k]!r} here" for k in then
                if then[k] != now[k]]
     if changed:
@@ -375,10 +378,18 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         hint = "was it trained with this config?"
         lora_in_file = any(".lora_" in k for k in bad["unexpected"])
         lora_in_model = any(".lora_" in k for k in bad["missing"])
+        rows_in_file = any(".trainable_tokens_delta." in k for k in bad["unexpected"])
+        rows_in_model = any(".trainable_tokens_delta." in k for k in bad["missing"])
         if lora_in_file != lora_in_model:  # the usual cause: LoRA options left out or added
             hint = (f"the checkpoint was trained {'with' if lora_in_file else 'without'} LoRA "
                     f"adapters and the model {'has none' if lora_in_file else 'has them'}: use "
                     f"the run's model.policy.lora options (coprs print-config {path} shows them)")
+        elif rows_in_file != rows_in_model:  # LoRA both, the added tokens' rows in one only
+            hint = (f"the checkpoint's LoRA run trained {'the' if rows_in_file else 'no'} added "
+                    f"tokens' rows and the model {'trains none' if rows_in_file else 'does'}: "
+                    "load it with --cfg-options model.policy.lora.trainable_tokens="
+                    f"{'True' if rows_in_file else 'False'} (checkpoints written before coprs "
+                    "trained those rows have none)")
         raise ValueError(f"checkpoint '{path}' does not match the model: {what}; {hint}")
     model.load_state_dict(state, strict=False)
 

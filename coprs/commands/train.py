@@ -124,6 +124,7 @@ def check_start_checkpoint(cfg, export=None) -> None:
                 f"adapters and the config {'has' if lora_in_cfg else 'has no'} "
                 "model.policy.lora: resume with the options of the run that wrote it (its "
                 f"config: coprs print-config {path})")
+        check_token_rows(cfg, what, path, state["state_dict"])
         meta = state.get("meta")
         check_reference_snapshot(cfg, Path(path).expanduser(),
                                  int((meta or {}).get("iter", 0) or 0))
@@ -140,8 +141,10 @@ def check_lora_start(cfg, path, state) -> None:
     weights = state.get("state_dict", state)
     if not isinstance(weights, dict):
         return
+    from coprs.policies.adapters import is_adapter_weight
+
     base = [k for k in map(str, weights)  # as mmengine loads it: a DDP "module." prefix off
-            if k.removeprefix("module.").startswith("policy.") and ".lora_" not in k]
+            if k.removeprefix("module.").startswith("policy.") and not is_adapter_weight(k)]
     if base:
         raise UsageError(
             f"load_from '{path}' holds policy weights besides LoRA adapters (e.g. {base[0]}), "
@@ -149,6 +152,27 @@ def check_lora_start(cfg, path, state) -> None:
             f"keep only the adapters): export it first (coprs export-hf CONFIG {path} --out DIR, "
             "CONFIG being the config it was trained with) and set load_from=DIR, which makes the "
             "export the LoRA base")
+    if any(".lora_" in str(k) for k in weights):
+        check_token_rows(cfg, "load_from", path, weights)
+
+
+def check_token_rows(cfg, what: str, path, weights: dict) -> None:
+    """A LoRA checkpoint and a LoRA config must agree on whether the added tokens' rows train
+    (``model.policy.lora.trainable_tokens``, default True): mmengine loads non-strictly, so rows
+    missing from the file would silently start again from the base rows, and rows in the file
+    the model lacks would be dropped."""
+    lora = (cfg.model.get("policy") or {}).get("lora")
+    if not lora:
+        return
+    in_file = any(".trainable_tokens_delta." in str(k) for k in weights)
+    in_cfg = lora.get("trainable_tokens", True) not in (False, None, [], ())
+    if in_file != in_cfg:
+        raise UsageError(
+            f"{what} '{path}' holds LoRA adapters {'with' if in_file else 'without'} trained "
+            f"rows for the added tokens, and the config trains {'none' if in_file else 'them'}: "
+            "set --cfg-options model.policy.lora.trainable_tokens="
+            f"{'True' if in_file else 'False'} (checkpoints written before coprs trained those "
+            "rows have none)")
 
 
 def check_reference_snapshot(cfg, checkpoint: Path, resumed_iter: int) -> None:

@@ -129,9 +129,10 @@ class PlainCheckpointStateHook(Hook):
         if getattr(policy, "uses_adapters", False):
             # the adapters only fit the base they were trained on, at their own scale
             cfg = runner.cfg.get("model", {}).get("policy", {})
+            lora = dict(cfg.get("lora") or {})
+            lora["trainable_tokens"] = list(policy.trainable_tokens)  # as resolved
             checkpoint["meta"]["coprs_lora"] = to_plain(dict(
-                lora=dict(cfg.get("lora") or {}), tiny=cfg.get("tiny"),
-                model_path=policy.model_path))
+                lora=lora, tiny=cfg.get("tiny"), model_path=policy.model_path))
         checkpoint["meta"]["coprs_plugins"] = {
             p.name: f"{p.dist} {p.version}" for p in seen_plugins() if p.status == "loaded"}
         window = _window_grads(runner, model)

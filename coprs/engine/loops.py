@@ -665,10 +665,10 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
 
     def _adapter_reference(self, policy) -> str:
         """Under LoRA the reference is the policy at the start of GRPO without a second copy of
-        the base: the base with the adapters off while they are untrained (all ``lora_B`` zero,
-        fresh adapters), else the base with the policy's frozen ``reference`` adapter, into
-        which the trained adapters are copied as GRPO begins (after a warm-up stage, or from a
-        LoRA checkpoint). Called inside ``full_params(model, writeback=True)``.
+        the base: the base with the adapters off while they are untrained (all ``lora_B`` zero
+        and the token rows as loaded: fresh adapters), else the base with the policy's frozen
+        ``reference`` adapter, into which the trained adapters are copied as GRPO begins (after
+        a warm-up stage, or from a LoRA checkpoint). Called inside ``full_params(model, writeback=True)``.
 
         ``reference_policy.pth`` holds that copy (empty for adapters off), so a resumed run
         uses the same reference. A run resumed without the file (one from before adapter
@@ -681,15 +681,14 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
                 "if its adapters were untrained then")
             return "adapters-disabled"
         if state is None:  # the first GRPO iteration
-            state = policy.adapter_state()
-            if not any(bool(v.any()) for k, v in state.items() if "lora_B" in k):
-                state = {}  # fresh adapters: the base with the adapters off is the policy
+            state = policy.adapter_state() if policy.adapters_trained() else {}
+            # fresh adapters ({}): the base with the adapters off is the policy
             if is_main_process():
                 self._save_reference_snapshot(state)
             if state:
                 start = self.grpo_start()
                 why = (f"trained in the {start}-iteration warm-up before it" if start else
-                       "loaded trained (nonzero lora_B)")
+                       "loaded trained")
                 self.runner.logger.info(
                     "LoRA GRPO: the KL reference is the base model with a copy of the adapters "
                     f"at the start of GRPO ({why}), {self.reference_path()}")

@@ -19,8 +19,10 @@ def count_parameters(module: nn.Module, trainable: bool = False) -> int:
     A LoRA policy's frozen ``reference`` adapter is left out: it is a copy of the trained
     adapters kept as the GRPO reference, as a full fine-tune's frozen reference copy is no part
     of the model either."""
+    from ..policies.adapters import is_adapter_weight
+
     return sum(p.numel() for name, p in module.named_parameters()
-               if not ("lora_" in name and ".reference." in name)
+               if not is_adapter_weight(name, "reference")
                and (p.requires_grad or not trainable))
 
 

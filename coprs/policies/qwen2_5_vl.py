@@ -20,6 +20,13 @@ from PIL import Image
 from ..registry import POLICIES
 from ..structures import PolicyOutput, ResponseForward, Rollout
 from ..utils import coprs_home, is_meta_build
+from .adapters import (
+    add_token_rows,
+    as_adapter,
+    is_adapter_weight,
+    merged_adapter_weight,
+    token_rows_moved,
+)
 from .base import BasePolicy
 from .prompts import build_prompt_text
 
@@ -163,30 +170,6 @@ def _refuse_lora_on_tied_embeddings(model: torch.nn.Module, tied: dict, targets)
 _TRAINED, _REFERENCE = "default", "reference"
 
 
-def _is_adapter(name: str, adapter: str) -> bool:
-    """Whether parameter ``name`` belongs to LoRA adapter ``adapter``."""
-    return "lora_" in name and f".{adapter}." in name
-
-
-def merged_lora_weight(layer, weight: torch.Tensor, name: str) -> torch.Tensor:
-    """``weight`` plus the deltas of peft LoRA ``layer``'s active adapters (as peft's ``merge``
-    computes them) as a new tensor, or ``weight`` itself when the adapters are merged already
-    or disabled. ``name`` (the layer's) is for the error on LoRA variants it does not merge."""
-    if layer.merged or layer.disable_adapters:
-        return weight
-    merged = weight
-    for adapter in layer.active_adapters:
-        if adapter not in layer.lora_A and adapter not in getattr(layer, "lora_embedding_A", {}):
-            continue
-        if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(
-                adapter):
-            raise ValueError(
-                f"coprs merges plain LoRA adapters only; {name} uses a LoRA variant (e.g. DoRA) "
-                "or lora_bias")
-        merged = merged + layer.get_delta_weight(adapter)
-    return merged.to(weight.dtype)
-
-
 #: what a checkpoint's generation_config.json may keep: the token ids, not how to decode
 _GENERATION_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
 #: generation-config keys that do not change which tokens are decoded (not worth a log line)
@@ -255,10 +238,14 @@ class Qwen25VLPolicy(BasePolicy):
             and no next-token loss shapes its hidden state, which stays free to carry the
             query; see docs/training.md). False: responses end at ``<|im_end|>``.
         lora: parameter-efficient training with peft LoRA adapters, e.g. ``dict(r=8, alpha=16,
-            dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])``: the base
-            weights are frozen, only the adapters train, the GRPO reference is the policy with
-            its adapters as GRPO began (disabled while untrained; no second copy of the base)
-            and checkpoints hold only trainable weights.
+            dropout=0.0, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'],
+            trainable_tokens=True)``: the base weights are frozen, only the adapters train, the
+            GRPO reference is the policy with its adapters as GRPO began (disabled while
+            untrained; no second copy of the base) and checkpoints hold only trainable weights.
+            ``trainable_tokens`` (default True) also trains the rows of the tokens coprs adds
+            (``<think>``, ``</think>``, the special token) in ``embed_tokens`` and ``lm_head``,
+            which a real checkpoint has untrained (:mod:`coprs.policies.adapters`); a list
+            names other tokens, False trains none.
         freeze_vision_tower: keep the policy's own vision tower (``model.model.visual``, patch
             embedding to merger) fixed: its parameters get no gradient and no optimiser state.
             A random-initialised tiny tower trained from scratch collapses to an
@@ -300,6 +287,7 @@ class Qwen25VLPolicy(BasePolicy):
         self.processor = None
         self.model_path = model_path
         self.uses_adapters = False
+        self.trainable_tokens: list[str] = []
         self.stop_at_special_token = stop_at_special_token
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         if tower_cache < 0 or (tower_cache and not freeze_vision_tower):
@@ -387,11 +375,12 @@ class Qwen25VLPolicy(BasePolicy):
     def _add_lora(self, lora: dict) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
-        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules", "trainable_tokens"}
         if unknown:
             raise ValueError(f"unknown policy.lora keys {sorted(unknown)}; use r, alpha, "
-                             "dropout, target_modules")
+                             "dropout, target_modules, trainable_tokens")
         targets = lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
+        self.trainable_tokens = self._trainable_tokens(lora.get("trainable_tokens", True))
         config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
                             lora_dropout=lora.get("dropout", 0.0), target_modules=targets)
         tied = _tied_embeddings(self.model)
@@ -407,13 +396,37 @@ class Qwen25VLPolicy(BasePolicy):
         for m in self.model.modules():  # peft made the newest adapter the active one
             if isinstance(m, BaseTunerLayer):
                 m._active_adapter = [_TRAINED]
+        if self.trainable_tokens:
+            # the added tokens' rows of embed_tokens and lm_head, per adapter (a meta build
+            # for counting has no tokenizer: any rows of the same number count the same)
+            vocab = None if is_meta_build() else self.tokenizer.get_vocab()
+            ids = (list(range(len(self.trainable_tokens))) if vocab is None
+                   else [vocab[t] for t in self.trainable_tokens])
+            add_token_rows(self.model, ids, (_TRAINED, _REFERENCE))
         for name, param in self.model.named_parameters():
-            param.requires_grad_(_is_adapter(name, _TRAINED))
-            if "lora_" in name and param.dtype in (torch.bfloat16, torch.float16):
+            param.requires_grad_(is_adapter_weight(name, _TRAINED))
+            if is_adapter_weight(name) and param.dtype in (torch.bfloat16, torch.float16):
                 # adapters train in float32 over a bf16 base, as peft's PeftModel keeps them
                 # (autocast_adapter_dtype): bf16 cannot hold small AdamW updates
                 param.data = param.data.float()
         self.uses_adapters = True
+
+    def _trainable_tokens(self, option) -> list[str]:
+        """The tokens whose rows train under LoRA (``model.policy.lora.trainable_tokens``): True
+        for those coprs adds (``<think>``, ``</think>`` and the special token), False for none,
+        or a list of tokens of the tokenizer."""
+        if option is True:
+            return [t for t in (*_REASONING_TOKENS, self.special_token) if t]
+        if option is False or option is None:
+            return []
+        vocab = None if is_meta_build() else self.tokenizer.get_vocab()
+        if (not isinstance(option, (list, tuple)) or not all(isinstance(t, str) for t in option)
+                or (vocab is not None and any(t not in vocab for t in option))):
+            raise ValueError(
+                f"model.policy.lora.trainable_tokens={option!r}: use True (the rows of the "
+                f"tokens coprs adds: {[*_REASONING_TOKENS, self.special_token]}), False (none) "
+                "or a list of tokens the tokenizer has")
+        return list(dict.fromkeys(option))
 
     @contextlib.contextmanager
     def disable_adapter(self):
@@ -436,7 +449,7 @@ class Qwen25VLPolicy(BasePolicy):
         from ..engine.fsdp import plain_state
 
         return {n: p.detach().clone() for n, p in plain_state(self.model, buffers=False).items()
-                if _is_adapter(n, _TRAINED)}
+                if is_adapter_weight(n, _TRAINED)}
 
     @torch.no_grad()
     def set_reference_adapters(self, state: dict[str, torch.Tensor]) -> None:
@@ -445,9 +458,9 @@ class Qwen25VLPolicy(BasePolicy):
         ``full_params(model, writeback=True)``."""
         from ..engine.fsdp import plain_state
 
-        own = {n.replace(f".{_REFERENCE}.", f".{_TRAINED}."): p
+        own = {as_adapter(n, _REFERENCE, _TRAINED): p
                for n, p in plain_state(self.model, buffers=False).items()
-               if _is_adapter(n, _REFERENCE)}
+               if is_adapter_weight(n, _REFERENCE)}
         if set(own) != set(state):
             missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             raise ValueError(
@@ -456,6 +469,16 @@ class Qwen25VLPolicy(BasePolicy):
                 "model.policy.lora settings")
         for name, p in own.items():
             p.copy_(state[name])
+
+    def adapters_trained(self) -> bool:
+        """Whether the trained adapters differ from fresh ones: a nonzero ``lora_B`` (peft
+        starts it at zero) or a token row moved from its base row. Under FSDP call it inside
+        ``full_params``."""
+        from ..engine.fsdp import plain_state
+
+        return (any(bool(p.any()) for n, p in plain_state(self.model, buffers=False).items()
+                    if "lora_B" in n and is_adapter_weight(n, _TRAINED))
+                or token_rows_moved(self.model, _TRAINED))
 
     @contextlib.contextmanager
     def reference_adapters(self):
@@ -477,21 +500,22 @@ class Qwen25VLPolicy(BasePolicy):
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy's weights with LoRA adapters merged in, under plain transformers names.
 
-        The merged weights are new tensors (:func:`merged_lora_weight`): the policy's own
-        weights are not touched (peft's ``merge`` then ``unmerge`` would leave them changed by
-        rounding)."""
+        The merged weights are new tensors
+        (:func:`~coprs.policies.adapters.merged_adapter_weight`: LoRA deltas added, the added
+        tokens' trained rows put in): the policy's own weights are not touched (peft's ``merge``
+        then ``unmerge`` would leave them changed by rounding)."""
         if not self.uses_adapters:
             return dict(self.model.state_dict())
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = {n: m for n, m in self.model.named_modules() if isinstance(m, LoraLayer)}
+        layers = {n: m for n, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)}
         state = {}
         for k, v in self.model.state_dict().items():
-            if "lora_" in k:
+            if is_adapter_weight(k):
                 continue
             prefix, sep, leaf = k.rpartition(".base_layer.")
             if sep and leaf == "weight" and prefix in layers:
-                v = merged_lora_weight(layers[prefix], v, prefix)
+                v = merged_adapter_weight(layers[prefix], v, prefix)
             state[k.replace(".base_layer.", ".")] = v.clone()
         return state
 

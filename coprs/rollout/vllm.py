@@ -76,10 +76,11 @@ def vllm_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     Parameters only (vLLM computes its buffers itself), read through
     :func:`coprs.engine.fsdp.plain_state`: under FSDP (inside the loop's ``full_params`` block)
     the gathered tensors without FSDP's name prefixes, and no copy of any tensor. With LoRA
-    adapters the names peft gives (``….base_layer.weight``, ``lora_A``, ``lora_B``), which vLLM
-    rejects, are replaced: each adapted weight is yielded with its active adapters merged in (a
-    new tensor, made when it is reached, so at most one merged matrix exists at a time) under
-    the base layer's plain name, and the adapter matrices are left out. The merge equals
+    adapters the names peft gives (``….base_layer.weight``, ``lora_A``, ``lora_B``, trained
+    token rows), which vLLM rejects, are replaced: each adapted weight is yielded with its
+    active adapters merged in (a new tensor, made when it is reached, so at most one merged
+    matrix exists at a time) under the base layer's plain name, and the adapter tensors are left
+    out. The merge equals
     ``policy.merged_state_dict()``, without merging into the policy's own weights and without
     copying the others.
     """
@@ -89,22 +90,22 @@ def vllm_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     if not getattr(policy, "uses_adapters", False):
         yield from state.items()
         return
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from torch.distributed.fsdp._common_utils import clean_tensor_name
 
-    from ..policies.qwen2_5_vl import merged_lora_weight
+    from ..policies.adapters import is_adapter_weight, merged_adapter_weight
 
     layers = {clean_tensor_name(name): m for name, m in policy.model.named_modules()
-              if isinstance(m, LoraLayer)}
+              if isinstance(m, BaseTunerLayer)}
     for name, tensor in state.items():
-        if "lora_" in name:
+        if is_adapter_weight(name):
             continue
         prefix, sep, leaf = name.rpartition(".base_layer.")
         if not sep:
             yield name, tensor
             continue
         if leaf == "weight" and prefix in layers:
-            tensor = merged_lora_weight(layers[prefix], tensor, prefix)
+            tensor = merged_adapter_weight(layers[prefix], tensor, prefix)
         yield f"{prefix}.{leaf}", tensor
 
 

@@ -25,6 +25,8 @@ def test_lora_adapters_load_only_with_their_own_settings_and_base(tmp_path):
     ckpt = tmp_path / "w" / "iter_2.pth"
     meta = torch.load(ckpt, weights_only=True)["meta"]["coprs_lora"]
     assert meta["lora"]["alpha"] == 8 and meta["tiny"] is not None
+    # the trained token rows as resolved, whatever the config said
+    assert meta["lora"]["trainable_tokens"] == ["<think>", "</think>", "<REF_POS>"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # its own settings and base: no warning
         init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt)
@@ -36,6 +38,10 @@ def test_lora_adapters_load_only_with_their_own_settings_and_base(tmp_path):
         init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt,
                        cfg_options={"model.policy.lora.target_modules": ["q_proj", "k_proj"],
                                     "model.policy.lora.r": 4})
+    with pytest.raises(ValueError, match=r"trainable_tokens=\['<think>', '</think>', '<REF_POS>'\] "
+                                         r"in the run, \['<REF_POS>'\] here"):
+        init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt,
+                       cfg_options={"model.policy.lora.trainable_tokens": ["<REF_POS>"]})
     tiny = dict(cfg.model.policy.tiny, seed=1)  # another tiny base
     with pytest.warns(UserWarning, match="trained on the base .* only fit their own base"):
         init_segmentor(str(tmp_path / "lora.py"), checkpoint=ckpt,

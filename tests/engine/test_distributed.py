@@ -11,6 +11,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from coprs.policies.adapters import is_adapter_weight
+
 from ..conftest import TINY_CONFIG  # noqa: TID252
 from ._torchrun import rank_params, train_on_two_ranks
 
@@ -191,7 +193,7 @@ def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
            "default_hooks.checkpoint.max_keep_ckpts=4", "default_hooks.logger.interval=1",
            "val_cfg.datasets.0.num_samples=2",
            # a large step, so that one GRPO update moves the policy away from the reference
-           "optim_wrapper.optimizer.lr=0.3", f"model.feature_cache.root={tmp_path / 'cache'}"]
+           "optim_wrapper.optimizer.lr=0.05", f"model.feature_cache.root={tmp_path / 'cache'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     (tmp_path / "torchrun.log").write_text(out)
@@ -204,7 +206,8 @@ def test_fsdp_lora_warm_up_then_grpo_against_the_warmed_up_adapters(tmp_path):
     ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
                      weights_only=True)
     policy = {k for k in warm["state_dict"] if k.startswith("policy.")}
-    assert policy and all(".lora_" in k and ".default." in k for k in policy)  # no frozen base
+    assert policy and all(is_adapter_weight(k, "default") for k in policy)  # no frozen base
+    assert any("trainable_tokens_delta" in k for k in policy)  # the added tokens' rows
     assert not any(k.startswith("vision_backbone.") for k in warm["state_dict"])
     assert {f"policy.model.{k}" for k in ref} == policy
     for k, v in ref.items():

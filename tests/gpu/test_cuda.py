@@ -17,6 +17,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
+from coprs.policies.adapters import is_adapter_weight
 from coprs.registry import HOOKS
 
 from ..conftest import SMALL_RUN as SMALL  # noqa: TID252
@@ -236,7 +237,7 @@ def test_lora_on_cuda_under_bf16_autocast_then_export(tmp_path):
     # a large step, so that one GRPO update moves the policy away from its reference
     assert main(["train", str(tmp_path / "lora.py"), "--work-dir", str(work), "--cfg-options",
                  "train_cfg.stages.0.iters=2", "train_cfg.stages.1.iters=2", *SMALL,
-                 "optim_wrapper.optimizer.lr=0.3", "--amp"]) == 0
+                 "optim_wrapper.optimizer.lr=0.05", "--amp"]) == 0
     log = "".join(p.read_text() for p in work.glob("*/*.log"))
     assert "a copy of the adapters at the start of GRPO (trained in the 2-iteration warm-up" in log
     kl3, kl4 = kl_ref(log, 3, 4), kl_ref(log, 4, 4)
@@ -246,7 +247,8 @@ def test_lora_on_cuda_under_bf16_autocast_then_export(tmp_path):
 
     warm, final = _lora_state(work / "iter_2.pth"), _lora_state(work / "iter_4.pth")
     policy = {k for k in final if k.startswith("policy.")}
-    assert policy and all(".lora_" in k and ".default." in k for k in policy)  # no frozen base
+    assert policy and all(is_adapter_weight(k, "default") for k in policy)  # no frozen base
+    assert any("trainable_tokens_delta" in k for k in policy)  # the added tokens' rows
     assert all(final[k].dtype == torch.float32 for k in policy)  # fp32 adapters under autocast
     ref = torch.load(work / "reference_policy.pth", map_location="cpu", weights_only=True)
     assert {f"policy.model.{k}" for k in ref} == policy
@@ -289,14 +291,15 @@ def test_fsdp_lora_over_nccl_with_gradient_accumulation(tmp_path):
     warm = _lora_state(tmp_path / "w" / "iter_2.pth")
     final = _lora_state(tmp_path / "w" / "iter_4.pth")
     policy = {k for k in final if k.startswith("policy.")}
-    assert policy and all(".lora_" in k and ".default." in k for k in policy)
+    assert policy and all(is_adapter_weight(k, "default") for k in policy)
+    assert any("trainable_tokens_delta" in k for k in policy)  # the added tokens' rows
     assert not any("_fsdp_wrapped_module" in k for k in final)
     # the two accumulated warm-up iterations made one step: the adapters moved
     assert any(bool(warm[k].any()) for k in policy if "lora_B" in k)
     # iteration 3 opened a window: the rank's gradient shard lies beside its checkpoint
     shard = torch.load(tmp_path / "w" / "iter_3.window_grads.rank0.pth", weights_only=True)
     assert any(".lora_" in k for k in shard) and all(v.device.type == "cpu" for v in shard.values())
-    assert not any("policy" in k and ".lora_" not in k for k in shard)  # the frozen base has none
+    assert not any("policy" in k and not is_adapter_weight(k) for k in shard)  # none of the base
     ref = torch.load(tmp_path / "w" / "reference_policy.pth", map_location="cpu",
                      weights_only=True)
     assert {f"policy.model.{k}" for k in ref} == policy

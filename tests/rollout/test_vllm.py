@@ -245,15 +245,15 @@ def test_sync_pushes_the_policys_plain_weights_then_resets_caches(tiny_policy, f
 
 
 def _lora_policy(tiny_qwen_dir):
-    """The tiny policy with LoRA adapters on q/v whose B matrices are non-zero (so merging
-    changes the weights)."""
+    """The tiny policy with LoRA adapters on q/v whose B matrices and added tokens' rows are
+    non-zero and moved (so merging changes the weights)."""
     from coprs.policies import Qwen25VLPolicy
 
     policy = Qwen25VLPolicy(model_path=str(tiny_qwen_dir),
                             lora=dict(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
-            if "lora_B" in n:
+            if "lora_B" in n or n.endswith("trainable_tokens_delta.default"):
                 p.normal_(0, 0.5)
     return policy
 
@@ -274,11 +274,12 @@ def test_sync_merges_lora_adapters_under_plain_names(tiny_qwen_dir, fake_vllm):
     loaded = vllm.LLM.instances[-1].model.loaded
     plain = Qwen25VLPolicy(model_path=str(tiny_qwen_dir))
     assert loaded.keys() == dict(plain.model.named_parameters(remove_duplicate=False)).keys()
-    assert not any("lora_" in k or "base_layer" in k for k in loaded)
+    assert not any("lora_" in k or "base_layer" in k or "trainable_tokens" in k for k in loaded)
     for k, v in loaded.items():
         torch.testing.assert_close(v, merged[k], rtol=0, atol=1e-6, msg=k)
-    q = "model.language_model.layers.0.self_attn.q_proj.weight"
-    assert not torch.allclose(loaded[q], before[q.replace(".weight", ".base_layer.weight")])
+    for q in ("model.language_model.layers.0.self_attn.q_proj.weight", "lm_head.weight",
+              "model.language_model.embed_tokens.weight"):  # the tiny policy ties the last two
+        assert not torch.allclose(loaded[q], before[q.replace(".weight", ".base_layer.weight")])
     for k, v in policy.model.state_dict().items():
         assert torch.equal(v, before[k]), k
 

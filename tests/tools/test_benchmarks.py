@@ -23,6 +23,7 @@ EXPECTED = {
     "warmup_batch": {"step_seconds", "sample_seconds", "step_over_smallest", "batch_sizes"},
     "warmup_step": {"step_seconds", "step_over_committed", "variants"},
     "micro_batch": {"peak_over_whole", "step_over_whole", "peak_mib", "same_loss"},
+    "token_rows": {"peft_over_coprs", "same_result", "seconds", "peft_extra_mib"},
 }
 
 
@@ -52,6 +53,8 @@ def test_benchmark_quick_mode_prints_json(name, capsys, monkeypatch):
                                                        "no_tower_cache", "neither"}
         assert printed["step_over_committed"]["committed"] == 1.0
         assert all(v > 0 for v in printed["step_seconds"].values())
+    if name == "token_rows":  # coprs's token-rows layer computes what peft's does
+        assert printed["same_result"] is True
     if name == "micro_batch":  # three variants, each the whole batch's update
         assert set(printed["peak_over_whole"]) == {"whole", "8", "2"}
         assert printed["same_loss"] is True

@@ -75,7 +75,8 @@ def test_paradigm_configs_count_on_the_meta_device(capsys, name, prior):
 def test_trainable_parameters_full_fine_tuning_and_lora(capsys):
     """Trainable counts follow ``requires_grad``: the frozen SAM encoder trains nothing; under
     LoRA only the adapters of the policy train (q/k/v/o of 28 layers of width 3,584 with 512-wide
-    k/v at rank 16), and the frozen reference adapter is counted nowhere."""
+    k/v at rank 16) and the rows of the three added tokens in the untied embed_tokens and
+    lm_head, and the frozen reference adapter is counted nowhere."""
     name = str(CONFIGS / "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py")
     full = _count(capsys, "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py")
     trains = full["trainable"]["components"]
@@ -84,7 +85,7 @@ def test_trainable_parameters_full_fine_tuning_and_lora(capsys):
     assert main(["count-params", name, "--json", "--cfg-options", "model.policy.lora.r=16",
                  "model.policy.lora.alpha=32"]) == 0
     lora = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    adapters = 28 * 16 * (2 * (3584 + 3584) + 2 * (3584 + 512))
+    adapters = 28 * 16 * (2 * (3584 + 3584) + 2 * (3584 + 512)) + 2 * 3 * 3584
     assert lora["trainable"]["components"]["policy"] == adapters
     assert lora["components"]["policy"] == full["components"]["policy"] + adapters
     heads = trains["prior"] + trains["decoder"]
