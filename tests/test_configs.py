@@ -111,3 +111,46 @@ def test_tiny_jsonl_config_trains_and_evaluates_your_own_lines(tmp_path, small_r
                  str(tmp_path / "r.json"), "--cfg-options", *where]) == 0
     res = json.loads((tmp_path / "r.json").read_text())["mine/val"]
     assert res["n"] == 3 and res["n_dropped_at_load"] == 3 and res["format_rate"] == 1.0
+
+
+def test_lora_leaf_scales_the_paper_schedule_and_trains_only_adapters_at_their_rate():
+    """The 2-GPU LoRA leaf keeps the paper's global batch through gradient accumulation, so
+    every iteration count of the paper's schedule is multiplied by it; its optimiser groups put
+    the adapters and the added tokens' rows (all the policy trains) at their own learning rate
+    and the heads at the paper's."""
+    import copy
+
+    from coprs.models.counting import build_for_counting
+    from coprs.policies.adapters import is_adapter_weight
+    from coprs.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    lora = Config.fromfile(str(CONFIG_DIR / "coprs" /
+                               "coprs_qwen2.5-vl-7b-lora_sam-vit-h_2xb2-125k_refcoco.py"))
+    paper = Config.fromfile(str(CONFIG_DIR / "coprs" / "coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py"))
+    n = lora.optim_wrapper.accumulative_counts
+    assert n * 2 * lora.train_dataloader.batch_size == 16  # 2 GPUs: the paper's global batch
+    assert lora.train_cfg.stages[0].iters == n * paper.train_cfg.stages[0].iters == 125000
+    assert lora.param_scheduler[0].end == n * paper.param_scheduler[0].end
+    [hook] = [h for h in lora.custom_hooks if h.type == "SegLossScheduleHook"]
+    [paper_hook] = [h for h in paper.custom_hooks if h.type == "SegLossScheduleHook"]
+    assert [m["iter"] for m in hook.milestones] == [n * m["iter"] for m in paper_hook.milestones]
+    assert lora.default_hooks.checkpoint.interval % n == 0
+    model = build_for_counting(lora.model)  # meta device: no weights
+    wrapper_cfg = copy.deepcopy(lora.optim_wrapper)
+    for key in ("dtype", "loss_scale"):  # AmpOptimWrapper needs a GPU; the groups do not
+        wrapper_cfg.pop(key)
+    wrapper_cfg.type = "OptimWrapper"
+    wrapper = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+        type=wrapper_cfg.pop("constructor"), paramwise_cfg=wrapper_cfg.pop("paramwise_cfg"),
+        optim_wrapper_cfg=wrapper_cfg))(model)
+    names = {p: n for n, p in model.named_parameters()}
+    lrs = {}
+    for group in wrapper.optimizer.param_groups:
+        for p in group["params"]:
+            lrs[names[p]] = group["lr"]
+    policy = {k: v for k, v in lrs.items() if k.startswith("policy.")}
+    assert policy and all(is_adapter_weight(k, "default") for k in policy)
+    assert any("trainable_tokens_delta" in k for k in policy)
+    base = paper.optim_wrapper.optimizer.lr
+    assert {round(v / base, 6) for v in policy.values()} == {12.5}
+    assert {round(v / base, 6) for k, v in lrs.items() if k.startswith("prior.")} == {25.0}
