@@ -43,6 +43,9 @@ def model_card(config: str, checkpoint: str, policy, head_tensors: int,
     from coprs.utils import source_version
 
     lora = "LoRA adapters merged into the weights" if policy.uses_adapters else "full weights"
+    if getattr(policy, "trainable_tokens", None):
+        rows = ", ".join(f"`{t}`" for t in policy.trainable_tokens)
+        lora += f", with the trained rows of {rows} in the input embeddings and LM head"
     since = "" if source is None else (
         f" The weights started from the earlier export `{source['folder']}` (of the checkpoint "
         f"`{source['manifest'].get('checkpoint', '?')}`; `coprs_export.json` keeps its manifest "

@@ -90,6 +90,9 @@ def test_export_hf_merges_adapters(tmp_path, capsys):
     head = torch.load(tmp_path / "ex" / "seg_head.pth", weights_only=True)
     assert any(k.startswith("prior.") for k in head) and any(k.startswith("decoder.") for k in head)
     assert json.loads((tmp_path / "ex" / "coprs_export.json").read_text())["lora_merged"]
+    assert ("(LoRA adapters merged into the weights, with the trained rows of `<think>`, "
+            "`</think>`, `<REF_POS>` in the input embeddings and LM head)"
+            in (tmp_path / "ex" / "README.md").read_text())
     # the export loads back without peft: LoRA off, the merged weights from policy/
     back = init_segmentor(cfg, checkpoint=tmp_path / "ex")
     assert not back.policy.uses_adapters
