@@ -14,8 +14,9 @@
 # steps every 8 prompts (half the paper's batch) over the same schedule.
 # Not from the paper (it fine-tunes fully) and not tuned here (no real weights on the project's
 # machines): the adapters' learning rate (2e-5, 12.5 x the paper's 1.6e-6; LoRA commonly takes
-# about ten times a full fine-tune's), their rank, alpha and dropout. The prior and decoder keep
-# the paper's learning rates. See docs/real_weights.md, "LoRA and coprs export-hf".
+# about ten times a full fine-tune's), their rank and alpha. No LoRA dropout: it would be on in the
+# actor forward and off in the rollouts, and the PPO ratio and KL would carry its noise. The prior
+# and decoder keep the paper's learning rates. See docs/real_weights.md, "LoRA and coprs export-hf".
 _base_ = ['./coprs_qwen2.5-vl-7b_sam-vit-h_refcoco.py']
 
 accumulate = 4
@@ -24,7 +25,7 @@ steps = 31250
 model = dict(
     policy=dict(
         torch_dtype='bfloat16', attn_implementation='sdpa', gradient_checkpointing=True,
-        lora=dict(r=16, alpha=32, dropout=0.05,
+        lora=dict(r=16, alpha=32, dropout=0.0,
                   target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'],
                   trainable_tokens=True)),
     feature_cache=dict(root='data/feature_cache', dtype='float16'),

@@ -298,7 +298,23 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         check_trainable_dtypes(self.runner.model)
         if self.grpo_start() is not None:
             dry_run_reward(self.reward)
+            self._warn_lora_dropout()
         return super().run()
+
+    def _warn_lora_dropout(self) -> None:
+        """LoRA dropout is on in the training forward (the runner's ``train()`` mode) and off in
+        the rollouts, so in GRPO the actor's log-probs are those of a randomly thinned policy:
+        the PPO ratio against the rollout log-probs, and the KL to the reference, carry that
+        noise. Said once, before the first iteration."""
+        policy = getattr(self.unwrapped, "policy", None)
+        peft_cfg = (getattr(getattr(policy, "model", None), "peft_config", None) or {}).get(
+            "default")
+        if peft_cfg is not None and getattr(peft_cfg, "lora_dropout", 0.0) > 0:
+            self.runner.logger.warning(
+                f"model.policy.lora.dropout={peft_cfg.lora_dropout}: the adapters' dropout is "
+                "on in the actor forward and off in the rollouts, so the GRPO stage's PPO "
+                "ratio and KL to the reference carry dropout noise; RL usually trains with "
+                "model.policy.lora.dropout=0.0 (the default)")
 
     # --------------------------------------------------------------- iteration
     def run_iter(self, data_batch) -> None:

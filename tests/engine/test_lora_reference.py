@@ -51,10 +51,14 @@ def test_lora_reference_is_the_policy_as_grpo_began(tmp_path, small_run):
         torch.testing.assert_close(snapshot[k], v, rtol=0, atol=0, msg=k)
     assert any(bool(v.any()) for k, v in snapshot.items() if "lora_B" in k)  # trained
     assert f"{SNAPSHOT} (trained in the 2-iteration warm-up before it)" in log
+    assert "model.policy.lora.dropout" not in log  # the default, 0: nothing to say
     # fresh adapters: the base with the adapters off is the policy at the start; nothing kept
-    fresh, log = _train(tmp_path, small_run, "fresh", [grpo])
+    # (lora_B zero: LoRA dropout thins nothing yet, but it is said before GRPO starts)
+    fresh, log = _train(tmp_path, small_run, "fresh", [grpo], "model.policy.lora.dropout=0.1")
     assert torch.load(fresh / "reference_policy.pth", weights_only=True) == {}
     assert SNAPSHOT not in log
+    assert ("model.policy.lora.dropout=0.1: the adapters' dropout is on in the actor forward "
+            "and off in the rollouts") in log
     assert kl_ref(log, 1, 1) == 0
     # from a LoRA checkpoint with large trained adapters: the KL to the reference starts at 0,
     # where the base (adapters off) is far from the policy
