@@ -341,6 +341,26 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
                       UserWarning, stacklevel=3)
 
 
+def lora_cfg_options(meta: dict | None, special_token: str | None = "<REF_POS>") -> str | None:
+    """The ``--cfg-options`` that give a model the LoRA adapters a checkpoint was trained with,
+    from what the run recorded (``meta['coprs_lora']``), as one shell-ready string; None when
+    nothing was recorded (not a LoRA run, or one from before the record). ``special_token``
+    (the policy's) tells the default ``trainable_tokens`` from a chosen list."""
+    recorded = (meta or {}).get("coprs_lora")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("lora"), dict):
+        return None
+    lora = dict(recorded["lora"])
+    tokens = lora.pop("trainable_tokens", None)
+    parts = [f"model.policy.lora.{k}=[{','.join(map(str, v))}]" if isinstance(v, (list, tuple))
+             else f"model.policy.lora.{k}={v}" for k, v in lora.items()]
+    parts = parts or ["model.policy.lora.r=8"]  # the defaults: any key makes the dict
+    default = [t for t in ("<think>", "</think>", special_token) if t]
+    if tokens is not None and list(tokens) != default:
+        parts.append("model.policy.lora.trainable_tokens=False" if not tokens else
+                     f"\"model.policy.lora.trainable_tokens={list(tokens)!r}\"")
+    return " ".join(parts)
+
+
 def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
     """Load a coprs checkpoint (a file or a training work dir, see :func:`checkpoint_file`) into
     ``model`` (``weights_only=True``; strict on trainable parts).
@@ -365,8 +385,9 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         path = checkpoint_file(checkpoint)
     check_checkpoint_file(path)
     state = load_torch_file(path)
-    if isinstance(state, dict) and isinstance(state.get("meta"), dict):
-        check_lora_provenance(model, state["meta"], path)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if isinstance(meta, dict):
+        check_lora_provenance(model, meta, path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -380,10 +401,15 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         lora_in_model = any(".lora_" in k for k in bad["missing"])
         rows_in_file = any(".trainable_tokens_delta." in k for k in bad["unexpected"])
         rows_in_model = any(".trainable_tokens_delta." in k for k in bad["missing"])
+        options = lora_cfg_options(meta if isinstance(meta, dict) else None,
+                                   getattr(getattr(model, "policy", None), "special_token",
+                                           "<REF_POS>"))
         if lora_in_file != lora_in_model:  # the usual cause: LoRA options left out or added
             hint = (f"the checkpoint was trained {'with' if lora_in_file else 'without'} LoRA "
                     f"adapters and the model {'has none' if lora_in_file else 'has them'}: use "
                     f"the run's model.policy.lora options (coprs print-config {path} shows them)")
+            if lora_in_file and options:
+                hint += f", i.e. --cfg-options {options}"
         elif rows_in_file != rows_in_model:  # LoRA both, the added tokens' rows in one only
             hint = (f"the checkpoint's LoRA run trained {'the' if rows_in_file else 'no'} added "
                     f"tokens' rows and the model {'trains none' if rows_in_file else 'does'}: "

@@ -208,3 +208,28 @@ def test_a_lora_checkpoint_on_a_model_without_adapters_names_the_lora_options(tm
     assert "unexpected ['0.lora_A.default.weight']" in text
     assert "trained with LoRA adapters and the model has none" in text
     assert f"coprs print-config {tmp_path / 'lora.pth'}" in text
+
+
+def test_lora_cfg_options_rebuild_the_recorded_adapters():
+    """The options a LoRA checkpoint's error gives, from meta['coprs_lora']: the recorded keys,
+    the trained token rows only when they are not the default, shell-quoted when they are a
+    list of tokens."""
+    import shlex
+
+    from coprs.apis.inference import lora_cfg_options
+
+    def meta(**lora):
+        return {"coprs_lora": {"lora": lora, "tiny": None, "model_path": "/m"}}
+
+    rows = ["<think>", "</think>", "<REF_POS>"]
+    assert lora_cfg_options({}) is None and lora_cfg_options(None) is None
+    assert lora_cfg_options(meta(r=4, trainable_tokens=rows)) == "model.policy.lora.r=4"
+    assert lora_cfg_options(meta(trainable_tokens=rows)) == "model.policy.lora.r=8"
+    assert lora_cfg_options(meta(r=4, trainable_tokens=[])) == (
+        "model.policy.lora.r=4 model.policy.lora.trainable_tokens=False")
+    chosen = lora_cfg_options(meta(r=4, trainable_tokens=["<REF_POS>"]))
+    assert shlex.split(chosen) == ["model.policy.lora.r=4",
+                                   "model.policy.lora.trainable_tokens=['<REF_POS>']"]
+    # LISA's special token: its own default rows are not spelt out
+    assert lora_cfg_options(meta(r=4, trainable_tokens=["<think>", "</think>", "<SEG>"]),
+                            special_token="<SEG>") == "model.policy.lora.r=4"

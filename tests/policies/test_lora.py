@@ -128,6 +128,22 @@ def test_lora_training_checkpoints_hold_only_trainable_weights(tmp_path):
     assert policy_keys and all(is_adapter_weight(k, "default") for k in policy_keys)
     assert any("trainable_tokens_delta" in k for k in policy_keys)  # the added tokens' rows
     assert init_segmentor(cfg, checkpoint=tmp_path / "w").policy.uses_adapters  # loads back
+    # into a config without LoRA: the error gives the options that load it, as a shell takes them
+    import argparse
+    import shlex
+
+    from mmengine.config import DictAction
+
+    with pytest.raises(ValueError, match="trained with LoRA adapters and the model has none") as e:
+        init_segmentor(str(TINY_CONFIG), checkpoint=tmp_path / "w")
+    options = str(e.value).split(", i.e. --cfg-options ")[1]
+    assert set(options.split()) == {"model.policy.lora.r=4", "model.policy.lora.alpha=8",
+                                    "model.policy.lora.target_modules=[q_proj,v_proj]"}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    parsed = parser.parse_args(["--cfg-options", *shlex.split(options)]).cfg_options
+    assert init_segmentor(str(TINY_CONFIG), checkpoint=tmp_path / "w",
+                          cfg_options=parsed).policy.uses_adapters
     assert any(k.startswith("prior.") for k in state)
     assert not any(k.startswith("vision_backbone.") for k in state)  # frozen: from its seed
     # the GRPO reference after the warm-up: the adapters then, no copy of the base
