@@ -54,12 +54,21 @@ def _token_rows_layer_cls():
         builds a full copy of the matrix each call (a gigabyte for a 7B policy's ``lm_head`` in
         bf16) and, for the head, the full weight gradient."""
 
+        def _rows(self, adapter: str, device: torch.device) -> torch.Tensor:
+            """The adapter's token ids as a tensor on ``device``, made once (the forward runs
+            at every generated token; the ids are fixed when the layer is built)."""
+            cache = self.__dict__.setdefault("_rows_on", {})
+            if (adapter, device) not in cache:
+                cache[adapter, device] = torch.as_tensor(self.token_indices[adapter],
+                                                         device=device)
+            return cache[adapter, device]
+
         def forward_adapters(self, x, active_adapters, *args, **kwargs):
             if self.disable_adapters or not active_adapters or self.merged:
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             (adapter,) = active_adapters  # the policy switches one adapter at a time
             base = self.base_layer(x, *args, **kwargs)
-            rows = torch.as_tensor(self.token_indices[adapter], device=base.device)
+            rows = self._rows(adapter, base.device)
             delta = self.trainable_tokens_delta[adapter]
             if isinstance(self.base_layer, nn.Embedding):
                 hit = x.unsqueeze(-1) == rows  # ... x k: which trained token each id is
