@@ -14,6 +14,7 @@ import torch
 from mmengine.config import Config
 
 from ..image import load_image
+from ..policies.adapters import is_token_row, lora_config
 from ..structures import SegmentationResult
 from ..utils import register_all_modules, state_dict_mismatch, torch_load_reason
 
@@ -296,7 +297,7 @@ def check_lora_provenance(model: torch.nn.Module, meta: dict, path) -> None:
 
     recorded = meta.get("coprs_lora")
     policy = getattr(model, "policy", None)
-    peft_cfg = (getattr(getattr(policy, "model", None), "peft_config", None) or {}).get("default")
+    peft_cfg = lora_config(policy)
     if not isinstance(recorded, dict) or peft_cfg is None:
         return  # not a LoRA run, or a model without adapters (state_dict_mismatch says so)
     lora = recorded.get("lora") or {}
@@ -399,8 +400,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | os.PathLike) -> No
         hint = "was it trained with this config?"
         lora_in_file = any(".lora_" in k for k in bad["unexpected"])
         lora_in_model = any(".lora_" in k for k in bad["missing"])
-        rows_in_file = any(".trainable_tokens_delta." in k for k in bad["unexpected"])
-        rows_in_model = any(".trainable_tokens_delta." in k for k in bad["missing"])
+        rows_in_file = any(map(is_token_row, bad["unexpected"]))
+        rows_in_model = any(map(is_token_row, bad["missing"]))
         options = lora_cfg_options(meta if isinstance(meta, dict) else None,
                                    getattr(getattr(model, "policy", None), "special_token",
                                            "<REF_POS>"))

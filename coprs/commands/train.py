@@ -164,8 +164,10 @@ def check_token_rows(cfg, what: str, path, weights: dict) -> None:
     lora = (cfg.model.get("policy") or {}).get("lora")
     if not lora:
         return
-    in_file = any(".trainable_tokens_delta." in str(k) for k in weights)
-    in_cfg = lora.get("trainable_tokens", True) not in (False, None, [], ())
+    from coprs.policies.adapters import is_token_row
+
+    in_file = any(is_token_row(str(k)) for k in weights)
+    in_cfg = bool(lora.get("trainable_tokens", True))  # True or a list of tokens
     if in_file != in_cfg:
         raise UsageError(
             f"{what} '{path}' holds LoRA adapters {'with' if in_file else 'without'} trained "

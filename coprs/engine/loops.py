@@ -306,9 +306,9 @@ class ReasoningSegTrainLoop(IterBasedTrainLoop):
         the rollouts, so in GRPO the actor's log-probs are those of a randomly thinned policy:
         the PPO ratio against the rollout log-probs, and the KL to the reference, carry that
         noise. Said once, before the first iteration."""
-        policy = getattr(self.unwrapped, "policy", None)
-        peft_cfg = (getattr(getattr(policy, "model", None), "peft_config", None) or {}).get(
-            "default")
+        from ..policies.adapters import lora_config
+
+        peft_cfg = lora_config(getattr(self.unwrapped, "policy", None))
         if peft_cfg is not None and getattr(peft_cfg, "lora_dropout", 0.0) > 0:
             self.runner.logger.warning(
                 f"model.policy.lora.dropout={peft_cfg.lora_dropout}: the adapters' dropout is "

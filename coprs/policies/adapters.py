@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["add_token_rows", "as_adapter", "is_adapter_weight", "merged_adapter_weight",
-           "token_rows_moved"]
+__all__ = ["add_token_rows", "as_adapter", "is_adapter_weight", "is_token_row", "lora_config",
+           "merged_adapter_weight", "token_rows_moved"]
 
 #: name parts of the tensors a LoRA policy trains and keeps per adapter
 ADAPTER_MARKERS = ("lora_", "trainable_tokens_delta")
@@ -32,6 +32,18 @@ def is_adapter_weight(name: str, adapter: str | None = None) -> bool:
     if not any(marker in name for marker in ADAPTER_MARKERS):
         return False
     return adapter is None or f".{adapter}." in name or name.endswith(f".{adapter}")
+
+
+def is_token_row(name: str) -> bool:
+    """Whether parameter or state-dict key ``name`` is trained token rows (any adapter's)."""
+    return ".trainable_tokens_delta." in name
+
+
+def lora_config(policy):
+    """The peft ``LoraConfig`` of a LoRA policy's trained adapter (``r``, ``lora_alpha``,
+    ``lora_dropout``, ``target_modules``), or None for a policy without adapters."""
+    peft_config = getattr(getattr(policy, "model", None), "peft_config", None) or {}
+    return peft_config.get("default")
 
 
 def as_adapter(name: str, source: str, target: str) -> str:
