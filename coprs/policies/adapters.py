@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["add_token_rows", "as_adapter", "is_adapter_weight", "is_token_row", "lora_config",
-           "merged_adapter_weight", "token_rows_moved"]
+           "merged_adapter_weight", "merged_weights", "token_rows_moved"]
 
 #: name parts of the tensors a LoRA policy trains and keeps per adapter
 ADAPTER_MARKERS = ("lora_", "trainable_tokens_delta")
@@ -155,6 +155,29 @@ def merged_adapter_weight(layer, weight: torch.Tensor, name: str) -> torch.Tenso
                 "or lora_bias")
         merged = merged + layer.get_delta_weight(adapter)
     return merged.to(weight.dtype)
+
+
+def merged_weights(model: nn.Module, items):
+    """``(name, tensor)`` pairs of ``items`` (``model``'s weights, e.g. its ``state_dict()``
+    items or :func:`coprs.engine.fsdp.plain_state`'s) with ``model``'s active adapters merged in,
+    under the names without peft's: adapter tensors are left out, and each adapted weight is a
+    new merged tensor (:func:`merged_adapter_weight`), made when it is reached, under its base
+    layer's name (``….q_proj.weight`` for ``….q_proj.base_layer.weight``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+    layers = {clean_tensor_name(name): m for name, m in model.named_modules()
+              if isinstance(m, BaseTunerLayer)}
+    for name, tensor in items:
+        if is_adapter_weight(name):
+            continue
+        prefix, sep, leaf = name.rpartition(".base_layer.")
+        if not sep:
+            yield name, tensor
+            continue
+        if leaf == "weight" and prefix in layers:
+            tensor = merged_adapter_weight(layers[prefix], tensor, prefix)
+        yield f"{prefix}.{leaf}", tensor
 
 
 def token_rows_moved(model: nn.Module, adapter: str) -> bool:

@@ -24,7 +24,7 @@ from .adapters import (
     add_token_rows,
     as_adapter,
     is_adapter_weight,
-    merged_adapter_weight,
+    merged_weights,
     token_rows_moved,
 )
 from .base import BasePolicy
@@ -501,23 +501,13 @@ class Qwen25VLPolicy(BasePolicy):
         """The policy's weights with LoRA adapters merged in, under plain transformers names.
 
         The merged weights are new tensors
-        (:func:`~coprs.policies.adapters.merged_adapter_weight`: LoRA deltas added, the added
+        (:func:`~coprs.policies.adapters.merged_weights`: LoRA deltas added, the added
         tokens' trained rows put in): the policy's own weights are not touched (peft's ``merge``
         then ``unmerge`` would leave them changed by rounding)."""
         if not self.uses_adapters:
             return dict(self.model.state_dict())
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = {n: m for n, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)}
-        state = {}
-        for k, v in self.model.state_dict().items():
-            if is_adapter_weight(k):
-                continue
-            prefix, sep, leaf = k.rpartition(".base_layer.")
-            if sep and leaf == "weight" and prefix in layers:
-                v = merged_adapter_weight(layers[prefix], v, prefix)
-            state[k.replace(".base_layer.", ".")] = v.clone()
-        return state
+        return {k: v.clone() for k, v in merged_weights(self.model,
+                                                          self.model.state_dict().items())}
 
     # ------------------------------------------------------------------ setup
     def _add_special_tokens(self) -> None:

@@ -90,23 +90,9 @@ def vllm_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     if not getattr(policy, "uses_adapters", False):
         yield from state.items()
         return
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from torch.distributed.fsdp._common_utils import clean_tensor_name
+    from ..policies.adapters import merged_weights
 
-    from ..policies.adapters import is_adapter_weight, merged_adapter_weight
-
-    layers = {clean_tensor_name(name): m for name, m in policy.model.named_modules()
-              if isinstance(m, BaseTunerLayer)}
-    for name, tensor in state.items():
-        if is_adapter_weight(name):
-            continue
-        prefix, sep, leaf = name.rpartition(".base_layer.")
-        if not sep:
-            yield name, tensor
-            continue
-        if leaf == "weight" and prefix in layers:
-            tensor = merged_adapter_weight(layers[prefix], tensor, prefix)
-        yield f"{prefix}.{leaf}", tensor
+    yield from merged_weights(policy.model, state.items())
 
 
 @contextlib.contextmanager
